@@ -1,0 +1,59 @@
+"""``monaiunetseg`` command line: one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _prepare_lgg(args: argparse.Namespace) -> int:
+    from .prepare import prepare_lgg
+
+    results, datalist = prepare_lgg(args.kaggle_dir, args.out_dir, n_folds=args.folds, seed=args.seed,
+                                    workers=args.workers, progress=not args.quiet)
+    failed = [r for r in results if r.error]
+    for r in sorted(results, key=lambda r: r.folder):
+        if r.error:
+            print(f"FAILED  {r.folder}: {r.error}")
+        else:
+            print(f"{'skipped' if r.skipped else 'ok':7s} {r.folder}: {r.n_slices} slices")
+    done = len(results) - len(failed)
+    print(f"prepare-lgg: {done} patients ready ({sum(r.skipped for r in results)} already done), "
+          f"{len(failed)} failed; datalist: {datalist}")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="monaiunetseg", description="LGG FLAIR abnormality segmentation (research use only).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare-lgg", help="stack Kaggle LGG slice folders into NIfTI volumes + k-fold datalist")
+    p.add_argument("kaggle_dir", type=Path, help="the kaggle_3m folder (TCGA_<inst>_<id>_<date>/ subfolders)")
+    p.add_argument("out_dir", type=Path, help="output folder (images/, labels/, datalist.json)")
+    p.add_argument("--folds", type=int, default=5, help="number of patient-level folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: up to 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_prepare_lgg)
+
+    try:
+        from .segment_cli import add_segment_parser
+    except ImportError:  # batch inference not present in this build
+        pass
+    else:
+        add_segment_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"monaiunetseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

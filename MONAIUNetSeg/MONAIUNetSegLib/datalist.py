@@ -1,0 +1,61 @@
+"""Datalist access for the bundle: patient-level train/validation splits of a prepared (or raw) dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .lgg import list_patients
+from .prepare import DATALIST_NAME, prepare_lgg
+
+
+def resolve_dataset(dataset_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of ``datalist.json`` for ``dataset_dir``: a ``prepare-lgg`` output, or a raw ``kaggle_3m`` folder
+    that is prepared once into ``cache_dir`` (never next to the input data)."""
+    dataset_dir = Path(dataset_dir)
+    if (dataset_dir / DATALIST_NAME).is_file():
+        return dataset_dir / DATALIST_NAME
+    try:
+        raw = bool(list_patients(dataset_dir))
+    except FileNotFoundError:
+        raw = False
+    if not raw:
+        raise FileNotFoundError(f"{dataset_dir}: neither a prepare-lgg output ({DATALIST_NAME}) nor a kaggle_3m folder")
+    if cache_dir is None:
+        raise ValueError(f"{dataset_dir} is a raw kaggle_3m folder: give a cache directory to prepare it into")
+    results, datalist = prepare_lgg(dataset_dir, cache_dir, progress=False)
+    return datalist
+
+
+def load_split(dataset_dir: str | os.PathLike, val_fold: int = 0, cache_dir: str | os.PathLike | None = None,
+               subset: int | None = None) -> tuple[list[dict], list[dict]]:
+    """(training, validation) items with absolute paths; validation is fold ``val_fold``.
+
+    ``subset`` keeps only the first N patients of each list (quick smoke runs and tests).
+    """
+    path = resolve_dataset(dataset_dir, cache_dir)
+    datalist = json.loads(path.read_text())
+    root = path.parent
+    # Only fields every entry has: clinical fields are optional and would break batch collation.
+    items = [
+        {"image": str(root / e["image"]), "image_3ch": str(root / e["image_3ch"]), "label": str(root / e["label"]),
+         "patient": e["patient"], "fold": e["fold"]}
+        for e in datalist["training"]
+    ]
+    train = [i for i in items if i["fold"] != val_fold]
+    val = [i for i in items if i["fold"] == val_fold]
+    if not val:
+        raise ValueError(f"{path}: fold {val_fold} is empty (folds 0..{datalist['n_folds'] - 1})")
+    if subset:
+        train, val = train[:subset], val[:subset]
+    return train, val
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
+    """Newest ``<prefix>_*.pt`` in ``ckpt_dir`` to resume from, or None for a fresh run."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted(ckpt_dir.glob(f"{prefix}_*.pt"), key=lambda p: p.stat().st_mtime)
+    return str(found[-1]) if found else None

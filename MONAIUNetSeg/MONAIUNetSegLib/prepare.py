@@ -1,0 +1,135 @@
+"""``prepare-lgg``: Kaggle LGG slice folders -> per-patient NIfTI volumes and a k-fold datalist."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from .atomic import atomic_path, write_text_atomic
+from .convention import KAGGLE_SPACING, kaggle_affine
+from .lgg import LGGPatientError, institution, list_patients, patient_id, read_clinical, read_patient
+
+DATALIST_NAME = "datalist.json"
+CLINICAL_FIELDS = {
+    "histological_type": "histological_type",
+    "neoplasm_histologic_grade": "grade",
+    "gender": "gender",
+    "age_at_initial_pathologic": "age",
+}
+
+
+@dataclass
+class PatientResult:
+    folder: str
+    n_slices: int = 0
+    skipped: bool = False  # already prepared by an earlier run
+    error: str | None = None
+
+
+def output_paths(out_dir: Path, folder: str) -> dict[str, Path]:
+    return {
+        "image": out_dir / "images" / f"{folder}_flair.nii.gz",
+        "image_3ch": out_dir / "images" / f"{folder}_3ch.nii.gz",
+        "label": out_dir / "labels" / f"{folder}_label.nii.gz",
+    }
+
+
+def _save_nifti(array: np.ndarray, affine: np.ndarray, target: Path) -> None:
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    with atomic_path(target) as tmp:
+        nib.save(img, tmp)
+
+
+def prepare_patient(folder: str | Path, out_dir: str | Path) -> PatientResult:
+    """Write one patient's FLAIR, 3-channel and label volumes; never raises for a broken patient."""
+    folder, out_dir = Path(folder), Path(out_dir)
+    paths = output_paths(out_dir, folder.name)
+    if all(p.is_file() for p in paths.values()):
+        n = int(nib.load(paths["label"]).shape[2])
+        return PatientResult(folder.name, n, skipped=True)
+    try:
+        vol = read_patient(folder)
+    except LGGPatientError as exc:
+        return PatientResult(folder.name, error=str(exc))
+    affine = kaggle_affine(vol.label.shape)
+    _save_nifti(np.ascontiguousarray(vol.flair), affine, paths["image"])
+    _save_nifti(vol.image, affine, paths["image_3ch"])
+    _save_nifti(vol.label, affine, paths["label"])
+    return PatientResult(folder.name, vol.label.shape[2])
+
+
+def assign_folds(folders: list[str], n_folds: int = 5, seed: int = 0) -> dict[str, int]:
+    """Patient-level folds stratified by institution: shuffle within institution, then deal round-robin.
+
+    Deterministic for a given set of folders, ``n_folds`` and ``seed``.
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    rng = random.Random(seed)
+    by_inst: dict[str, list[str]] = {}
+    for f in sorted(folders):
+        by_inst.setdefault(institution(f), []).append(f)
+    order: list[str] = []
+    for inst in sorted(by_inst):
+        group = by_inst[inst]
+        rng.shuffle(group)
+        order.extend(group)
+    return {f: i % n_folds for i, f in enumerate(order)}
+
+
+def build_datalist(results: list[PatientResult], out_dir: Path, clinical: dict, n_folds: int, seed: int) -> dict:
+    ok = [r for r in results if r.error is None]
+    folds = assign_folds([r.folder for r in ok], n_folds, seed)
+    entries = []
+    for r in sorted(ok, key=lambda r: r.folder):
+        paths = output_paths(out_dir, r.folder)
+        entry = {k: str(p.relative_to(out_dir)) for k, p in paths.items()}
+        pid = patient_id(r.folder)
+        entry.update(patient=pid, folder=r.folder, institution=institution(r.folder), fold=folds[r.folder], n_slices=r.n_slices)
+        row = clinical.get(pid, {})
+        for src, dst in CLINICAL_FIELDS.items():
+            if row.get(src, "") != "":
+                entry[dst] = row[src]
+        entries.append(entry)
+    return {
+        "description": "LGG FLAIR abnormality volumes stacked from Kaggle kaggle_3m (TCIA TCGA-LGG, CC BY-NC-SA 4.0)",
+        "convention": f"LPS voxel axes (column->L, row->P, slice->S), nominal spacing {list(KAGGLE_SPACING)} mm",
+        "n_folds": n_folds,
+        "seed": seed,
+        "training": entries,
+    }
+
+
+def prepare_lgg(kaggle_dir: str | Path, out_dir: str | Path, n_folds: int = 5, seed: int = 0,
+                workers: int | None = None, progress: bool = True) -> tuple[list[PatientResult], Path]:
+    """Prepare every patient folder under ``kaggle_dir``; returns per-patient results and the datalist path."""
+    kaggle_dir, out_dir = Path(kaggle_dir), Path(out_dir)
+    if kaggle_dir.resolve() == out_dir.resolve():
+        raise ValueError(f"{out_dir}: output directory must differ from the input directory")
+    folders = list_patients(kaggle_dir)
+    if not folders:
+        raise FileNotFoundError(f"{kaggle_dir}: no TCGA_<inst>_<id>_<date> patient folders found")
+    workers = workers or min(2, os.cpu_count() or 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[PatientResult] = []
+    bar = tqdm(total=len(folders), desc="prepare-lgg", unit="patient", disable=not progress)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for res in pool.map(prepare_patient, folders, [out_dir] * len(folders)):
+            results.append(res)
+            bar.update()
+    bar.close()
+    datalist = build_datalist(results, out_dir, read_clinical(kaggle_dir / "data.csv"), n_folds, seed)
+    datalist_path = out_dir / DATALIST_NAME
+    write_text_atomic(datalist_path, json.dumps(datalist, indent=1))
+    return results, datalist_path

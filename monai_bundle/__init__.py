@@ -1,0 +1,1 @@
+"""The MONAIUNetSeg MONAI bundle; a package only so that ``pip install .`` ships its configs and weights."""

@@ -1,0 +1,143 @@
+"""NIfTI input and labelmap output that keeps the input's voxel grid and header.
+
+A labelmap is only useful if every viewer overlays it exactly on the scan it came from, so the output of a
+NIfTI input is written from a copy of the input's own header (qform and sform, their codes, units and
+extensions kept) with only the data type, scaling and description changed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .atomic import atomic_path
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+LABEL_DESCRIPTION = b"MONAIUNetSeg FLAIR abnormality (research use only)"
+
+
+class NiftiInputError(ValueError):
+    """A NIfTI input that cannot be segmented; the message names the file and the problem."""
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: str | os.PathLike) -> str:
+    """``scan.nii.gz`` -> ``scan`` (both suffixes, case-insensitive)."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+@dataclass
+class NiftiVolume:
+    """A 3D volume read from NIfTI: float32 data, its RAS affine and the header to write results with."""
+
+    path: Path
+    array: np.ndarray  # 3D (trailing singleton dimensions of the file dropped)
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    image_class: type
+    file_shape: tuple[int, ...]  # the shape as stored, which the labelmap is written with
+
+
+def _open(path: Path) -> nib.Nifti1Image:
+    if not path.is_file():
+        raise NiftiInputError(f"{path}: no such file")
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel, gzip and zlib raise many types for corrupt files
+        raise NiftiInputError(f"{path}: cannot read as NIfTI ({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise NiftiInputError(f"{path}: not a NIfTI image (read as {type(img).__name__})")
+    return img
+
+
+def spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
+    """The 3D shape of ``shape`` after dropping trailing singleton dimensions; 2D and 4D are errors."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) > 3:
+        raise NiftiInputError(f"{path}: {len(dims)}D image of shape {tuple(shape)}: expected a single 3D volume "
+                              "(split time series / multi-channel images first)")
+    if len(dims) < 3 or min(dims) < 2:
+        raise NiftiInputError(f"{path}: 2D image of shape {tuple(shape)}: expected a 3D volume")
+    return tuple(dims)  # type: ignore[return-value]
+
+
+def read_nifti_volume(path: str | os.PathLike) -> NiftiVolume:
+    """Read and check one NIfTI volume (3D, real-valued, finite voxels)."""
+    path = Path(path)
+    img = _open(path)
+    shape = spatial_shape(img.shape, path)
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged")).reshape(shape)
+    except Exception as exc:  # truncated data, RGB/complex types
+        raise NiftiInputError(f"{path}: cannot read voxel data ({exc.__class__.__name__}: {exc})") from exc
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise NiftiInputError(f"{path}: {bad} NaN or infinite voxel(s) of {data.size}; fix or mask them first")
+    return NiftiVolume(path, data, img.affine.copy(), img.header.copy(), type(img), tuple(img.shape))
+
+
+def grid_of(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
+    """(3D shape, affine) from the header only: cheap check that an existing output fits its input."""
+    path = Path(path)
+    img = _open(path)
+    return spatial_shape(img.shape, path), img.affine
+
+
+def is_our_labelmap(path: str | os.PathLike) -> bool:
+    """True for a labelmap this project wrote (header description): an earlier output is not a scan to segment."""
+    try:
+        descrip = nib.load(path).header["descrip"].item()
+    except Exception:  # unreadable: not ours; reading it as an input will report the problem
+        return False
+    return bytes(descrip).startswith(LABEL_DESCRIPTION)
+
+
+def _save(img: nib.Nifti1Image, target: Path) -> Path:
+    with atomic_path(target) as tmp:
+        nib.save(img, tmp)
+    return target
+
+
+def _label_header(header: nib.Nifti1Header, shape: tuple[int, ...]) -> nib.Nifti1Header:
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0, 1
+    header["descrip"] = LABEL_DESCRIPTION
+    return header
+
+
+def write_labelmap_like(labels: np.ndarray, reference: NiftiVolume, target: str | os.PathLike) -> Path:
+    """Write ``labels`` (input's shape) with the input's header and affine, atomically."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    if labels.shape != reference.array.shape:
+        raise ValueError(f"labelmap shape {labels.shape} != input shape {reference.array.shape}")
+    labels = labels.reshape(reference.file_shape)
+    header = _label_header(reference.header.copy(), labels.shape)
+    # The affine equals the header's best affine, so nibabel keeps the header's qform/sform as they are.
+    img = reference.image_class(labels, reference.affine, header=header)
+    return _save(img, Path(target))
+
+
+def write_labelmap(labels: np.ndarray, affine: np.ndarray, target: str | os.PathLike) -> Path:
+    """Write ``labels`` with a fresh header whose qform and sform are ``affine`` (scanner frame), atomically."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    img = nib.Nifti1Image(labels, affine)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    _label_header(img.header, labels.shape)
+    return _save(img, Path(target))

@@ -1,0 +1,55 @@
+"""``monaiunetseg segment``: argparse wiring of the batch inference in ``batch.py``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .batch import FAILED, BatchOptions, run_batch, shard
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .inference import resolve_device
+
+    resolve_device(args.device)  # fail before any work: --device cuda without CUDA is an error, not a fallback
+    shard([], args.num_shards, args.shard_id)  # validates N and K
+    options = BatchOptions(device=args.device, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
+                           all_series=args.all_series, overlay=args.overlay, num_shards=args.num_shards,
+                           shard_id=args.shard_id, bundle=args.bundle, weights=args.weights, progress=not args.quiet)
+    result = run_batch(args.inputs, args.out_dir, options)
+    for r in result.results:  # failures of cases that ran were already shown live unless --quiet
+        if r.status == FAILED and (args.quiet or r.seconds is None):
+            print(f"FAILED  {r.error}", file=sys.stderr)
+    print(result.summary())
+    return result.exit_code
+
+
+def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``segment`` on the ``monaiunetseg`` subcommand parsers (called by ``cli.build_parser``)."""
+    p = subparsers.add_parser(
+        "segment",
+        help="segment FLAIR abnormality in NIfTI files and DICOM series (batch, resumable)",
+        description="Segment the FLAIR abnormality of lower-grade gliomas (research use only, not for diagnosis). "
+                    "INPUT: NIfTI files (.nii/.nii.gz), DICOM series folders or any folder tree (scanned "
+                    "recursively; DICOM files are grouped into series by SeriesInstanceUID). Writes "
+                    "<name>_seg.nii.gz labelmaps (0 background, 1 FLAIR abnormality) on each input's own voxel "
+                    "grid and OUTDIR/report.csv. Exit code 1 if any case failed.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="NIfTI file, DICOM folder or folder tree")
+    p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="OUTDIR",
+                   help="output folder (must not be inside an input folder)")
+    p.add_argument("--device", default="auto", help="auto (CUDA with AMP when present, else CPU), cuda or cpu")
+    p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG per DICOM input (<name>_seg.dcm)")
+    p.add_argument("--overlay", action="store_true",
+                   help="also write <name>_overlay.png: the middle slice of the finding with its outline")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist (default: skip them)")
+    p.add_argument("--all-series", action="store_true",
+                   help="segment every 3D DICOM series, not only FLAIR ones (NIfTI files are always segmented)")
+    p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the cases into N shards (default 1)")
+    p.add_argument("--shard-id", type=int, default=0, metavar="K", help="run shard K of N (0-based, default 0)")
+    p.add_argument("--bundle", default=None, help="MONAI bundle folder (default: the installed/shipped one)")
+    p.add_argument("--weights", default=None, help="model weights (default: the bundle's models/model.pt)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_segment)
+    return p

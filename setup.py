@@ -39,7 +39,7 @@ setup(
         "psutil",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "jsonschema>=4"],
         "slicer": ["slicer-core"],
     },
     entry_points={"console_scripts": ["monaiunetseg=MONAIUNetSegLib.cli:main"]},

@@ -106,7 +106,7 @@ def test_dicom_and_nifti_batch_with_seg(data, segmenter, tmp_path: Path):
     (segment,) = seg.SegmentSequence
     assert segment.SegmentLabel == SEGMENT_LABEL == "FLAIR abnormality"
     assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == SEGMENT_CATEGORY.value == "49755003"
-    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == SEGMENT_TYPE.value
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == SEGMENT_TYPE.value == "4147007"  # as in Slicer
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
     sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in data["flair_paths"])}
     for uid, ds in sources.items():

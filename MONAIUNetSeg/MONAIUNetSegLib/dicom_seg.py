@@ -4,9 +4,10 @@ Coding of the segment (SNOMED CT, the scheme DICOM CID 7150/7151 draw from):
 
 * category 49755003 "Morphologically abnormal structure": the FLAIR hyperintensity is an abnormal tissue
   region, not an anatomical structure or a device;
-* type 108369006 "Neoplasm": in the population the model is trained and meant for (lower-grade gliomas,
-  TCGA-LGG) the FLAIR abnormality is the accepted outline of the non-enhancing tumour, which is what the
-  reference masks mark. 52988006 "Lesion" would be the neutral choice for scans of unknown diagnosis.
+* type 4147007 "Mass": the same code the Slicer module gives the segment (3D Slicer's General Anatomy
+  terminology), so a SEG and a Slicer segmentation of one scan say the same thing. In the population the model
+  is meant for (lower-grade gliomas, TCGA-LGG) the FLAIR abnormality outlines the non-enhancing tumour; "Mass"
+  states the finding without claiming a diagnosis the model cannot make.
 * anatomic region 12738006 "Brain".
 """
 
@@ -25,7 +26,7 @@ from .atomic import atomic_path
 
 SEGMENT_LABEL = "FLAIR abnormality"
 SEGMENT_CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
-SEGMENT_TYPE = codes.SCT.Neoplasm
+SEGMENT_TYPE = codes.SCT.Mass  # 4147007, as in slicer_mrml.TERMINOLOGY_ENTRY
 ANATOMIC_REGION = codes.SCT.Brain
 SERIES_DESCRIPTION = "FLAIR abnormality (MONAIUNetSeg) - research use only"
 CONTENT_DESCRIPTION = "FLAIR abnormality - research use only, not for diagnosis"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from .lgg import list_patients
@@ -53,9 +54,17 @@ def load_split(dataset_dir: str | os.PathLike, val_fold: int = 0, cache_dir: str
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
-    """Newest ``<prefix>_*.pt`` in ``ckpt_dir`` to resume from, or None for a fresh run."""
+    """Highest-epoch ``<prefix>_*epoch=N.pt`` in ``ckpt_dir`` to resume from, or None for a fresh run.
+
+    Chosen by the epoch in the name, not the file time, so copied or restored folders resume correctly.
+    """
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return None
-    found = sorted(ckpt_dir.glob(f"{prefix}_*.pt"), key=lambda p: p.stat().st_mtime)
+
+    def epoch(path: Path) -> int:
+        match = re.search(r"epoch=(\d+)", path.name)
+        return int(match.group(1)) if match else -1
+
+    found = sorted(ckpt_dir.glob(f"{prefix}_*.pt"), key=lambda p: (epoch(p), p.stat().st_mtime))
     return str(found[-1]) if found else None

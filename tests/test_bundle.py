@@ -1,0 +1,411 @@
+"""The MONAI bundle driven through its own configs (``python -m monai.bundle ...``, cwd ``monai_bundle``) on
+real LGG patients: train, resume, evaluate, infer, export, verify, metadata and 2-process DDP on the CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from MONAIUNetSegLib.bundle import network_from_config
+from MONAIUNetSegLib.datalist import load_split
+
+from conftest import BUNDLE_DIR, REPO, SAMPLE_DIR
+
+SCHEMA_DIR = REPO.parent / "shared" / "monai"
+TRAIN = "configs/train.json"
+EVALUATE = "['configs/train.json','configs/evaluate.json']"
+MULTI_GPU = "['configs/train.json','configs/multi_gpu_train.json']"
+COMMON = ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf", "--device", "cpu"]
+TIMEOUT = 420  # seconds per bundle command: minutes of slack over the ~10 s each takes on 2 idle cores
+CSV_COLUMNS = ["patient", "label_ml", "dice", "hd95_mm", "pred_ml", "abs_vol_diff_ml",
+               "dice_lcc", "hd95_mm_lcc", "pred_ml_lcc", "abs_vol_diff_ml_lcc"]
+TENSOR_KEYS = {"type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data", "channel_def"}
+
+
+def run_bundle(args: list[str], launcher: list[str] | None = None, timeout: int = TIMEOUT) -> str:
+    """Run ``python [launcher] -m monai.bundle <args>`` in the bundle folder; return stdout+stderr, fail on rc != 0.
+
+    Runs in its own session so a hung run (e.g. a DDP deadlock) is killed with all its worker processes.
+    """
+    cmd = [sys.executable, *(launcher or []), "-m", "monai.bundle", *args]
+    proc = subprocess.Popen(cmd, cwd=BUNDLE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        timed_out = True
+    if timed_out:
+        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n--- output (tail) ---\n{out[-6000:]}")
+    assert proc.returncode == 0, f"exit {proc.returncode}: {' '.join(cmd)}\n--- output (tail) ---\n{out[-6000:]}"
+    return out
+
+
+@dataclass
+class TrainRun:
+    out: Path
+    log: str
+    files: list[str]  # relative paths under ``out`` right after the run
+
+
+def train(dataset: Path, out: Path, epochs: int) -> TrainRun:
+    log = run_bundle(["run", "training", "--config_file", TRAIN, *COMMON, "--dataset_dir", str(dataset),
+                      "--epochs", str(epochs), "--val_interval", "1", "--output_dir", str(out), "--num_workers", "0"])
+    return TrainRun(out, log, sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()))
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("checkpoint_*.pt"))
+
+
+def event_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("events.out.tfevents.*"))
+
+
+def scalar_tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for f in event_files(run_dir):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        tags.update(acc.Tags()["scalars"])
+    return tags
+
+
+def load_weights_into_bundle_net(path: Path) -> torch.nn.Module:
+    """The network of ``configs/inference.json`` with ``path``'s weights (strict, ``weights_only=True``)."""
+    net = network_from_config(BUNDLE_DIR)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def two_val_dataset(prepared_small: Path, tmp_path_factory) -> Path:
+    """``prepared_small`` re-folded: fold 0 (validation) holds two patients, fold 1 the third.
+
+    DDP needs at least one validation volume per rank, and two rows make the per-patient CSV check meaningful.
+    """
+    root = tmp_path_factory.mktemp("two_val")
+    for sub in ("images", "labels"):
+        (root / sub).symlink_to(prepared_small / sub, target_is_directory=True)
+    datalist = json.loads((prepared_small / "datalist.json").read_text())
+    for i, entry in enumerate(sorted(datalist["training"], key=lambda e: e["n_slices"])):
+        entry["fold"] = 0 if i < 2 else 1  # the two smallest volumes validate
+    datalist["n_folds"] = 2
+    (root / "datalist.json").write_text(json.dumps(datalist, indent=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_small: Path, tmp_path_factory) -> TrainRun:
+    """One epoch on two real patients (folds 1-2 of ``prepared_small``), validated on the third."""
+    return train(prepared_small, tmp_path_factory.mktemp("train"), epochs=1)
+
+
+@pytest.fixture(scope="module")
+def resumed(trained: TrainRun, prepared_small: Path, tmp_path_factory) -> TrainRun:
+    """A copy of ``trained``'s output folder, rerun with ``--epochs 2`` (the original stays untouched)."""
+    out = tmp_path_factory.mktemp("resume") / "run"
+    shutil.copytree(trained.out, out)
+    return train(prepared_small, out, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def inferred(tmp_path_factory) -> Path:
+    """``configs/inference.json`` with the shipped weights over the bundled sample folder."""
+    out = tmp_path_factory.mktemp("inference")
+    run_bundle(["run", "inference", "--config_file", "configs/inference.json", *COMMON,
+                "--input_dir", str(SAMPLE_DIR), "--output_dir", str(out)])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def test_training_one_epoch_writes_model_checkpoint_and_logs(trained: TrainRun):
+    """``run training`` on real data must leave everything a user and a resume need: final weights the inference
+    network loads, a resumable checkpoint, TensorBoard scalars and a validation metric in the log."""
+    model = trained.out / "model.pt"
+    assert model.is_file(), trained.files
+    net = load_weights_into_bundle_net(model)
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+    ckpts = checkpoints(trained.out)
+    assert [c.name for c in ckpts] == ["checkpoint_checkpoint_epoch=1.pt"], trained.files
+    state = torch.load(ckpts[0], map_location="cpu", weights_only=True)
+    assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(state)
+
+    assert event_files(trained.out), trained.files
+    assert {"train_loss", "val_mean_dice"} <= scalar_tags(trained.out)
+
+    assert re.search(r"Epoch: 1/1, Iter: \d+/\d+ -- train_loss: \d", trained.log), trained.log[-3000:]
+    dice = [float(v) for v in re.findall(r"val_mean_dice: ([0-9.]+)", trained.log)]
+    assert dice and all(0.0 <= d <= 1.0 for d in dice), trained.log[-3000:]
+
+
+def test_resume_continues_from_checkpoint(resumed: TrainRun):
+    """Rerunning with more epochs in the same output folder must restore the checkpoint and train only the new
+    epoch, not start over."""
+    log = resumed.log
+    assert re.search(r"Restored all variables from .*checkpoint_checkpoint_epoch=1\.pt", log), log[-3000:]
+    assert "Epoch: 2/2, Iter" in log, log[-3000:]
+    assert "Epoch: 1/2, Iter" not in log, "epoch 1 was trained again:\n" + log[-3000:]
+    assert "SupervisedTrainer - INFO - Epoch[1] Complete" not in log, log[-3000:]
+
+    last = resumed.out / "checkpoints" / "checkpoint_checkpoint_epoch=2.pt"
+    assert last.is_file(), resumed.files
+    trainer = torch.load(last, map_location="cpu", weights_only=True)["trainer"]
+    assert trainer["max_epochs"] == 2
+    assert trainer["iteration"] == 2 * trainer["epoch_length"]  # epoch 2 done, after exactly 2 epochs of steps
+
+
+@pytest.mark.parametrize(
+    ("configs", "alias", "ids"),
+    [
+        (TRAIN, "training", ["initialize", "run"]),
+        (EVALUATE, "evaluating", ["initialize", "run"]),
+        ("configs/inference.json", "inference", ["initialize", "run"]),
+        (MULTI_GPU, "training", ["initialize", "run", "finalize"]),
+    ],
+)
+def test_run_ids_exist(configs: str, alias: str, ids: list[str]):
+    """``monai.bundle run`` defaults to the ``run`` id and the docs name ``training``/``evaluating``/``inference``:
+    both must exist, the named one an alias of ``run``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    files = json.loads(configs.replace("'", '"')) if configs.startswith("[") else [configs]
+    parser.read_config([BUNDLE_DIR / f for f in files])
+    missing = [i for i in [*ids, alias] if i not in parser]
+    assert not missing, f"{configs}: missing ids {missing}"
+    assert parser.get(alias) == "@run", f"{configs}: {alias} = {parser.get(alias)!r}"
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+def test_evaluating_writes_per_patient_metrics(trained: TrainRun, two_val_dataset: Path, tmp_path: Path):
+    """``evaluate.json`` must score every validation patient on its own grid: one CSV row per patient with the
+    documented columns, label volumes that match the label files, and a summary that agrees with the rows."""
+    out = tmp_path / "eval"
+    log = run_bundle(["run", "evaluating", "--config_file", EVALUATE, *COMMON, "--dataset_dir", str(two_val_dataset),
+                      "--model_path", str(trained.out / "model.pt"), "--output_dir", str(out), "--num_workers", "0"])
+    with open(out / "metrics_per_patient.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == CSV_COLUMNS
+        rows = list(reader)
+    _, val = load_split(two_val_dataset, 0)
+    assert [r["patient"] for r in rows] == sorted(v["patient"] for v in val)
+
+    for row, item in zip(rows, sorted(val, key=lambda v: v["patient"])):
+        m = {k: float(v) for k, v in row.items() if k != "patient"}
+        assert 0.0 <= m["dice"] <= 1.0 and 0.0 <= m["dice_lcc"] <= 1.0, row
+        label = nib.load(item["label"])
+        label_ml = float((np.asanyarray(label.dataobj) > 0).sum()) * float(np.prod(label.header.get_zooms()[:3])) / 1000
+        assert label_ml > 0 and math.isclose(m["label_ml"], label_ml, abs_tol=1e-3), (row, label_ml)
+        for s in ("", "_lcc"):
+            assert math.isclose(m[f"abs_vol_diff_ml{s}"], abs(m[f"pred_ml{s}"] - m["label_ml"]), abs_tol=2e-3), row
+        assert m["pred_ml_lcc"] <= m["pred_ml"] + 1e-3, row  # largest component is a subset of the prediction
+
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert summary["n"] == len(rows)
+    assert math.isclose(summary["dice_mean"], np.mean([float(r["dice"]) for r in rows]), abs_tol=1e-3)
+    # MONAI's MeanDice on the same inverted predictions must agree with the handler's own Dice.
+    val_dice = float(re.findall(r"val_mean_dice: ([0-9.]+)", log)[-1])
+    assert math.isclose(val_dice, summary["dice_mean"], abs_tol=1e-3), (val_dice, summary)
+
+
+# ----------------------------------------------------------------------------------------------- inference
+
+
+def test_inference_output_matches_input_grid(inferred: Path):
+    """A segmentation is only usable on the input's own voxel grid: same shape and affine, binary uint8."""
+    inputs = sorted(SAMPLE_DIR.glob("*_flair.nii*"))
+    outputs = sorted(inferred.glob("*.nii*"))
+    assert [o.name for o in outputs] == [i.name.replace("_flair.nii", "_flair_seg.nii") for i in inputs]
+    for src, dst in zip(inputs, outputs):
+        a, b = nib.load(src), nib.load(dst)
+        assert b.shape == a.shape
+        assert np.allclose(b.affine, a.affine, atol=1e-4), (a.affine, b.affine)
+        assert b.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asanyarray(b.dataobj)).tolist()) <= {0, 1}
+
+
+def test_inference_config_agrees_with_core_segmenter(inferred: Path, segmenter):
+    """The bundle's inference config and the core package (CLI/Slicer) must not drift apart: same mask."""
+    inputs = sorted(SAMPLE_DIR.glob("*_flair.nii*"))
+    for src in inputs:
+        img = nib.load(src)
+        core = segmenter.segment(img.get_fdata(dtype=np.float32), img.affine)
+        bundle = np.asanyarray(nib.load(inferred / src.name.replace("_flair.nii", "_flair_seg.nii")).dataobj)
+        differ = int((core != bundle).sum())
+        assert differ <= 1e-5 * core.size, f"{src.name}: {differ} voxels differ ({int(core.sum())} vs {int(bundle.sum())})"
+
+
+# ----------------------------------------------------------------------------------------------- export / verify
+
+
+def metadata() -> dict:
+    return json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())
+
+
+def input_shape(meta: dict, n: int = 16) -> tuple[int, ...]:
+    """(2, C, H, W) from ``network_data_format.inputs.image`` with ``n`` substituted (``16*n`` -> 256)."""
+    image = meta["network_data_format"]["inputs"]["image"]
+    spatial = [int(eval(s, {"__builtins__": {}}, {"n": n})) if isinstance(s, str) else int(s) for s in image["spatial_shape"]]
+    return (2, image["num_channels"], *spatial)
+
+
+def test_torchscript_export_matches_eager(tmp_path: Path):
+    """``ckpt_export`` must produce a TorchScript model that computes exactly what the shipped weights do."""
+    ts = tmp_path / "model.ts"
+    run_bundle(["ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", "models/model.pt",
+                "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"])
+    scripted = torch.jit.load(str(ts), map_location="cpu").eval()
+    eager = load_weights_into_bundle_net(BUNDLE_DIR / "models" / "model.pt")
+    x = torch.rand(input_shape(metadata()), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = eager(x), scripted(x)
+    assert got.shape == want.shape == (x.shape[0], 2, *x.shape[2:])
+    assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+
+
+def test_verify_net_in_out():
+    """The network must accept and produce what ``network_data_format`` in metadata.json promises."""
+    log = run_bundle(["verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+                      "--config_file", "configs/inference.json"])
+    assert "verified with no error" in log, log[-3000:]
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+
+def test_metadata_required_fields():
+    """metadata.json must carry the fields the MONAI bundle spec requires, consistent with the network."""
+    meta = metadata()
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+                "required_packages_version", "task", "description", "authors", "copyright", "network_data_format"):
+        assert meta.get(key) not in (None, "", {}), f"metadata.json: {key} missing or empty"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", meta["version"]), meta["version"]
+    assert meta["version"] in meta["changelog"], "changelog has no entry for the current version"
+    for key in ("monai_version", "pytorch_version", "numpy_version"):
+        assert re.match(r"\d+\.\d+", meta[key]), (key, meta[key])
+    assert all(re.match(r"\d+\.\d+", v) for v in meta["required_packages_version"].values())
+    use = meta.get("intended_use", "").lower()
+    assert "research" in use and "not for clinical use" in use, meta.get("intended_use")
+
+    fmt = meta["network_data_format"]
+    image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
+    for name, tensor in (("inputs.image", image), ("outputs.pred", pred)):
+        assert TENSOR_KEYS <= set(tensor), f"{name} lacks {sorted(TENSOR_KEYS - set(tensor))}"
+        assert len(tensor["channel_def"]) == tensor["num_channels"], name
+        assert tensor["is_patch_data"] is False, name
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(BUNDLE_DIR / "configs" / "inference.json")
+    net = parser.get("network_def")
+    assert (image["num_channels"], pred["num_channels"]) == (net["in_channels"], net["out_channels"])
+
+
+def test_metadata_validates_against_schema():
+    """Offline check against MONAI's published metadata schema (what ``verify_metadata`` downloads)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schemas = sorted(SCHEMA_DIR.glob("meta_schema_*.json")) if SCHEMA_DIR.is_dir() else []
+    if not schemas:
+        pytest.skip(f"no meta_schema_*.json in {SCHEMA_DIR}")
+    meta = metadata()
+    if meta.get("schema"):
+        named = [s for s in schemas if s.name == meta["schema"].rsplit("/", 1)[-1]]
+        assert named, f"metadata schema {meta['schema']} is not among {[s.name for s in schemas]}"
+        schemas = named
+    for path in schemas:
+        schema = json.loads(path.read_text())
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in cls(schema).iter_errors(meta)]
+        assert not errors, f"{path.name}:\n" + "\n".join(errors)
+
+
+def test_network_def_identical_in_train_and_inference():
+    """Weights trained with train.json are loaded through inference.json: one architecture, one definition."""
+    from monai.bundle import ConfigParser
+
+    defs = {}
+    for name in ("train.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config(BUNDLE_DIR / "configs" / name)
+        defs[name] = parser.get("network_def")
+    assert defs["train.json"] == defs["inference.json"]
+    parser = ConfigParser()
+    parser.read_config([BUNDLE_DIR / "configs" / "train.json", BUNDLE_DIR / "configs" / "multi_gpu_train.json"])
+    assert parser.get("network_def") == defs["train.json"], "multi_gpu_train.json must not change network_def"
+
+
+# ----------------------------------------------------------------------------------------------- DDP
+
+
+def test_ddp_two_process_training(two_val_dataset: Path, tmp_path: Path):
+    """2-process gloo DDP through multi_gpu_train.json: both ranks must finish (no collective deadlock), and only
+    rank 0 may write checkpoints, weights and TensorBoard files."""
+    out, logs = tmp_path / "ddp", tmp_path / "torchrun_logs"
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--log-dir", str(logs), "--tee", "3"]
+    run_bundle(["run", "training", "--config_file", MULTI_GPU, *COMMON, "--dataset_dir", str(two_val_dataset),
+                "--subset", "2", "--epochs", "2", "--val_interval", "1", "--output_dir", str(out),
+                "--num_workers", "0"], launcher=launcher)
+
+    rank_logs = {}
+    for rank in (0, 1):
+        found = list(logs.glob(f"*/attempt_0/{rank}/stdout.log"))
+        assert len(found) == 1, f"rank {rank}: {found}"
+        rank_logs[rank] = found[0].read_text()
+    for rank, text in rank_logs.items():
+        assert "Epoch[2] Complete" in text and "SupervisedTrainer - INFO - Engine run finished" in text, \
+            f"rank {rank} did not finish:\n{text[-3000:]}"
+    assert "Saved checkpoint at epoch: 2" in rank_logs[0]
+    assert "Saved checkpoint" not in rank_logs[1] and "saved final checkpoint" not in rank_logs[1], rank_logs[1][-3000:]
+    # validation metric is reduced over both ranks' volumes, so both report the same value
+    dice = {r: re.findall(r"Got new best metric of val_mean_dice: ([0-9.]+)", t) for r, t in rank_logs.items()}
+    assert dice[0] and dice[0] == dice[1], dice
+
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert [c.name for c in checkpoints(out)] == ["checkpoint_checkpoint_epoch=2.pt"], files
+    events = event_files(out)
+    # one writer each for training and validation, as in a single-process run, all from one process (rank 0)
+    assert len(events) == 2 and len({e.name.split(".")[-2] for e in events}) == 1, files
+    assert sorted(p.name for p in out.glob("*.pt")) == ["model.pt", "model_best_val.pt"], files
+    load_weights_into_bundle_net(out / "model.pt")  # DDP's "module." wrapper must not leak into saved weights
+
+
+def test_latest_checkpoint_picks_highest_epoch_not_newest_file(tmp_path: Path) -> None:
+    """Resume must follow the epoch in the name: copies and restores scramble file times (and 10 > 9 > 2)."""
+    from MONAIUNetSegLib.datalist import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path / "missing") is None
+    assert latest_checkpoint(tmp_path) is None
+    for i, epoch in enumerate([10, 9, 2]):  # epoch 10 written first = oldest mtime
+        path = tmp_path / f"checkpoint_checkpoint_epoch={epoch}.pt"
+        path.write_bytes(b"x")
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_checkpoint_epoch=10.pt"

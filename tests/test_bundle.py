@@ -409,3 +409,27 @@ def test_latest_checkpoint_picks_highest_epoch_not_newest_file(tmp_path: Path) -
         path.write_bytes(b"x")
         os.utime(path, (1_000_000 + i, 1_000_000 + i))
     assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_checkpoint_epoch=10.pt"
+
+
+def test_shipped_model_card_agrees_with_evaluating_rerun(kaggle_dir: Path, tmp_path: Path) -> None:
+    """The committed per-patient table (docs/metrics_per_patient.csv and the model card) is what `evaluating`
+    gives today: shipped weights on fold 0 of the raw shared data, prepared on the fly by the bundle."""
+    run_bundle(["run", "evaluating", "--config_file", EVALUATE, *COMMON, "--dataset_dir", str(kaggle_dir),
+                "--output_dir", str(tmp_path / "eval")])
+    with open(tmp_path / "eval" / "metrics_per_patient.csv") as f:
+        rerun = {r["patient"]: r for r in csv.DictReader(f)}
+    with open(BUNDLE_DIR / "docs" / "metrics_per_patient.csv") as f:
+        committed = {r["patient"]: r for r in csv.DictReader(f)}
+    assert sorted(rerun) == sorted(committed) and len(committed) == 16
+    for patient, row in committed.items():
+        for key in ("dice", "dice_lcc", "label_ml", "pred_ml"):
+            assert math.isclose(float(rerun[patient][key]), float(row[key]), abs_tol=2e-3), (patient, key)
+    card = (BUNDLE_DIR / "docs" / "README.md").read_text()
+    for patient, row in committed.items():
+        line = next((ln for ln in card.splitlines() if ln.startswith(f"| {patient} ")), None)
+        assert line is not None, f"{patient} missing from the model card's table"
+        assert f"{float(row['dice']):.3f}" in line, (patient, line)
+    summary = json.loads((BUNDLE_DIR / "docs" / "metrics_summary.json").read_text())
+    meta = json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())
+    assert math.isclose(meta["eval_metrics"]["mean_dice"], summary["dice_mean"], abs_tol=1e-4)
+    assert f"{summary['dice_mean']:.3f}" in card

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import highdicom as hd
@@ -223,3 +224,69 @@ def test_earlier_outputs_are_not_taken_as_scans(tmp_path: Path):
     write_labelmap(np.zeros((8, 8, 3), dtype=np.uint8), np.eye(4), tmp_path / "old" / "scan_seg.nii.gz")
     (case,) = discover_cases([tmp_path / "old"])
     assert case.status == SKIPPED and "earlier output" in case.problem and "scan_seg.nii.gz" in case.problem
+
+
+def test_files_without_preamble_are_read_as_scanned(tmp_path: Path):
+    """DICOM files lacking the 128-byte preamble and 'DICM' are found (force) and their pixels read too."""
+    vol = np.random.default_rng(3).integers(0, 400, size=(20, 18, 5)).astype(np.float32)
+    affine = np.diag([-1.0, -1.0, 3.0, 1.0])
+    info = write_series(vol, affine, tmp_path / "series", slope=1.0, intercept=0.0)
+    for p in info["paths"]:
+        p.write_bytes(p.read_bytes()[132:])
+        with pytest.raises(pydicom.errors.InvalidDicomError):
+            pydicom.dcmread(p)  # really without the preamble: a plain read refuses it
+    (case,) = discover_cases([tmp_path / "series"])
+    assert case.kind == "dicom" and case.series_uid == info["series_uid"]
+    volume = load_series_volume(case.series)
+    np.testing.assert_array_equal(on_grid(volume.array, volume.affine, vol.shape, affine), vol)
+
+
+def test_corrupt_header_element_is_a_series_error_naming_the_file(tmp_path: Path):
+    vol = np.zeros((8, 8, 3), dtype=np.float32)
+    path = write_series(vol, np.eye(4), tmp_path / "series")["paths"][0]
+    raw = path.read_bytes()
+    i = raw.index(b"\x28\x00\x10\x00US\x02\x00")  # Rows, given a 3-byte value: pydicom fails only on access
+    path.write_bytes(raw[:i] + b"\x28\x00\x10\x00US\x03\x00" + raw[i + 8:i + 10] + b"\x00" + raw[i + 10:])
+    with pytest.raises(DicomSeriesError, match=f"^{path}: corrupt DICOM file"):
+        read_header(path)
+    by_source = {c.source: c for c in discover_cases([tmp_path / "series"], all_series=True)}
+    assert by_source[path].status == FAILED and str(path) in by_source[path].problem
+
+
+def _unlistable_folder_row(cases, folder: Path):
+    (row,) = [c for c in cases if c.source == folder]
+    assert row.status == FAILED and row.problem.startswith(f"{folder}: cannot list folder")
+    return row
+
+
+def test_unlistable_folder_is_a_failed_row(tmp_path: Path):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: chmod 000 does not stop root from listing a folder")
+    save_nifti(np.ones((8, 8, 3)), np.eye(4), tmp_path / "in" / "good.nii.gz")
+    locked = tmp_path / "in" / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        cases = discover_cases([tmp_path / "in"])
+        assert "Permission denied" in _unlistable_folder_row(cases, locked).problem
+        assert [c.source.name for c in cases if c.kind == "nifti"] == ["good.nii.gz"]
+    finally:
+        locked.chmod(0o755)
+
+
+def test_folder_beyond_path_max_is_a_failed_row(tmp_path: Path):
+    """A folder that cannot be listed whoever runs it (root included): its path exceeds PATH_MAX."""
+    save_nifti(np.ones((8, 8, 3)), np.eye(4), tmp_path / "in" / "good.nii.gz")
+    fd = os.open(tmp_path / "in", os.O_RDONLY)
+    try:
+        for _ in range(os.pathconf(tmp_path, "PC_PATH_MAX") // 256 + 1):
+            os.mkdir("d" * 255, dir_fd=fd)
+            fd, parent = os.open("d" * 255, os.O_RDONLY, dir_fd=fd), fd
+            os.close(parent)
+    finally:
+        os.close(fd)
+    cases = discover_cases([tmp_path / "in"])
+    (row,) = [c for c in cases if c.kind == "problem"]
+    assert row.status == FAILED and "cannot list folder (File name too long)" in row.problem
+    assert str(row.source).startswith(str(tmp_path / "in" / ("d" * 255)))
+    assert [c.source.name for c in cases if c.kind == "nifti"] == ["good.nii.gz"]

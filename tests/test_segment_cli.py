@@ -20,6 +20,7 @@ from PIL import Image
 from MONAIUNetSegLib.batch import BatchOptions, run_batch
 from MONAIUNetSegLib.cli import main as cli_main
 from MONAIUNetSegLib.dicom_seg import SEGMENT_CATEGORY, SEGMENT_LABEL, SEGMENT_TYPE
+from MONAIUNetSegLib.nifti_io import read_source_record, write_labelmap
 
 from conftest import SAMPLE_FLAIR
 from dicom_factory import write_series
@@ -296,3 +297,160 @@ def test_memory_stays_flat_over_a_batch(kaggle_dir: Path, segmenter, tmp_path: P
     assert result.count("ok") == 9 and len(recorder.rss) == 9
     growth_mb = (max(recorder.rss[3:]) - recorder.rss[2]) / 2**20
     assert growth_mb < 40, [round(r / 2**20) for r in recorder.rss]
+
+
+def _same_grid_variant(data: dict, shift: int) -> np.ndarray:
+    """Another scan on the same grid as ``data["nifti"]`` (the FLAIR rolled in-plane)."""
+    return np.roll(data["flair"], shift, axis=0)
+
+
+def test_output_of_another_input_is_never_reused_or_overwritten(data, segmenter, tmp_path: Path):
+    """Later runs into the same -o with other inputs of the same name: never reported as theirs, never replaced."""
+    a = save_nifti(data["flair"], data["affine"], tmp_path / "patA" / "flair.nii.gz")
+    b = save_nifti(_same_grid_variant(data, 20), data["affine"], tmp_path / "patB" / "flair.nii.gz")
+    c = save_nifti(data["flair"][:, :, :6], data["affine"], tmp_path / "patC" / "flair.nii.gz")  # other grid
+    out = tmp_path / "out"
+    labelmap = out / "flair_seg.nii.gz"
+    opts = BatchOptions(progress=False)
+
+    assert run_batch([a], out, opts, segmenter=segmenter).exit_code == 0
+    assert read_source_record(labelmap) == {"kind": "nifti", "input": str(a.resolve())}
+    owned_by_a = labelmap.read_bytes()
+    for other in (b, c):  # same grid: once reported as A's result; other grid: once silently overwritten
+        result = run_batch([other], out, opts, segmenter=segmenter)
+        assert result.exit_code == 1
+        (res,) = result.results
+        assert res.status == "failed" and res.output == "" and res.volume_ml is None
+        assert res.error == (f"{other}: {labelmap} already holds the result of {a.resolve()}; "
+                             "use another -o or --overwrite")
+        assert labelmap.read_bytes() == owned_by_a
+    rows = read_report(out / "report.csv")  # earlier runs' rows kept, earlier first
+    assert [(r["input"], r["status"]) for r in rows] == [(str(a), "ok"), (str(b), "failed"), (str(c), "failed")]
+
+    # --overwrite hands the name to B; A's row no longer describes that file and goes, C's stays.
+    assert run_batch([b], out, BatchOptions(progress=False, overwrite=True), segmenter=segmenter).exit_code == 0
+    assert read_source_record(labelmap)["input"] == str(b.resolve())
+    assert labelmap.read_bytes() != owned_by_a
+    rows = read_report(out / "report.csv")
+    assert [(r["input"], r["status"]) for r in rows] == [(str(c), "failed"), (str(b), "ok")]
+    (res,) = run_batch([a], out, opts, segmenter=segmenter).results
+    assert res.status == "failed" and f"already holds the result of {b.resolve()}" in res.error
+
+    # A file at the name without a source record (not written by this version) is not ours to replace either.
+    (tmp_path / "legacy").mkdir()
+    write_labelmap(np.zeros((4, 4, 4), dtype=np.uint8), np.eye(4), tmp_path / "legacy" / "flair_seg.nii.gz")
+    (res,) = run_batch([a], tmp_path / "legacy", opts, segmenter=segmenter).results
+    assert res.status == "failed" and "no MONAIUNetSeg source record" in res.error
+
+
+def test_dicom_output_of_another_series_is_not_reused(segmenter, tmp_path: Path):
+    """Two series named alike (same patient, date, number, description) but different SeriesInstanceUIDs."""
+    vol = np.random.default_rng(1).integers(0, 400, size=(24, 24, 5)).astype(np.float32)
+    aff = np.diag([-1.0, -1.0, 3.0, 1.0])
+    first = write_series(vol, aff, tmp_path / "one", seed=1)
+    second = write_series(vol[::-1].copy(), aff, tmp_path / "two", seed=2)
+    out = tmp_path / "out"
+    (ok,) = run_batch([tmp_path / "one"], out, BatchOptions(progress=False), segmenter=segmenter).results
+    assert ok.status == "ok" and read_source_record(ok.output)["series_uid"] == first["series_uid"]
+    (res,) = run_batch([tmp_path / "two"], out, BatchOptions(progress=False), segmenter=segmenter).results
+    assert res.status == "failed" and res.series_uid == second["series_uid"]
+    assert f"{ok.output} already holds the result of DICOM series {first['series_uid']} ({tmp_path / 'one'})" in res.error
+    assert str(tmp_path / "two") in res.error
+    (again,) = run_batch([tmp_path / "one"], out, BatchOptions(progress=False), segmenter=segmenter).results
+    assert again.status == "ok" and "existing output kept" in again.note  # its own output is still resumed
+
+
+def test_report_keeps_rows_of_earlier_runs(data, segmenter, tmp_path: Path):
+    x = shutil.copy(data["nifti"], tmp_path / "x.nii.gz")
+    y = save_nifti(_same_grid_variant(data, 10), data["affine"], tmp_path / "in" / "y.nii.gz")
+    out = tmp_path / "out"
+    opts = BatchOptions(progress=False)
+    run_batch([x], out, opts, segmenter=segmenter)
+    run_batch([y, tmp_path / "missing.nii.gz"], out, opts, segmenter=segmenter)
+    rows = read_report(out / "report.csv")
+    assert [(Path(r["input"]).name, r["status"]) for r in rows] == [("x.nii.gz", "ok"), ("y.nii.gz", "ok"),
+                                                                   ("missing.nii.gz", "failed")]
+    assert rows[0]["volume_ml"] != "" and rows[0]["seconds"] != ""  # the earlier row is kept as it was
+    run_batch([x], out, opts, segmenter=segmenter)  # x's row replaced (now "existing output kept"), moved last
+    rows = read_report(out / "report.csv")
+    assert [Path(r["input"]).name for r in rows] == ["y.nii.gz", "missing.nii.gz", "x.nii.gz"]
+    assert "existing output kept" in rows[-1]["note"]
+    assert not list(out.glob(".*"))
+
+
+def _corrupt_rows(path: Path) -> None:
+    """Give the Rows element (0028,0010, US) a 3-byte value: the file parses, the value cannot be converted."""
+    raw = path.read_bytes()
+    tag = b"\x28\x00\x10\x00US\x02\x00"
+    i = raw.index(tag)
+    path.write_bytes(raw[:i] + b"\x28\x00\x10\x00US\x03\x00" + raw[i + 8:i + 10] + b"\x00" + raw[i + 10:])
+
+
+def test_corrupt_header_element_fails_its_file_not_the_batch(data, tmp_path: Path):
+    vol = np.random.default_rng(0).integers(0, 400, size=(20, 20, 6)).astype(np.float32)
+    series = write_series(vol, np.diag([-1.0, -1.0, 3.0, 1.0]), tmp_path / "series", description="AX FLAIR")
+    bad = series["paths"][0]
+    _corrupt_rows(bad)
+    with pytest.raises(pydicom.errors.BytesLengthException):  # the corruption is real: pydicom fails on access
+        pydicom.dcmread(bad, stop_before_pixels=True).Rows
+    out = tmp_path / "out"
+    assert cli_main(["segment", str(tmp_path / "series"), str(data["nifti"]), "-o", str(out), "--quiet"]) == 1
+    rows = {r["input"]: r for r in read_report(out / "report.csv")}
+    assert rows[str(bad)]["status"] == "failed"
+    assert rows[str(bad)]["error"].startswith(f"{bad}: corrupt DICOM file")
+    assert rows[str(data["nifti"])]["status"] == "ok" and Path(rows[str(data["nifti"])]["output"]).is_file()
+
+
+def test_bad_bundle_or_weights_is_a_command_error(data, tmp_path: Path, capsys):
+    from MONAIUNetSegLib.bundle import bundle_root
+
+    not_a_bundle = tmp_path / "not_a_bundle"
+    not_a_bundle.mkdir()
+    with pytest.raises(FileNotFoundError, match="not_a_bundle: not a MONAI bundle folder"):
+        bundle_root(not_a_bundle)  # never silently the default bundle instead
+    args = ["segment", str(data["nifti"]), "-o", str(tmp_path / "out"), "--quiet"]
+    assert cli_main([*args, "--bundle", str(not_a_bundle)]) == 2
+    assert f"{not_a_bundle}: not a MONAI bundle folder (no configs/inference.json in it)" in capsys.readouterr().err
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)
+    for weights in (garbage, tensor):
+        assert cli_main([*args, "--weights", str(weights)]) == 2
+        err = capsys.readouterr().err
+        assert f"monaiunetseg segment: error: {weights}: not a readable PyTorch state_dict (" in err
+        assert "Traceback" not in err
+
+
+def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_segment_runs_without_tqdm_and_highdicom(tmp_path: Path):
+    """As in Slicer's Python (no tqdm, no highdicom): NIfTI and plain DICOM inputs still work."""
+    src = nib.load(SAMPLE_FLAIR)
+    array = np.asarray(src.dataobj).astype(np.float32)[:, :, 16:22]
+    write_series(array, src.affine, tmp_path / "dicom", description="AX FLAIR", slope=1.0, intercept=0.0)
+    out = tmp_path / "out"
+    code = ("import sys\n"
+            "sys.modules['tqdm'] = sys.modules['highdicom'] = None  # not importable\n"
+            "from MONAIUNetSegLib.cli import main\n"
+            f"sys.exit(main(['segment', {str(SAMPLE_FLAIR)!r}, {str(tmp_path / 'dicom')!r}, '-o', {str(out)!r}]))\n")
+    proc = _run_python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 ok" in proc.stdout
+    rows = read_report(out / "report.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok"] and all(Path(r["output"]).is_file() for r in rows)
+
+
+def test_segment_import_failure_is_reported_not_hidden(tmp_path: Path):
+    code = ("import sys\n"
+            "sys.modules['nibabel'] = None\n"
+            "from MONAIUNetSegLib.cli import main\n"
+            "sys.exit(main(['segment', 'scan.nii.gz', '-o', 'out']))\n")
+    proc = _run_python(code, tmp_path)
+    assert proc.returncode == 2
+    assert "monaiunetseg segment: error: the segment command cannot be loaded" in proc.stderr
+    assert "install the missing package (nibabel)" in proc.stderr
+    assert "invalid choice" not in proc.stderr

@@ -202,10 +202,7 @@ class Job:
             return BackgroundError("cancelled")
         message = f"{cause} " if cause else ""
         message += f"(the segmentation process exited with code {returncode})"
-        detail = self.monitor.tail()
-        if "invalid choice: 'segment'" in detail:  # cli.py drops the subcommand when its imports fail
-            message += (". The core's 'segment' command could not be loaded in this Python; run "
-                        "'import MONAIUNetSegLib.segment_cli' in Slicer's Python console to see which import fails")
+        detail = self.monitor.tail()  # a missing import of the core's 'segment' command is named there (cli.py)
         return BackgroundError(message + (f"; its last output:\n{detail}" if detail else ""))
 
     def cleanup(self) -> None:

@@ -1,8 +1,10 @@
 """Batch inference: find cases in the inputs, shard them, segment each once, and keep a report.
 
 Designed for long unattended runs: one bad file fails its own case and the batch goes on; every output is
-written atomically and a rerun skips cases whose outputs exist, so a killed batch resumes where it stopped;
-the report is rewritten (atomically) after every case; the model is loaded once and per-case arrays are freed.
+written atomically and a rerun skips cases whose outputs exist (each labelmap records which input it is the
+result of, so another input's result is never taken for or written over this one's), so a killed batch resumes
+where it stopped; the report is rewritten (atomically) after every case; the model is loaded once and per-case
+arrays are freed.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from typing import Iterable
 import nibabel as nib
 import numpy as np
 from pydicom.errors import InvalidDicomError
-from tqdm import tqdm
 
 from .atomic import write_text_atomic
+from .background import REPORT_NAME
 from .dicom_series import (
     DICOM_SUFFIXES,
+    LPS_TO_RAS,
     DicomFile,
     DicomSeries,
     DicomSeriesError,
@@ -45,11 +48,35 @@ from .nifti_io import (
     is_our_labelmap,
     nifti_stem,
     read_nifti_volume,
+    read_source_record,
     write_labelmap,
     write_labelmap_like,
 )
 
-REPORT_NAME = "report.csv"
+try:
+    from tqdm import tqdm
+except ImportError:  # e.g. Slicer's Python: the same batch, without a progress bar
+
+    class tqdm:  # type: ignore[no-redef]
+        """Stand-in for the few ``tqdm`` features used here: iterates and shows nothing."""
+
+        def __init__(self, iterable, **_kwargs) -> None:
+            self.iterable = iterable
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+        def set_postfix_str(self, _text: str) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        @staticmethod
+        def write(text: str, file=None) -> None:
+            print(text, file=file)
+
+
 REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "seconds", "series_uid", "series_description",
                   "dicom_seg", "overlay", "note"]
 OK, FAILED, SKIPPED, PENDING = "ok", "failed", "skipped", "pending"  # pending: not reached (yet)
@@ -83,7 +110,6 @@ class Case:
     series: DicomSeries | None = None
     status: str | None = None  # preset (failed/skipped) when discovery already decided
     problem: str = ""
-    selected_because: str = ""
     name: str = ""  # output stem, unique in the batch
 
     @property
@@ -194,9 +220,10 @@ def _scan_file(path: Path, explicit: bool) -> Path | DicomFile | Case | None:
     return None
 
 
-def _walk(folder: Path) -> Iterable[Path]:
-    """Files under ``folder``, sorted, hidden files/folders (and our own temporary files) left out."""
-    for root, dirs, files in os.walk(folder):
+def _walk(folder: Path, onerror=None) -> Iterable[Path]:
+    """Files under ``folder``, sorted, hidden files/folders (and our own temporary files) left out;
+    ``onerror(OSError)`` is called for each folder that cannot be listed."""
+    for root, dirs, files in os.walk(folder, onerror=onerror):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith("."):
@@ -215,7 +242,7 @@ def _series_case(series: DicomSeries, all_series: bool) -> Case:
     if problem:
         status = FAILED if flair else SKIPPED
         return Case("problem", series.folder, series=series, status=status, problem=f"{series.label()}: {problem}")
-    return Case("dicom", series.folder, series=series, selected_because=flair or "--all-series")
+    return Case("dicom", series.folder, series=series)
 
 
 def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False) -> list[Case]:
@@ -229,6 +256,16 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
     cases: list[Case] = []
     dicom_files: list[DicomFile] = []
     seen: set[str] = set()  # real paths already taken (the same file reached through two inputs counts once)
+
+    def scan(file: Path, explicit: bool) -> Path | DicomFile | Case | None:
+        try:
+            return _scan_file(file, explicit)
+        except Exception as exc:  # one unreadable file never stops the batch
+            return _problem(file, FAILED, f"{file}: cannot be read ({exc.__class__.__name__}: {exc})")
+
+    def unreadable_folder(exc: OSError) -> None:  # os.walk's onerror
+        folder = Path(exc.filename) if exc.filename else path
+        add(_problem(folder, FAILED, f"{folder}: cannot list folder ({exc.strerror or exc})"))
 
     def add(item: Path | DicomFile | Case) -> None:
         path = item.path if isinstance(item, DicomFile) else item.source if isinstance(item, Case) else item
@@ -246,21 +283,22 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
     for raw in inputs:
         path = Path(os.path.abspath(raw))
         if path.is_file():
-            add(_scan_file(path, explicit=True))  # type: ignore[arg-type]  # explicit: never None
+            add(scan(path, explicit=True))  # type: ignore[arg-type]  # explicit: never None
         elif path.is_dir():
             found = 0
             others: dict[Path, list[str]] = {}
-            for f in _walk(path):
-                item = _scan_file(f, explicit=False)
+            for f in _walk(path, onerror=unreadable_folder):
+                item = scan(f, explicit=False)
                 if item is None:
                     others.setdefault(f.parent, []).append(f.name)
                 else:
                     add(item)
                     found += 1
             if not found:
-                n_other = sum(len(v) for v in others.values())
-                extra = f" ({n_other} other file(s), e.g. {next(iter(others.values()))[0]})" if n_other else ""
-                cases.append(_problem(path, FAILED, f"{path}: no DICOM or NIfTI files found{extra}"))
+                if os.path.realpath(path) not in seen:  # else the folder could not be listed: already reported
+                    n_other = sum(len(v) for v in others.values())
+                    extra = f" ({n_other} other file(s), e.g. {next(iter(others.values()))[0]})" if n_other else ""
+                    cases.append(_problem(path, FAILED, f"{path}: no DICOM or NIfTI files found{extra}"))
             else:
                 for folder, names in others.items():
                     cases.append(_problem(folder, SKIPPED, f"{folder}: {len(names)} file(s) that are neither NIfTI nor "
@@ -351,9 +389,44 @@ def _base_result(case: Case) -> CaseResult:
     return CaseResult(input=str(case.source), series_uid=case.series_uid, series_description=case.series_description)
 
 
+def source_record(case: Case) -> dict[str, str]:
+    """What a labelmap records as its source: the resolved NIfTI path, or the DICOM SeriesInstanceUID (with
+    the series folder, for messages)."""
+    if case.kind == "nifti":
+        return {"kind": "nifti", "input": os.path.realpath(case.source)}
+    return {"kind": "dicom", "series_uid": case.series_uid, "input": str(case.source)}
+
+
+def _is_source(record: dict | None, case: Case) -> bool:
+    mine = source_record(case)
+    key = "input" if case.kind == "nifti" else "series_uid"
+    return record is not None and record.get("kind") == mine["kind"] and record.get(key) == mine[key]
+
+
+def _describe_source(record: dict | None) -> str:
+    if record is None:
+        return "another input (the file has no MONAIUNetSeg source record)"
+    if record.get("kind") == "dicom":
+        return f"DICOM series {record.get('series_uid')} ({record.get('input')})"
+    return str(record.get("input"))
+
+
 def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> CaseResult | None:
-    """The row of a case finished by an earlier run (all requested outputs present and the labelmap on the
-    input's grid), or None if it has to be (re)done."""
+    """The row of a case finished by an earlier run (all requested outputs present, the labelmap recording
+    this input as its source and on the input's grid), a failed row when the labelmap's name is taken by the
+    result of another input (never written over without ``--overwrite``), or None if it has to be (re)done."""
+    if os.path.lexists(paths.labelmap):
+        try:
+            record = read_source_record(paths.labelmap)
+        except Exception:  # not a readable NIfTI: not ours to replace either
+            record = None
+        if not _is_source(record, case):
+            res = _base_result(case)
+            res.status = FAILED
+            where = case.series.label() if case.series else str(case.source)
+            res.error = (f"{where}: {paths.labelmap} already holds the result of {_describe_source(record)}; "
+                         "use another -o or --overwrite")
+            return res
     wanted = [paths.labelmap]
     if options.dicom_seg and case.kind == "dicom":
         wanted.append(paths.dicom_seg)
@@ -369,9 +442,9 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
             stack = sort_slices(case.series)  # type: ignore[arg-type]
             first = stack.files[0]
             expected_shape = (first.columns, first.rows, len(stack.files))
-            expected_affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ stack.affine_lps
+            expected_affine = LPS_TO_RAS @ stack.affine_lps
         if tuple(shape) != tuple(expected_shape) or not np.allclose(affine, expected_affine, atol=1e-3):
-            return None  # stale output of another input with the same name
+            return None  # stale: the input changed since
         labels = np.asarray(nib.load(paths.labelmap).dataobj)
     except Exception:
         return None  # unreadable or input now broken: redo, and let that report the problem
@@ -404,9 +477,9 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
     labels = segmenter.segment(array, affine)
     t_seg = time.perf_counter()
     if case.kind == "nifti":
-        write_labelmap_like(labels, volume, paths.labelmap)
+        write_labelmap_like(labels, volume, paths.labelmap, source=source_record(case))
     else:
-        write_labelmap(labels, affine, paths.labelmap)
+        write_labelmap(labels, affine, paths.labelmap, source=source_record(case))
     res.output = str(paths.labelmap)
     t_write = time.perf_counter()
     if options.dicom_seg:
@@ -441,10 +514,27 @@ def _failure(case: Case, exc: Exception) -> CaseResult:
     return res
 
 
-def write_report(results: list[CaseResult], path: Path) -> Path:
+def earlier_rows(path: Path, inputs: set[str]) -> list[dict[str, str]]:
+    """Rows of an existing report whose ``input`` is not one of ``inputs`` (this batch's): the results of
+    earlier runs on other inputs; none when there is no readable report."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    return [r for r in rows if r.get("input") not in inputs]
+
+
+def write_report(results: list[CaseResult], path: Path, earlier: Iterable[dict[str, str]] = ()) -> Path:
+    """``earlier`` rows (see :func:`earlier_rows`) first, then this batch's; an earlier row naming an output
+    that this batch reports as its own is left out (``--overwrite`` gave that file to another input)."""
+    outputs = {r.output for r in results if r.output}
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS, lineterminator="\n", restval="", extrasaction="ignore")
     writer.writeheader()
+    for row in earlier:
+        if row.get("output") not in outputs:
+            writer.writerow(row)
     for r in results:
         writer.writerow(r.row())
     write_text_atomic(path, buf.getvalue())
@@ -473,6 +563,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
     report = report_path(out_dir, options.num_shards, options.shard_id)
     input_files = frozenset(os.path.realpath(c.source) for c in all_cases if c.kind == "nifti")
 
+    earlier = earlier_rows(report, {str(c.source) for c in cases})  # a rerun with other inputs adds rows
     results: list[CaseResult] = []
     todo: list[tuple[int, Case, OutputPaths]] = []
     for case in cases:
@@ -489,7 +580,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
         results.append(existing)
         if existing.status == PENDING:
             todo.append((len(results) - 1, case, paths))
-    write_report(results, report)
+    write_report(results, report, earlier)
 
     if todo and segmenter is None:  # once per batch; a missing model or device is a batch error, not per case
         from .inference import Segmenter
@@ -506,6 +597,6 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
             results[index].seconds = time.perf_counter() - t0
             if options.progress:  # live, so that a long batch shows problems as they happen
                 tqdm.write(f"FAILED  {results[index].error}", file=sys.stderr)
-        write_report(results, report)
+        write_report(results, report, earlier)
     bar.close()
     return BatchResult(results, report, len(all_cases), time.perf_counter() - started)

@@ -13,10 +13,13 @@ ENV_VAR = "MONAIUNETSEG_BUNDLE"
 
 
 def bundle_root(explicit: str | os.PathLike | None = None) -> Path:
-    """The bundle directory: ``explicit``, ``$MONAIUNETSEG_BUNDLE``, the installed copy, or the repo's."""
-    candidates: list[Path] = []
+    """The bundle directory: ``explicit`` (which must hold ``configs/inference.json``), else
+    ``$MONAIUNETSEG_BUNDLE``, the installed copy, or the repo's."""
     if explicit:
-        candidates.append(Path(explicit))
+        if not (Path(explicit) / INFERENCE_CONFIG).is_file():
+            raise FileNotFoundError(f"{explicit}: not a MONAI bundle folder (no {INFERENCE_CONFIG.as_posix()} in it)")
+        return Path(explicit)
+    candidates: list[Path] = []
     if os.environ.get(ENV_VAR):
         candidates.append(Path(os.environ[ENV_VAR]))
     try:  # installed with ``pip install .``: the bundle ships as package ``monaiunetseg_bundle``
@@ -42,10 +45,16 @@ def network_from_config(root: Path) -> torch.nn.Module:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
-    """Weights only (``weights_only=True``): a checkpoint can never run code on load."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Weights only (``weights_only=True``): a checkpoint can never run code on load. Raises ``ValueError``
+    for a file that is no readable PyTorch state_dict."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # garbage, truncated or pickled code: UnpicklingError, RuntimeError, EOFError, ...
+        raise ValueError(f"{path}: not a readable PyTorch state_dict ({exc})") from exc
     if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
         state = state["network"]  # a full training checkpoint
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a readable PyTorch state_dict (it holds a {type(state).__name__})")
     return state
 
 

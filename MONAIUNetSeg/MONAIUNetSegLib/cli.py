@@ -24,6 +24,20 @@ def _prepare_lgg(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_unavailable_segment(subparsers: argparse._SubParsersAction, exc: ImportError) -> None:
+    """``segment`` whose imports failed: any use of it exits 2 naming what is missing (``prepare-lgg`` still works)."""
+    missing = f"; install the missing package ({exc.name})" if exc.name else ""
+    message = f"the segment command cannot be loaded in this Python ({sys.executable}): {exc}{missing}"
+
+    def unavailable(_args: argparse.Namespace) -> int:
+        raise RuntimeError(message)
+
+    # No option prefix: every argument, --help included, is taken as-is and the message is shown instead.
+    p = subparsers.add_parser("segment", help=f"(unavailable: {exc})", add_help=False, prefix_chars="\x00")
+    p.add_argument("args", nargs="*")
+    p.set_defaults(func=unavailable)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monaiunetseg", description="LGG FLAIR abnormality segmentation (research use only).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     try:
         from .segment_cli import add_segment_parser
-    except ImportError:  # batch inference not present in this build
-        pass
+    except ImportError as exc:  # a missing dependency: say which, never drop the command silently
+        _add_unavailable_segment(sub, exc)
     else:
         add_segment_parser(sub)
     return parser

@@ -21,14 +21,18 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
 from pydicom.uid import UID
+
+try:
+    from pydicom.pixels import apply_modality_lut
+except ImportError:  # pydicom < 3 (Slicer 5.6 and 5.8 ship pydicom 2.4)
+    from pydicom.pixel_data_handlers.util import apply_modality_lut
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Header elements the scan needs; reading only these keeps a scan of thousands of files fast.
 HEADER_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "StudyDate",
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "PatientID", "StudyDate",
     "SeriesNumber", "SeriesDescription", "ProtocolName", "SequenceName", "Modality", "ImageType",
     "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames",
     "SamplesPerPixel", "InversionTime", "EchoTime",
@@ -53,7 +57,6 @@ class DicomFile:
 
     path: Path
     series_uid: str
-    study_uid: str = ""
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
     patient_id: str = ""
@@ -147,10 +150,14 @@ def read_header(path: str | os.PathLike, force: bool = False) -> DicomFile:
         with warnings.catch_warnings():  # garbage files make pydicom warn per element; the error says enough
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=force, specific_tags=HEADER_TAGS)
-    except InvalidDicomError:
+            return _header_record(path, ds, force)  # pydicom converts values on access: corrupt ones raise here
+    except (InvalidDicomError, DicomSeriesError):
         raise
     except Exception as exc:  # truncated or garbled: pydicom raises many types
         raise DicomSeriesError(f"{path}: corrupt DICOM file ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _header_record(path: Path, ds: pydicom.Dataset, force: bool) -> DicomFile:
     sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPClassUID")
     series_uid = _text(ds, "SeriesInstanceUID")
     if force and not (sop_class or series_uid):
@@ -164,7 +171,6 @@ def read_header(path: str | os.PathLike, force: bool = False) -> DicomFile:
     return DicomFile(
         path=path,
         series_uid=series_uid,
-        study_uid=_text(ds, "StudyInstanceUID"),
         sop_class_uid=sop_class,
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         patient_id=_text(ds, "PatientID"),
@@ -261,7 +267,6 @@ class SliceStack:
 
     files: list[DicomFile]
     affine_lps: np.ndarray
-    slice_spacing: float
 
 
 def sort_slices(series: DicomSeries) -> SliceStack:
@@ -324,7 +329,7 @@ def sort_slices(series: DicomSeries) -> SliceStack:
     affine[:3, 1] = col_dir * row_spacing  # voxel axis 1 = row index
     affine[:3, 2] = normal * spacing
     affine[:3, 3] = positions[0]
-    return SliceStack(files, affine, spacing)
+    return SliceStack(files, affine)
 
 
 def load_series_volume(series: DicomSeries) -> SeriesVolume:
@@ -335,7 +340,7 @@ def load_series_volume(series: DicomSeries) -> SeriesVolume:
     headers: list[pydicom.Dataset] = []
     for k, f in enumerate(stack.files):
         try:
-            ds = pydicom.dcmread(f.path)
+            ds = pydicom.dcmread(f.path, force=True)  # as scanned: files without the preamble are DICOM too
             pixels = apply_modality_lut(ds.pixel_array, ds)
         except Exception as exc:  # truncated pixel data, unsupported compression, ...
             raise DicomSeriesError(f"{f.path}: cannot read pixel data ({exc.__class__.__name__}: {exc})") from exc

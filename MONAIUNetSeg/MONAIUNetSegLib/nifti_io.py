@@ -7,6 +7,7 @@ extensions kept) with only the data type, scaling and description changed.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from .atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LABEL_DESCRIPTION = b"MONAIUNetSeg FLAIR abnormality (research use only)"
+# Which input a labelmap is the result of: JSON {"MONAIUNetSeg": {...}} in a NIfTI comment extension (code 6).
+SOURCE_KEY, COMMENT_ECODE = "MONAIUNetSeg", 6
 
 
 class NiftiInputError(ValueError):
@@ -105,6 +108,35 @@ def is_our_labelmap(path: str | os.PathLike) -> bool:
     return bytes(descrip).startswith(LABEL_DESCRIPTION)
 
 
+def _source_of(extension) -> dict | None:
+    if extension.get_code() != COMMENT_ECODE:
+        return None
+    try:
+        data = json.loads(bytes(extension.get_content()).rstrip(b"\0 ").decode("utf-8"))
+    except (TypeError, ValueError):  # not our JSON (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        return None
+    record = data.get(SOURCE_KEY) if isinstance(data, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def read_source_record(path: str | os.PathLike) -> dict | None:
+    """The source record written with a labelmap (see ``source`` of the writers); None when there is none."""
+    for extension in _open(Path(path)).header.extensions:
+        record = _source_of(extension)
+        if record is not None:
+            return record
+    return None
+
+
+def _set_source(header: nib.Nifti1Header, source: dict | None) -> None:
+    """Replace any source record in ``header`` (e.g. copied from the input's header) by ``source``."""
+    for extension in [e for e in header.extensions if _source_of(e) is not None]:
+        header.extensions.remove(extension)
+    if source is not None:
+        content = json.dumps({SOURCE_KEY: source}).encode("utf-8")
+        header.extensions.append(nib.nifti1.Nifti1Extension(COMMENT_ECODE, content))
+
+
 def _save(img: nib.Nifti1Image, target: Path) -> Path:
     with atomic_path(target) as tmp:
         nib.save(img, tmp)
@@ -120,24 +152,29 @@ def _label_header(header: nib.Nifti1Header, shape: tuple[int, ...]) -> nib.Nifti
     return header
 
 
-def write_labelmap_like(labels: np.ndarray, reference: NiftiVolume, target: str | os.PathLike) -> Path:
-    """Write ``labels`` (input's shape) with the input's header and affine, atomically."""
+def write_labelmap_like(labels: np.ndarray, reference: NiftiVolume, target: str | os.PathLike,
+                        source: dict | None = None) -> Path:
+    """Write ``labels`` (input's shape) with the input's header and affine, atomically; ``source`` (JSON-able)
+    is recorded in the file as which input it is the result of (:func:`read_source_record`)."""
     labels = np.asarray(labels, dtype=np.uint8)
     if labels.shape != reference.array.shape:
         raise ValueError(f"labelmap shape {labels.shape} != input shape {reference.array.shape}")
     labels = labels.reshape(reference.file_shape)
     header = _label_header(reference.header.copy(), labels.shape)
+    _set_source(header, source)
     # The affine equals the header's best affine, so nibabel keeps the header's qform/sform as they are.
     img = reference.image_class(labels, reference.affine, header=header)
     return _save(img, Path(target))
 
 
-def write_labelmap(labels: np.ndarray, affine: np.ndarray, target: str | os.PathLike) -> Path:
-    """Write ``labels`` with a fresh header whose qform and sform are ``affine`` (scanner frame), atomically."""
+def write_labelmap(labels: np.ndarray, affine: np.ndarray, target: str | os.PathLike, source: dict | None = None) -> Path:
+    """Write ``labels`` with a fresh header whose qform and sform are ``affine`` (scanner frame), atomically;
+    ``source`` as for :func:`write_labelmap_like`."""
     labels = np.asarray(labels, dtype=np.uint8)
     img = nib.Nifti1Image(labels, affine)
     img.header.set_xyzt_units("mm")
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
     _label_header(img.header, labels.shape)
+    _set_source(img.header, source)
     return _save(img, Path(target))

@@ -433,3 +433,21 @@ def test_shipped_model_card_agrees_with_evaluating_rerun(kaggle_dir: Path, tmp_p
     meta = json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())
     assert math.isclose(meta["eval_metrics"]["mean_dice"], summary["dice_mean"], abs_tol=1e-4)
     assert f"{summary['dice_mean']:.3f}" in card
+
+
+def test_three_channel_variant_config(prepared_small: Path) -> None:
+    """configs/train_3ch.json only swaps the input: 3 channels in, the 3-channel volumes as images."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([BUNDLE_DIR / "configs" / "train.json", BUNDLE_DIR / "configs" / "train_3ch.json"])
+    assert parser["network_def"]["in_channels"] == 3
+    base = ConfigParser()
+    base.read_config(BUNDLE_DIR / "configs" / "train.json")
+    assert {k: v for k, v in parser["network_def"].items() if k != "in_channels"} == \
+        {k: v for k, v in base["network_def"].items() if k != "in_channels"}
+    parser["dataset_dir"] = str(prepared_small)
+    train_items, val_items = parser.get_parsed_content("split")
+    assert train_items and val_items
+    for item in train_items + val_items:
+        assert item["image"] == item["image_3ch"] and item["image"].endswith("_3ch.nii.gz")

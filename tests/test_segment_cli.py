@@ -398,6 +398,10 @@ def test_corrupt_header_element_fails_its_file_not_the_batch(data, tmp_path: Pat
     rows = {r["input"]: r for r in read_report(out / "report.csv")}
     assert rows[str(bad)]["status"] == "failed"
     assert rows[str(bad)]["error"].startswith(f"{bad}: corrupt DICOM file")
+    # without its first slice the rest is still a regular stack: it must not be segmented as if complete
+    series_row = rows[str(tmp_path / "series")]
+    assert series_row["status"] == "failed" and "incomplete series" in series_row["error"], series_row
+    assert str(bad) in series_row["error"] and not series_row["output"]
     assert rows[str(data["nifti"])]["status"] == "ok" and Path(rows[str(data["nifti"])]["output"]).is_file()
 
 

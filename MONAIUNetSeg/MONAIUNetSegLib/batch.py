@@ -22,6 +22,7 @@ from typing import Iterable
 
 import nibabel as nib
 import numpy as np
+import pydicom
 from pydicom.errors import InvalidDicomError
 
 from .atomic import write_text_atomic
@@ -230,7 +231,20 @@ def _walk(folder: Path, onerror=None) -> Iterable[Path]:
                 yield Path(root) / name
 
 
-def _series_case(series: DicomSeries, all_series: bool) -> Case:
+def _series_uid_of_unreadable(path: Path) -> str:
+    """SeriesInstanceUID of a file whose full header failed to read, if that one element still reads, else ''."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True)
+        return str(ds.get("SeriesInstanceUID", "") or "")
+    except Exception:
+        return ""
+
+
+def _series_case(series: DicomSeries, all_series: bool, unreadable: list[str] | None = None) -> Case:
+    if unreadable:  # a stack without those files may still look complete (first/last slice): never segment it
+        return Case("problem", series.folder, series=series, status=FAILED,
+                    problem=f"{series.label()}: incomplete series: {len(unreadable)} of its file(s) could not be "
+                            f"read (e.g. {unreadable[0]}); not segmented")
     not_image = is_image_series(series)
     if not_image:
         return Case("problem", series.folder, series=series, status=SKIPPED, problem=f"{series.label()}: {not_image}")
@@ -256,12 +270,18 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
     cases: list[Case] = []
     dicom_files: list[DicomFile] = []
     seen: set[str] = set()  # real paths already taken (the same file reached through two inputs counts once)
+    unreadable: dict[str, list[str]] = {}  # SeriesInstanceUID -> its files that failed to read
 
     def scan(file: Path, explicit: bool) -> Path | DicomFile | Case | None:
         try:
-            return _scan_file(file, explicit)
+            item = _scan_file(file, explicit)
         except Exception as exc:  # one unreadable file never stops the batch
-            return _problem(file, FAILED, f"{file}: cannot be read ({exc.__class__.__name__}: {exc})")
+            item = _problem(file, FAILED, f"{file}: cannot be read ({exc.__class__.__name__}: {exc})")
+        if isinstance(item, Case) and item.status == FAILED:  # remember which series it would have belonged to
+            uid = _series_uid_of_unreadable(file)
+            if uid:
+                unreadable.setdefault(uid, []).append(str(file))
+        return item
 
     def unreadable_folder(exc: OSError) -> None:  # os.walk's onerror
         folder = Path(exc.filename) if exc.filename else path
@@ -305,7 +325,7 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
                                                            f"DICOM ignored (e.g. {names[0]})"))
         else:
             cases.append(_problem(path, FAILED, f"{path}: no such file or folder"))
-    cases.extend(_series_case(s, all_series) for s in group_series(dicom_files))
+    cases.extend(_series_case(s, all_series, unreadable.get(s.uid)) for s in group_series(dicom_files))
     cases.sort(key=lambda c: c.key)
     assign_names(cases)
     return cases

@@ -14,6 +14,7 @@ import numpy as np
 
 from MONAIUNetSegLib.convention import kaggle_affine
 from MONAIUNetSegLib.lgg import read_patient
+from MONAIUNetSegLib.metrics import dice  # noqa: F401  (the tests import it from here)
 
 PATIENT = "TCGA_CS_4944_20010208"  # 20 slices, tumour in the middle (one of conftest.SMALL_PATIENTS)
 
@@ -88,7 +89,3 @@ def on_grid(src: np.ndarray, src_affine: np.ndarray, shape: tuple[int, ...], aff
     return src[idx[0], idx[1], idx[2]].reshape(shape)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    denom = a.sum() + b.sum()
-    return 1.0 if denom == 0 else 2.0 * float((a & b).sum()) / float(denom)

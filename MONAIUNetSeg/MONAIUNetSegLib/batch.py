@@ -27,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 
 from .atomic import write_text_atomic
 from .background import REPORT_NAME
+from .convention import voxel_volume_ml
 from .dicom_series import (
     DICOM_SUFFIXES,
     LPS_TO_RAS,
@@ -401,10 +402,6 @@ def check_out_dir(inputs: Iterable[str | os.PathLike], out_dir: Path) -> None:
 # --------------------------------------------------------------------------------------------------- running
 
 
-def _voxel_ml(affine: np.ndarray) -> float:
-    return abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
-
-
 def _base_result(case: Case) -> CaseResult:
     return CaseResult(input=str(case.source), series_uid=case.series_uid, series_description=case.series_description)
 
@@ -470,7 +467,7 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
         return None  # unreadable or input now broken: redo, and let that report the problem
     res = _base_result(case)
     res.output = str(paths.labelmap)
-    res.volume_ml = float(np.count_nonzero(labels)) * _voxel_ml(affine)
+    res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
     res.dicom_seg = str(paths.dicom_seg) if paths.dicom_seg.is_file() and case.kind == "dicom" else ""
     res.overlay = str(paths.overlay) if paths.overlay.is_file() else ""
     res.note = "existing output kept (--overwrite redoes it)"
@@ -514,7 +511,7 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
 
         res.overlay = str(write_overlay(array, labels, affine, paths.overlay, title=f"{case.name} (research use only)"))
     t_end = time.perf_counter()
-    res.volume_ml = float(np.count_nonzero(labels)) * _voxel_ml(affine)
+    res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
     res.seconds = t_end - t0
     st = segmenter.timings
     res.timings = {"read": t_read - t0, "preprocess": st.preprocess, "model": st.model, "invert": st.postprocess,

@@ -23,6 +23,11 @@ MODEL_GRID = 256
 KAGGLE_SPACING = (1.0, 1.0, 3.0)
 
 
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    """Volume of one voxel in millilitres: |det| of the affine's 3x3 block (also right for sheared grids)."""
+    return abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
+
+
 def kaggle_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float] = KAGGLE_SPACING) -> np.ndarray:
     """NIfTI (RAS) affine of a prepared Kaggle volume of ``shape`` (columns, rows, slices), centred on 0."""
     spacing_arr = np.asarray(spacing, dtype=float)

@@ -9,9 +9,7 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 from scipy import ndimage
 
-
-def voxel_volume_ml(spacing: tuple[float, ...]) -> float:
-    return float(np.prod(spacing)) / 1000.0
+from .convention import voxel_volume_ml
 
 
 def dice(pred: np.ndarray, label: np.ndarray) -> float:
@@ -48,7 +46,7 @@ def largest_component(pred: np.ndarray) -> np.ndarray:
 
 def case_metrics(pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
     """Metrics of one volume, raw and after largest-connected-component post-processing."""
-    vox_ml = voxel_volume_ml(spacing)
+    vox_ml = voxel_volume_ml(np.diag([*spacing, 1.0]))
     out: dict[str, float] = {"label_ml": float(label.sum()) * vox_ml}
     for suffix, p in (("", pred), ("_lcc", largest_component(pred))):
         out[f"dice{suffix}"] = dice(p, label)

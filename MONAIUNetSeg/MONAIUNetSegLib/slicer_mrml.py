@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .convention import voxel_volume_ml as affine_voxel_volume_ml
+
 SEGMENT_NAME = "FLAIR abnormality"
 SEGMENT_ID = "FLAIR_abnormality"
 # "Mass" in 3D Slicer's default General Anatomy terminology; this is its recommended display colour.
@@ -112,7 +114,7 @@ def volume_to_array_affine(volumeNode) -> tuple[np.ndarray, np.ndarray]:
 
 def voxel_volume_ml(volumeNode) -> float:
     """Volume of one voxel of ``volumeNode`` in millilitres (|det| of the IJK-to-RAS direction-spacing block)."""
-    return abs(float(np.linalg.det(ijk_to_ras(volumeNode)[:3, :3]))) / 1000.0
+    return affine_voxel_volume_ml(ijk_to_ras(volumeNode))
 
 
 def scalar_volume_nodes(scene) -> list:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -16,8 +16,9 @@ setup(
     python_requires=">=3.9",
     # The Slicer-free core lives inside the Slicer module folder so Slicer finds it beside the module;
     # the bundle (configs + shipped weights) installs as a data package the core locates at run time.
-    package_dir={"MONAIUNetSegLib": "MONAIUNetSeg/MONAIUNetSegLib", "monaiunetseg_bundle": "monai_bundle"},
-    packages=["MONAIUNetSegLib", "monaiunetseg_bundle"],
+    package_dir={"monaiunetseg": "MONAIUNetSeg/monaiunetseg", "monaiunetseg_bundle": "monai_bundle"},
+    packages=["monaiunetseg", *(f"monaiunetseg.{p}" for p in find_packages("MONAIUNetSeg/monaiunetseg")),
+              "monaiunetseg_bundle"],
     package_data={"monaiunetseg_bundle": ["configs/*", "models/model.pt", "docs/*", "LICENSE"]},
     install_requires=[
         "torch>=2.1,<2.15",
@@ -42,5 +43,5 @@ setup(
         "test": ["pytest>=7", "jsonschema>=4"],
         "slicer": ["slicer-core"],
     },
-    entry_points={"console_scripts": ["monaiunetseg=MONAIUNetSegLib.cli:main"]},
+    entry_points={"console_scripts": ["monaiunetseg=monaiunetseg.cli:main"]},
 )

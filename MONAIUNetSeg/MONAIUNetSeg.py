@@ -31,7 +31,7 @@ _MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if _MODULE_DIR not in sys.path:
     sys.path.insert(0, _MODULE_DIR)
 
-from MONAIUNetSegLib import background, deps, slicer_mrml  # noqa: E402
+from MONAIUNetSegLib import dependencies as deps, jobs as background, mrml as slicer_mrml  # noqa: E402
 
 DEVICES = ["auto", "cuda", "cpu"]
 POLL_INTERVAL_MS = 250
@@ -332,7 +332,7 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
         return MONAIUNetSegParameterNode(super().getParameterNode())
 
     def getSegmenter(self, device="auto"):
-        from MONAIUNetSegLib.inference import Segmenter, resolve_device
+        from monaiunetseg.model.predictor import Segmenter, resolve_device
 
         key = str(resolve_device(device))
         if key not in MONAIUNetSegLogic._segmenters:

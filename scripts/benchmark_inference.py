@@ -1,6 +1,6 @@
 """Benchmark ``monaiunetseg segment``'s per-case path: read / preprocess / model / invert / write, peak RSS.
 
-Runs the batch code path itself (``batch.segment_case``) on one volume, after one warm-up run, ``--runs`` times
+Runs the batch code path itself (``monaiunetseg.batch.run.segment_case``) on one volume, after one warm-up run, ``--runs`` times
 per device (CPU with ``--threads`` threads; CUDA with AMP when available) and prints a markdown table of
 medians. Default input: the bundled sample (256 x 256 x 38 FLAIR).
 
@@ -25,8 +25,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MONAIUNetSeg"))  # the core, also when not pip-installed
 
-from MONAIUNetSegLib.batch import BatchOptions, discover_cases, output_paths, segment_case  # noqa: E402
-from MONAIUNetSegLib.inference import Segmenter  # noqa: E402
+from monaiunetseg.batch.discover import discover_cases  # noqa: E402
+from monaiunetseg.batch.naming import output_paths  # noqa: E402
+from monaiunetseg.batch.run import BatchOptions, segment_case  # noqa: E402
+from monaiunetseg.model.predictor import Segmenter  # noqa: E402
 
 SAMPLE = REPO / "MONAIUNetSeg" / "Resources" / "Sample" / "TCGA_DU_A5TR_19970726_flair.nii.gz"
 STAGES = ("read", "preprocess", "model", "invert", "write", "total")
@@ -69,7 +71,7 @@ def bench(device: str, input_path: Path, runs: int, out_dir: Path) -> dict[str, 
 def cli_seconds(input_path: Path, out_dir: Path) -> float:
     """Wall time of one fresh ``monaiunetseg segment`` process (Python, torch and MONAI start-up included)."""
     exe = Path(sys.executable).with_name("monaiunetseg")
-    command = [str(exe)] if exe.is_file() else [sys.executable, "-m", "MONAIUNetSegLib.cli"]
+    command = [str(exe)] if exe.is_file() else [sys.executable, "-m", "monaiunetseg.cli"]
     t0 = time.perf_counter()
     subprocess.run([*command, "segment", str(input_path), "-o", str(out_dir), "--overwrite", "--quiet", "--device", "cpu"],
                    check=True, capture_output=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ SAMPLE_DIR = REPO / "MONAIUNetSeg" / "Resources" / "Sample"
 SAMPLE_FLAIR = SAMPLE_DIR / "TCGA_DU_A5TR_19970726_flair.nii.gz"
 SAMPLE_LABEL = SAMPLE_DIR / "TCGA_DU_A5TR_19970726_label.nii.gz"
 BUNDLE_DIR = REPO / "monai_bundle"
+MODULE_DIR = REPO / "MONAIUNetSeg"
+# The Slicer glue (MONAIUNetSegLib) is not pip-installed: Slicer finds it beside the module file, the tests here
+# (first on the path, so a git worktree tests its own core rather than the editable install).
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
 # Small, fixed patients used by several tests (all exist in the shared 77).
 SMALL_PATIENTS = ["TCGA_CS_4944_20010208", "TCGA_HT_7602_19951103", "TCGA_CS_6186_20000601"]
 
@@ -38,7 +44,7 @@ def small_kaggle_dir(kaggle_dir: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_small(small_kaggle_dir: Path, tmp_path_factory) -> Path:
     """``prepare-lgg`` output of the three small patients (3 folds so each fold holds one patient)."""
-    from MONAIUNetSegLib.prepare import prepare_lgg
+    from monaiunetseg.training.prepare import prepare_lgg
 
     out = tmp_path_factory.mktemp("prepared_small")
     results, _ = prepare_lgg(small_kaggle_dir, out, n_folds=3, progress=False)
@@ -49,6 +55,6 @@ def prepared_small(small_kaggle_dir: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def segmenter():
     """The shipped model, loaded once, on the CPU."""
-    from MONAIUNetSegLib.inference import Segmenter
+    from monaiunetseg.model.predictor import Segmenter
 
     return Segmenter(device="cpu")

@@ -12,9 +12,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from MONAIUNetSegLib.convention import kaggle_affine
-from MONAIUNetSegLib.lgg import read_patient
-from MONAIUNetSegLib.metrics import dice  # noqa: F401  (the tests import it from here)
+from monaiunetseg.geometry import kaggle_affine
+from monaiunetseg.training.lgg import read_patient
+from monaiunetseg.metrics import dice  # noqa: F401  (the tests import it from here)
 
 PATIENT = "TCGA_CS_4944_20010208"  # 20 slices, tumour in the middle (one of conftest.SMALL_PATIENTS)
 

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from MONAIUNetSegLib.bundle import network_from_config
-from MONAIUNetSegLib.datalist import load_split
+from monaiunetseg.model.bundle import network_from_config
+from monaiunetseg.training.datalist import load_split
 
 from conftest import BUNDLE_DIR, REPO, SAMPLE_DIR
 
@@ -400,7 +400,7 @@ def test_ddp_two_process_training(two_val_dataset: Path, tmp_path: Path):
 
 def test_latest_checkpoint_picks_highest_epoch_not_newest_file(tmp_path: Path) -> None:
     """Resume must follow the epoch in the name: copies and restores scramble file times (and 10 > 9 > 2)."""
-    from MONAIUNetSegLib.datalist import latest_checkpoint
+    from monaiunetseg.training.datalist import latest_checkpoint
 
     assert latest_checkpoint(tmp_path / "missing") is None
     assert latest_checkpoint(tmp_path) is None

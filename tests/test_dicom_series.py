@@ -11,16 +11,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from MONAIUNetSegLib.batch import (
-    FAILED,
-    SKIPPED,
-    assign_names,
-    Case,
-    discover_cases,
-    safe_name,
-    shard,
-)
-from MONAIUNetSegLib.dicom_series import (
+from monaiunetseg.batch.discover import Case, discover_cases, shard
+from monaiunetseg.batch.naming import assign_names, safe_name
+from monaiunetseg.batch.report import FAILED, SKIPPED
+from monaiunetseg.io.dicom_series import (
     DicomFile,
     DicomSeries,
     DicomSeriesError,
@@ -219,7 +213,7 @@ def test_problem_files_in_discovery(tmp_path: Path):
 
 
 def test_earlier_outputs_are_not_taken_as_scans(tmp_path: Path):
-    from MONAIUNetSegLib.nifti_io import write_labelmap
+    from monaiunetseg.io.nifti import write_labelmap
 
     write_labelmap(np.zeros((8, 8, 3), dtype=np.uint8), np.eye(4), tmp_path / "old" / "scan_seg.nii.gz")
     (case,) = discover_cases([tmp_path / "old"])

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from MONAIUNetSegLib.batch import BatchOptions, run_batch
+from monaiunetseg.batch.run import BatchOptions, run_batch
 
 from segment_data import dice, flipped, on_grid, permuted, save_nifti, small_volume, upsampled_in_plane
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from MONAIUNetSegLib.cli import main as cli_main
-from MONAIUNetSegLib.convention import kaggle_affine
-from MONAIUNetSegLib.lgg import LGGPatientError, read_patient, slice_files
-from MONAIUNetSegLib.prepare import assign_folds, prepare_lgg
+from monaiunetseg.cli import main as cli_main
+from monaiunetseg.geometry import kaggle_affine
+from monaiunetseg.training.lgg import LGGPatientError, read_patient, slice_files
+from monaiunetseg.training.prepare import assign_folds, prepare_lgg
 
 from conftest import SMALL_PATIENTS
 
@@ -156,7 +156,7 @@ def test_output_dir_must_differ_from_input(small_kaggle_dir: Path):
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path):
-    from MONAIUNetSegLib.atomic import atomic_path
+    from monaiunetseg.files import atomic_path
 
     target = tmp_path / "x.nii.gz"
     with pytest.raises(RuntimeError):

@@ -17,10 +17,10 @@ import SimpleITK as sitk
 import torch
 from PIL import Image
 
-from MONAIUNetSegLib.batch import BatchOptions, run_batch
-from MONAIUNetSegLib.cli import main as cli_main
-from MONAIUNetSegLib.dicom_seg import SEGMENT_CATEGORY, SEGMENT_LABEL, SEGMENT_TYPE
-from MONAIUNetSegLib.nifti_io import read_source_record, write_labelmap
+from monaiunetseg.batch.run import BatchOptions, run_batch
+from monaiunetseg.cli import main as cli_main
+from monaiunetseg.io.dicom_seg import SEGMENT_CATEGORY, SEGMENT_LABEL, SEGMENT_TYPE
+from monaiunetseg.io.nifti import read_source_record, write_labelmap
 
 from conftest import SAMPLE_FLAIR
 from dicom_factory import write_series
@@ -244,7 +244,7 @@ def test_shards_split_a_real_batch(data, segmenter, tmp_path: Path):
 def test_console_script_readme_command(tmp_path: Path):
     """The README's first command, as a user runs it (installed console script, fresh process)."""
     exe = Path(sys.executable).with_name("monaiunetseg")
-    command = [str(exe)] if exe.is_file() else [sys.executable, "-m", "MONAIUNetSegLib.cli"]
+    command = [str(exe)] if exe.is_file() else [sys.executable, "-m", "monaiunetseg.cli"]
     out = tmp_path / "out"
     proc = subprocess.run([*command, "segment", str(SAMPLE_FLAIR), "-o", str(out), "--overlay"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -406,7 +406,7 @@ def test_corrupt_header_element_fails_its_file_not_the_batch(data, tmp_path: Pat
 
 
 def test_bad_bundle_or_weights_is_a_command_error(data, tmp_path: Path, capsys):
-    from MONAIUNetSegLib.bundle import bundle_root
+    from monaiunetseg.model.bundle import bundle_root
 
     not_a_bundle = tmp_path / "not_a_bundle"
     not_a_bundle.mkdir()
@@ -439,7 +439,7 @@ def test_segment_runs_without_tqdm_and_highdicom(tmp_path: Path):
     out = tmp_path / "out"
     code = ("import sys\n"
             "sys.modules['tqdm'] = sys.modules['highdicom'] = None  # not importable\n"
-            "from MONAIUNetSegLib.cli import main\n"
+            "from monaiunetseg.cli import main\n"
             f"sys.exit(main(['segment', {str(SAMPLE_FLAIR)!r}, {str(tmp_path / 'dicom')!r}, '-o', {str(out)!r}]))\n")
     proc = _run_python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -451,7 +451,7 @@ def test_segment_runs_without_tqdm_and_highdicom(tmp_path: Path):
 def test_segment_import_failure_is_reported_not_hidden(tmp_path: Path):
     code = ("import sys\n"
             "sys.modules['nibabel'] = None\n"
-            "from MONAIUNetSegLib.cli import main\n"
+            "from monaiunetseg.cli import main\n"
             "sys.exit(main(['segment', 'scan.nii.gz', '-o', 'out']))\n")
     proc = _run_python(code, tmp_path)
     assert proc.returncode == 2

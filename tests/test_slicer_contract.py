@@ -34,8 +34,9 @@ API_JSON = Path(REPO).parent / "shared" / "slicer_api" / "slicer_python_api.json
 VERSIONS = ("5.6.2", "5.8.1", "5.10.0", "5.13.0-dev")
 MODULE_DIR = REPO / "MONAIUNetSeg"
 MODULE_FILE = MODULE_DIR / "MONAIUNetSeg.py"
-LIB_DIR = MODULE_DIR / "MONAIUNetSegLib"
-SLICER_CALLING_FILES = (MODULE_FILE, LIB_DIR / "slicer_mrml.py")
+LIB_DIR = MODULE_DIR / "MONAIUNetSegLib"  # Slicer-only glue
+CORE_DIR = MODULE_DIR / "monaiunetseg"  # the Slicer-free core, loaded by the module and its background process
+SLICER_CALLING_FILES = (MODULE_FILE, LIB_DIR / "mrml.py")
 
 # Declared C++ bases of the classes the module touches (JSON lists methods under the declaring class).
 BASES = {
@@ -378,10 +379,10 @@ def test_slicer_calls_exist_in_every_claimed_release(api, path):
 
 
 def _slicer_loaded_files() -> list[Path]:
-    return [MODULE_FILE] + sorted(LIB_DIR.glob("*.py"))
+    return [MODULE_FILE] + sorted(LIB_DIR.glob("*.py")) + sorted(CORE_DIR.rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", _slicer_loaded_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _slicer_loaded_files(), ids=lambda p: p.relative_to(MODULE_DIR).as_posix())
 def test_python39_syntax(path):
     """Slicer 5.6 / 5.8 run Python 3.9: no newer syntax in anything the module or its process loads."""
     source = path.read_text()
@@ -442,10 +443,11 @@ def test_extension_cmake_names_scripts_and_resources():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     assert "slicerMacroBuildScriptedModule" in text
     assert "${MODULE_NAME}.py" in text
-    # every core file ships (listed, or picked up by the glob)
-    globbed = "${MODULE_NAME}Lib/*.py" in text
-    for path in LIB_DIR.glob("*.py"):
-        assert globbed or f"${{MODULE_NAME}}Lib/{path.name}" in text, path.name
+    # every glue and core file ships (picked up by the globs)
+    assert "file(GLOB _glue_scripts RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} ${MODULE_NAME}Lib/*.py)" in text
+    assert "file(GLOB_RECURSE _core_scripts RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} monaiunetseg/*.py)" in text
+    assert "list(APPEND MODULE_PYTHON_SCRIPTS ${_glue_scripts} ${_core_scripts})" in text
+    assert not list(LIB_DIR.glob("*/*.py")), "the glue is flat: subfolders would need their own glob"
     resources = re.findall(r"^\s+(Resources/\S+)$", text, flags=re.M)
     assert resources, "no resources listed"
     for resource in resources:

@@ -31,8 +31,8 @@ if not hasattr(slicer, "vtkMRMLScene"):
 import vtk  # noqa: E402  (comes with slicer-core)
 
 from conftest import REPO, SAMPLE_FLAIR, SAMPLE_LABEL  # noqa: E402
-from MONAIUNetSegLib import background, slicer_mrml  # noqa: E402
-from MONAIUNetSegLib.metrics import dice  # noqa: E402
+from MONAIUNetSegLib import jobs as background, mrml as slicer_mrml  # noqa: E402
+from monaiunetseg.metrics import dice  # noqa: E402
 
 MODULE_FILE = REPO / "MONAIUNetSeg" / "MONAIUNetSeg.py"
 
@@ -502,13 +502,13 @@ def test_read_report_finds_the_row_and_resolves_outputs(tmp_path):
 
 
 def _core_has_segment_command() -> bool:
-    return importlib.util.find_spec("MONAIUNetSegLib.segment_cli") is not None
+    return importlib.util.find_spec("monaiunetseg.batch.cli") is not None
 
 
 @pytest.mark.skipif(not _core_has_segment_command(),
-                    reason="the core's batch command (MONAIUNetSegLib/segment_cli.py) is not in this checkout yet")
+                    reason="the core's batch command (monaiunetseg/batch/cli.py) is not in this checkout yet")
 def test_real_background_command_matches_in_process(scene, variant_files, module_logic, segmenter):
-    """The GUI's path end to end: temp NIfTI -> ``python -m MONAIUNetSegLib.cli segment`` -> report.csv -> node."""
+    """The GUI's path end to end: temp NIfTI -> ``python -m monaiunetseg.cli segment`` -> report.csv -> node."""
     module_logic.MONAIUNetSegLogic._segmenters["cpu"] = segmenter
     logic = module_logic.MONAIUNetSegLogic()
     module_logic.slicer.mrmlScene = scene

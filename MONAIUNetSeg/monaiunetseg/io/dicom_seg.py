@@ -1,14 +1,6 @@
 """DICOM SEG output (highdicom, BINARY): the labelmap as an object PACS and viewers attach to its source series.
 
-Coding of the segment (SNOMED CT, the scheme DICOM CID 7150/7151 draw from):
-
-* category 49755003 "Morphologically abnormal structure": the FLAIR hyperintensity is an abnormal tissue
-  region, not an anatomical structure or a device;
-* type 4147007 "Mass": the same code the Slicer module gives the segment (3D Slicer's General Anatomy
-  terminology), so a SEG and a Slicer segmentation of one scan say the same thing. In the population the model
-  is meant for (lower-grade gliomas, TCGA-LGG) the FLAIR abnormality outlines the non-enhancing tumour; "Mass"
-  states the finding without claiming a diagnosis the model cannot make.
-* anatomic region 12738006 "Brain".
+The segment's name and SNOMED CT coding are defined once, in ``monaiunetseg.labels``.
 """
 
 from __future__ import annotations
@@ -19,15 +11,16 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
 
-from . import __version__
-from .atomic import atomic_path
+from monaiunetseg import __version__, labels
+from monaiunetseg.files import atomic_path
 
-SEGMENT_LABEL = "FLAIR abnormality"
-SEGMENT_CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
-SEGMENT_TYPE = codes.SCT.Mass  # 4147007, as in slicer_mrml.TERMINOLOGY_ENTRY
-ANATOMIC_REGION = codes.SCT.Brain
+SEGMENT_LABEL = labels.SEGMENT_LABEL
+SEGMENT_CATEGORY = Code(labels.CATEGORY.value, labels.CATEGORY.scheme, labels.CATEGORY.meaning)
+SEGMENT_TYPE = Code(labels.TYPE.value, labels.TYPE.scheme, labels.TYPE.meaning)
+ANATOMIC_REGION = Code(labels.ANATOMIC_REGION.value, labels.ANATOMIC_REGION.scheme, labels.ANATOMIC_REGION.meaning)
 SERIES_DESCRIPTION = "FLAIR abnormality (MONAIUNetSeg) - research use only"
 CONTENT_DESCRIPTION = "FLAIR abnormality - research use only, not for diagnosis"
 CONTENT_LABEL = "FLAIR_ABNORMAL"

@@ -7,8 +7,8 @@ import os
 import re
 from pathlib import Path
 
-from .lgg import list_patients
-from .prepare import DATALIST_NAME, prepare_lgg
+from monaiunetseg.training.lgg import list_patients
+from monaiunetseg.training.prepare import DATALIST_NAME, prepare_lgg
 
 
 def resolve_dataset(dataset_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -28,7 +28,7 @@ def bundle_root(explicit: str | os.PathLike | None = None) -> Path:
         candidates.append(Path(monaiunetseg_bundle.__file__).parent)
     except ImportError:
         pass
-    candidates.append(Path(__file__).resolve().parents[2] / "monai_bundle")  # source checkout / Slicer module
+    candidates.append(Path(__file__).resolve().parents[3] / "monai_bundle")  # source checkout / Slicer module
     for c in candidates:
         if (c / INFERENCE_CONFIG).is_file():
             return c

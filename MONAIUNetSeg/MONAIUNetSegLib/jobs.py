@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CLI_MODULE = "MONAIUNetSegLib.cli"
+CLI_MODULE = "monaiunetseg.cli"
 REPORT_NAME = "report.csv"
 OK_STATUSES = ("ok", "success", "succeeded", "done")
-LIB_PARENT = str(Path(__file__).resolve().parents[1])  # the folder holding MONAIUNetSegLib (the module folder)
+LIB_PARENT = str(Path(__file__).resolve().parents[1])  # the module folder: holds the core package monaiunetseg
 
 
 class BackgroundError(RuntimeError):
@@ -37,7 +37,7 @@ def python_executable() -> str:
 
 def segment_command(inputPath: str | os.PathLike, outDir: str | os.PathLike, device: str = "auto",
                     python: str | None = None) -> list[str]:
-    """``python -m MONAIUNetSegLib.cli segment INPUT -o OUTDIR --device D``."""
+    """``python -m monaiunetseg.cli segment INPUT -o OUTDIR --device D``."""
     return [python or python_executable(), "-m", CLI_MODULE, "segment", str(inputPath), "-o", str(outDir), "--device", device]
 
 

@@ -4,7 +4,7 @@ Qt-free and free of module-level Slicer imports (``slicer`` / ``vtk`` are import
 same code runs inside the Slicer application and headless under ``slicer-core``. Nodes are passed explicitly and
 their scene is ``node.GetScene()``: nothing here uses ``slicer.mrmlScene`` or ``slicer.app``.
 
-* volume node -> ``(array_xyz, affine_ras)`` for :class:`MONAIUNetSegLib.inference.Segmenter`
+* volume node -> ``(array_xyz, affine_ras)`` for :class:`monaiunetseg.model.predictor.Segmenter`
 * volume node -> temporary NIfTI for the background ``monaiunetseg segment`` process, and its result back
 * labelmap -> ``vtkMRMLSegmentationNode`` with one "FLAIR abnormality" segment (colour, SNOMED-CT terminology),
   the input as reference geometry, under the input's study in the subject hierarchy, 3D surface shown
@@ -22,21 +22,29 @@ from typing import Any
 
 import numpy as np
 
-from .convention import voxel_volume_ml as affine_voxel_volume_ml
+from monaiunetseg import labels
+from monaiunetseg.batch.naming import safe_name
+from monaiunetseg.geometry import voxel_volume_ml as affine_voxel_volume_ml
 
-SEGMENT_NAME = "FLAIR abnormality"
-SEGMENT_ID = "FLAIR_abnormality"
-# "Mass" in 3D Slicer's default General Anatomy terminology; this is its recommended display colour.
-SEGMENT_COLOR = (144 / 255.0, 238 / 255.0, 144 / 255.0)
+SEGMENT_NAME = labels.SEGMENT_LABEL
+SEGMENT_ID = labels.SEGMENT_ID
+SEGMENT_COLOR = labels.COLOR
+
+
+def _term(code: labels.Code, meaning: str | None = None) -> str:
+    return f"{code.scheme}^{code.value}^{meaning or code.meaning}"
+
+
 # Serialized vtkSlicerTerminologyEntry (the format of the segment's "TerminologyEntry" tag in Slicer 5.x):
-# context ~ category ~ type ~ type modifier ~ anatomic context ~ region ~ region modifier.
+# context ~ category ~ type ~ type modifier ~ anatomic context ~ region ~ region modifier. The category's
+# meaning is spelled as in Slicer's General Anatomy list; the codes are the core's (monaiunetseg.labels).
 TERMINOLOGY_ENTRY = "~".join([
     "Segmentation category and type - 3D Slicer General Anatomy list",
-    "SCT^49755003^Morphologically Altered Structure",
-    "SCT^4147007^Mass",
+    _term(labels.CATEGORY, "Morphologically Altered Structure"),
+    _term(labels.TYPE),
     "^^",
     "Anatomic codes - DICOM master list",
-    "SCT^12738006^Brain",
+    _term(labels.ANATOMIC_REGION),
     "^^",
 ])
 OUTPUT_NAME_SUFFIX = " FLAIR abnormality"
@@ -131,11 +139,6 @@ def latest_scalar_volume(scene):
     """The most recently added scalar volume (the default input), or None."""
     nodes = scalar_volume_nodes(scene)
     return nodes[-1] if nodes else None
-
-
-def safe_file_stem(name: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name or "volume").strip("._") or "volume"
-    return stem[:80]
 
 
 def write_volume_nifti(volumeNode, path: str | os.PathLike) -> Path:
@@ -403,7 +406,7 @@ def labelmap_array_on_grid(labelmapNode, volumeNode) -> np.ndarray:
 
 def dice_with_labelmap(segmentationNode, segmentId: str, volumeNode, referenceLabelmapNode) -> float:
     """Dice of the segment against a reference labelmap on the input's grid (the module self-test)."""
-    from .metrics import dice
+    from monaiunetseg.metrics import dice
 
     return dice(segment_array_xyz(segmentationNode, segmentId, volumeNode), labelmap_array_on_grid(referenceLabelmapNode, volumeNode))
 
@@ -444,13 +447,13 @@ def segment_volume_node(volumeNode, segmenter, segmentationNode=None, createLabe
 
 def prepare_background_input(volumeNode, workDir: str | os.PathLike) -> Path:
     """Write the input for the background process: ``<workDir>/input/<name>.nii.gz`` (world geometry)."""
-    return write_volume_nifti(volumeNode, Path(workDir) / "input" / (safe_file_stem(volumeNode.GetName()) + ".nii.gz"))
+    return write_volume_nifti(volumeNode, Path(workDir) / "input" / (safe_name(volumeNode.GetName(), "volume") + ".nii.gz"))
 
 
 def import_background_result(outDir: str | os.PathLike, inputPath: str | os.PathLike, volumeNode, segmentationNode=None,
                              createLabelmap: bool = False, started: float | None = None) -> SegmentationResult:
     """Read the process's ``report.csv`` row for ``inputPath`` and bring its output labelmap into the scene."""
-    from .background import read_report
+    from MONAIUNetSegLib.jobs import read_report
 
     row = read_report(outDir, inputPath)
     labelmapNode = read_labelmap_nifti(row.output, volumeNode.GetScene(), name=volumeNode.GetName() + OUTPUT_NAME_SUFFIX + " label")

@@ -12,8 +12,8 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from .bundle import load_network
-from .transforms import preprocessing
+from monaiunetseg.model.bundle import load_network
+from monaiunetseg.model.transforms import preprocessing
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from ignite.engine import Engine, Events
 
-from .atomic import write_text_atomic
-from .metrics import case_metrics, summarise
+from monaiunetseg.files import write_text_atomic
+from monaiunetseg.metrics import case_metrics, summarise
 
 logger = logging.getLogger(__name__)
 

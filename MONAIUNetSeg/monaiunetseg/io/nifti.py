@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .atomic import atomic_path
+from monaiunetseg.files import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LABEL_DESCRIPTION = b"MONAIUNetSeg FLAIR abnormality (research use only)"

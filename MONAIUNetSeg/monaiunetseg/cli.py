@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _prepare_lgg(args: argparse.Namespace) -> int:
-    from .prepare import prepare_lgg
+    from monaiunetseg.training.prepare import prepare_lgg
 
     results, datalist = prepare_lgg(args.kaggle_dir, args.out_dir, n_folds=args.folds, seed=args.seed,
                                     workers=args.workers, progress=not args.quiet)
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_prepare_lgg)
 
     try:
-        from .segment_cli import add_segment_parser
+        from monaiunetseg.batch.cli import add_segment_parser
     except ImportError as exc:  # a missing dependency: say which, never drop the command silently
         _add_unavailable_segment(sub, exc)
     else:

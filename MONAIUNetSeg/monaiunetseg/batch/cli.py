@@ -1,4 +1,4 @@
-"""``monaiunetseg segment``: argparse wiring of the batch inference in ``batch.py``."""
+"""``monaiunetseg segment``: argparse wiring of the batch inference in ``monaiunetseg.batch.run``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .batch import FAILED, BatchOptions, run_batch, shard
+from monaiunetseg.batch.discover import shard
+from monaiunetseg.batch.report import FAILED
+from monaiunetseg.batch.run import BatchOptions, run_batch
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from .inference import resolve_device
+    from monaiunetseg.model.predictor import resolve_device
 
     resolve_device(args.device)  # fail before any work: --device cuda without CUDA is an error, not a fallback
     shard([], args.num_shards, args.shard_id)  # validates N and K

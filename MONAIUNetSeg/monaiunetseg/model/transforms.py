@@ -21,7 +21,7 @@ from monai.transforms import (
 )
 from monai.transforms.inverse import InvertibleTransform
 
-from .convention import MODEL_AXCODES, MODEL_GRID
+from monaiunetseg.geometry import MODEL_AXCODES, MODEL_GRID
 
 INTENSITY_PERCENTILES = (1.0, 99.0)
 # Affines are NIfTI-style RAS everywhere in the core; these are the labels of the negative axis ends.

@@ -13,9 +13,9 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import atomic_path, write_text_atomic
-from .convention import KAGGLE_SPACING, kaggle_affine
-from .lgg import LGGPatientError, institution, list_patients, patient_id, read_clinical, read_patient
+from monaiunetseg.files import atomic_path, write_text_atomic
+from monaiunetseg.geometry import KAGGLE_SPACING, kaggle_affine
+from monaiunetseg.training.lgg import LGGPatientError, institution, list_patients, patient_id, read_clinical, read_patient
 
 DATALIST_NAME = "datalist.json"
 CLINICAL_FIELDS = {

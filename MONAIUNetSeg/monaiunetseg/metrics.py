@@ -5,11 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-from monai.metrics import compute_hausdorff_distance
-from scipy import ndimage
 
-from .convention import voxel_volume_ml
+from monaiunetseg.geometry import voxel_volume_ml
 
 
 def dice(pred: np.ndarray, label: np.ndarray) -> float:
@@ -23,6 +20,9 @@ def hd95(pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...]) -> flo
     """95th percentile Hausdorff distance in mm; NaN when either volume is empty (undefined)."""
     if not pred.any() or not label.any():
         return math.nan
+    import torch  # here, not at the top: dice() stays cheap for the Slicer glue and the batch
+    from monai.metrics import compute_hausdorff_distance
+
     p = torch.from_numpy(pred.astype(np.float32))[None, None]
     y = torch.from_numpy(label.astype(np.float32))[None, None]
     value = compute_hausdorff_distance(p, y, include_background=True, percentile=95, spacing=list(spacing))
@@ -37,6 +37,8 @@ def largest_component(pred: np.ndarray) -> np.ndarray:
     """
     if not pred.any():
         return pred
+    from scipy import ndimage
+
     labels, n = ndimage.label(pred.astype(bool), structure=np.ones((3,) * pred.ndim, dtype=bool))
     if n == 1:
         return (labels > 0).astype(np.uint8)

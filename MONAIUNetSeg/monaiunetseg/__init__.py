@@ -1,0 +1,8 @@
+"""MONAIUNetSeg core: Slicer-free geometry, I/O and inference for LGG FLAIR abnormality segmentation.
+
+Everything that computes lives here so that the MONAI bundle, the ``monaiunetseg`` CLI and the 3D Slicer
+module share one implementation. Importing the package is cheap: subpackages (``io``, ``model``, ``batch``,
+``training``) are imported where they are used, never here.
+"""
+
+__version__ = "0.2.0"

@@ -1,0 +1,208 @@
+"""Finding the cases of a batch: NIfTI files and DICOM series (grouped by SeriesInstanceUID) in files and
+folder trees; problems found on the way become failed or skipped cases, never exceptions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from monaiunetseg.batch.naming import assign_names
+from monaiunetseg.batch.report import FAILED, SKIPPED, Status
+from monaiunetseg.io.dicom_series import (
+    DICOM_SUFFIXES,
+    DicomFile,
+    DicomSeries,
+    DicomSeriesError,
+    flair_evidence,
+    group_series,
+    has_dicom_magic,
+    is_image_series,
+    not_a_volume,
+    read_header,
+)
+from monaiunetseg.io.nifti import is_nifti_path, is_our_labelmap
+
+
+@dataclass
+class Case:
+    """One unit of work: a NIfTI file or a DICOM series; or a problem found while looking for them."""
+
+    kind: str  # "nifti", "dicom" or "problem"
+    source: Path  # NIfTI file, DICOM series folder, or the offending file/folder
+    series: DicomSeries | None = None
+    status: Status | None = None  # preset (failed/skipped) when discovery already decided
+    problem: str = ""
+    name: str = ""  # output stem, unique in the batch
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Sort/shard key: stable for the same inputs, whatever order the file system lists them in."""
+        return (str(self.source), self.series.uid if self.series else "")
+
+    @property
+    def series_uid(self) -> str:
+        return self.series.uid if self.series else ""
+
+    @property
+    def series_description(self) -> str:
+        return self.series.description if self.series else ""
+
+
+def _problem(path: Path, status: Status, message: str) -> Case:
+    return Case("problem", path, status=status, problem=message)
+
+
+def _scan_file(path: Path, explicit: bool) -> Path | DicomFile | Case | None:
+    """Classify one file: a NIfTI path, a DICOM header, a problem case, or None (neither; ignored in folders).
+
+    ``explicit``: the file was named on the command line, so "not an image" is a failure, not a skip.
+    """
+    if is_nifti_path(path):
+        if is_our_labelmap(path):
+            return _problem(path, SKIPPED, f"{path}: a labelmap written by MONAIUNetSeg (an earlier output), not a scan")
+        return path
+    if path.name.upper() == "DICOMDIR":  # the media index, not an image
+        return None
+    suffix_says_dicom = path.suffix.lower() in DICOM_SUFFIXES
+    magic = has_dicom_magic(path)
+    if magic or suffix_says_dicom or explicit:
+        try:
+            return read_header(path, force=not magic)
+        except InvalidDicomError:
+            if suffix_says_dicom:
+                return _problem(path, FAILED, f"{path}: not a readable DICOM file (no DICOM header)")
+        except DicomSeriesError as exc:
+            if magic or suffix_says_dicom:
+                return _problem(path, FAILED, str(exc))
+    elif not path.suffix:  # extension-less files are common in DICOM exports; a few lack the preamble
+        try:
+            return read_header(path, force=True)
+        except Exception:  # anything unparseable is simply not DICOM
+            pass
+    if explicit:
+        return _problem(path, FAILED, f"{path}: not a NIfTI (.nii, .nii.gz) or DICOM file")
+    return None
+
+
+def _walk(folder: Path, onerror=None) -> Iterable[Path]:
+    """Files under ``folder``, sorted, hidden files/folders (and our own temporary files) left out;
+    ``onerror(OSError)`` is called for each folder that cannot be listed."""
+    for root, dirs, files in os.walk(folder, onerror=onerror):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(root) / name
+
+
+def _series_uid_of_unreadable(path: Path) -> str:
+    """SeriesInstanceUID of a file whose full header failed to read, if that one element still reads, else ''."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True)
+        return str(ds.get("SeriesInstanceUID", "") or "")
+    except Exception:
+        return ""
+
+
+def _series_case(series: DicomSeries, all_series: bool, unreadable: list[str] | None = None) -> Case:
+    if unreadable:  # a stack without those files may still look complete (first/last slice): never segment it
+        return Case("problem", series.folder, series=series, status=FAILED,
+                    problem=f"{series.label()}: incomplete series: {len(unreadable)} of its file(s) could not be "
+                            f"read (e.g. {unreadable[0]}); not segmented")
+    not_image = is_image_series(series)
+    if not_image:
+        return Case("problem", series.folder, series=series, status=SKIPPED, problem=f"{series.label()}: {not_image}")
+    flair = flair_evidence(series)
+    if not flair and not all_series:
+        return Case("problem", series.folder, series=series, status=SKIPPED,
+                    problem=f"{series.label()}: not a FLAIR series (use --all-series to segment every 3D series)")
+    problem = not_a_volume(series)
+    if problem:
+        status = FAILED if flair else SKIPPED
+        return Case("problem", series.folder, series=series, status=status, problem=f"{series.label()}: {problem}")
+    return Case("dicom", series.folder, series=series)
+
+
+def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False) -> list[Case]:
+    """All cases in ``inputs`` (files and folder trees), sorted by :attr:`Case.key`.
+
+    DICOM files from all inputs are grouped into series by SeriesInstanceUID; by default only FLAIR series
+    are segmented (the others are reported as skipped). Problems (missing paths, unreadable files, empty
+    folders) become failed cases; files that are neither NIfTI nor DICOM inside a folder become one skipped
+    case per folder.
+    """
+    cases: list[Case] = []
+    dicom_files: list[DicomFile] = []
+    seen: set[str] = set()  # real paths already taken (the same file reached through two inputs counts once)
+    unreadable: dict[str, list[str]] = {}  # SeriesInstanceUID -> its files that failed to read
+
+    def scan(file: Path, explicit: bool) -> Path | DicomFile | Case | None:
+        try:
+            item = _scan_file(file, explicit)
+        except Exception as exc:  # one unreadable file never stops the batch
+            item = _problem(file, FAILED, f"{file}: cannot be read ({exc.__class__.__name__}: {exc})")
+        if isinstance(item, Case) and item.status == FAILED:  # remember which series it would have belonged to
+            uid = _series_uid_of_unreadable(file)
+            if uid:
+                unreadable.setdefault(uid, []).append(str(file))
+        return item
+
+    def unreadable_folder(exc: OSError) -> None:  # os.walk's onerror
+        folder = Path(exc.filename) if exc.filename else path
+        add(_problem(folder, FAILED, f"{folder}: cannot list folder ({exc.strerror or exc})"))
+
+    def add(item: Path | DicomFile | Case) -> None:
+        path = item.path if isinstance(item, DicomFile) else item.source if isinstance(item, Case) else item
+        real = os.path.realpath(path)
+        if real in seen:
+            return
+        seen.add(real)
+        if isinstance(item, DicomFile):
+            dicom_files.append(item)
+        elif isinstance(item, Case):
+            cases.append(item)
+        else:
+            cases.append(Case("nifti", item))
+
+    for raw in inputs:
+        path = Path(os.path.abspath(raw))
+        if path.is_file():
+            add(scan(path, explicit=True))  # type: ignore[arg-type]  # explicit: never None
+        elif path.is_dir():
+            found = 0
+            others: dict[Path, list[str]] = {}
+            for f in _walk(path, onerror=unreadable_folder):
+                item = scan(f, explicit=False)
+                if item is None:
+                    others.setdefault(f.parent, []).append(f.name)
+                else:
+                    add(item)
+                    found += 1
+            if not found:
+                if os.path.realpath(path) not in seen:  # else the folder could not be listed: already reported
+                    n_other = sum(len(v) for v in others.values())
+                    extra = f" ({n_other} other file(s), e.g. {next(iter(others.values()))[0]})" if n_other else ""
+                    cases.append(_problem(path, FAILED, f"{path}: no DICOM or NIfTI files found{extra}"))
+            else:
+                for folder, names in others.items():
+                    cases.append(_problem(folder, SKIPPED, f"{folder}: {len(names)} file(s) that are neither NIfTI nor "
+                                                           f"DICOM ignored (e.g. {names[0]})"))
+        else:
+            cases.append(_problem(path, FAILED, f"{path}: no such file or folder"))
+    cases.extend(_series_case(s, all_series, unreadable.get(s.uid)) for s in group_series(dicom_files))
+    cases.sort(key=lambda c: c.key)
+    assign_names(cases)
+    return cases
+
+
+def shard(cases: list[Case], num_shards: int = 1, shard_id: int = 0) -> list[Case]:
+    """Every ``num_shards``-th case starting at ``shard_id``: disjoint shards whose union is the batch."""
+    if num_shards < 1:
+        raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"--shard-id must be in [0, {num_shards - 1}], got {shard_id}")
+    return cases[shard_id::num_shards]

@@ -1,0 +1,62 @@
+"""Output names of a batch: safe file-name stems, unique per batch, stable across reruns."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for annotations: naming stays importable without the batch's readers
+    from monaiunetseg.batch.discover import Case
+
+LABELMAP_SUFFIX, SEG_SUFFIX, OVERLAY_SUFFIX = "_seg.nii.gz", "_seg.dcm", "_overlay.png"
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+@dataclass
+class OutputPaths:
+    labelmap: Path
+    dicom_seg: Path
+    overlay: Path
+
+
+def safe_name(text: str, fallback: str = "case") -> str:
+    """A file-name stem: letters, digits, ``._-`` only, no ``..``, no leading dot, not a Windows device name."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", text or "")
+    stem = re.sub(r"\.{2,}", ".", stem)
+    stem = re.sub(r"_{2,}", "_", stem).strip("._-")[:96].strip("._-")
+    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:
+        stem = f"_{stem}"
+    return stem or fallback
+
+
+def base_name(case: Case) -> str:
+    from monaiunetseg.io.nifti import nifti_stem
+
+    if case.kind == "nifti":
+        return safe_name(nifti_stem(case.source))
+    f = case.series.first  # type: ignore[union-attr]
+    parts = [f.patient_id, f.study_date, f"S{f.series_number}" if f.series_number else "", case.series_description]
+    text = "_".join(p for p in parts if p)
+    return safe_name(text) if text else safe_name(case.series_uid, "series")
+
+
+def assign_names(cases: list[Case]) -> None:
+    """Unique output stems: a clash (case-insensitively, for case-insensitive file systems) gets a short hash
+    of the source path / series UID, which stays the same when the batch is rerun."""
+    runnable = [c for c in cases if c.kind in ("nifti", "dicom")]
+    counts: dict[str, int] = {}
+    for c in runnable:
+        c.name = base_name(c)
+        counts[c.name.lower()] = counts.get(c.name.lower(), 0) + 1
+    for c in runnable:
+        if counts[c.name.lower()] > 1:
+            digest = hashlib.sha1("\0".join(c.key).encode()).hexdigest()[:8]
+            c.name = f"{c.name}_{digest}"
+
+
+def output_paths(out_dir: Path, case: Case) -> OutputPaths:
+    return OutputPaths(out_dir / f"{case.name}{LABELMAP_SUFFIX}", out_dir / f"{case.name}{SEG_SUFFIX}",
+                       out_dir / f"{case.name}{OVERLAY_SUFFIX}")

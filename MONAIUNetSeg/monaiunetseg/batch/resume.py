@@ -1,0 +1,96 @@
+"""Resuming a batch: which earlier outputs are this input's finished result (each labelmap records its source),
+which belong to another input (never taken over), and which are stale."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import nibabel as nib
+import numpy as np
+
+from monaiunetseg.batch.discover import Case
+from monaiunetseg.batch.naming import OutputPaths
+from monaiunetseg.batch.report import FAILED, CaseResult
+from monaiunetseg.geometry import voxel_volume_ml
+from monaiunetseg.io.dicom_series import LPS_TO_RAS, sort_slices
+from monaiunetseg.io.nifti import grid_of, read_source_record
+
+if TYPE_CHECKING:
+    from monaiunetseg.batch.run import BatchOptions
+
+NO_SEG_FOR_NIFTI = "DICOM SEG not written: it needs a DICOM source series (this input is NIfTI)"
+
+
+def base_result(case: Case) -> CaseResult:
+    return CaseResult(input=str(case.source), series_uid=case.series_uid, series_description=case.series_description)
+
+
+def source_record(case: Case) -> dict[str, str]:
+    """What a labelmap records as its source: the resolved NIfTI path, or the DICOM SeriesInstanceUID (with
+    the series folder, for messages)."""
+    if case.kind == "nifti":
+        return {"kind": "nifti", "input": os.path.realpath(case.source)}
+    return {"kind": "dicom", "series_uid": case.series_uid, "input": str(case.source)}
+
+
+def _is_source(record: dict | None, case: Case) -> bool:
+    mine = source_record(case)
+    key = "input" if case.kind == "nifti" else "series_uid"
+    return record is not None and record.get("kind") == mine["kind"] and record.get(key) == mine[key]
+
+
+def _describe_source(record: dict | None) -> str:
+    if record is None:
+        return "another input (the file has no MONAIUNetSeg source record)"
+    if record.get("kind") == "dicom":
+        return f"DICOM series {record.get('series_uid')} ({record.get('input')})"
+    return str(record.get("input"))
+
+
+def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> CaseResult | None:
+    """The row of a case finished by an earlier run (all requested outputs present, the labelmap recording
+    this input as its source and on the input's grid), a failed row when the labelmap's name is taken by the
+    result of another input (never written over without ``--overwrite``), or None if it has to be (re)done."""
+    if os.path.lexists(paths.labelmap):
+        try:
+            record = read_source_record(paths.labelmap)
+        except Exception:  # not a readable NIfTI: not ours to replace either
+            record = None
+        if not _is_source(record, case):
+            res = base_result(case)
+            res.status = FAILED
+            where = case.series.label() if case.series else str(case.source)
+            res.error = (f"{where}: {paths.labelmap} already holds the result of {_describe_source(record)}; "
+                         "use another -o or --overwrite")
+            return res
+    wanted = [paths.labelmap]
+    if options.dicom_seg and case.kind == "dicom":
+        wanted.append(paths.dicom_seg)
+    if options.overlay:
+        wanted.append(paths.overlay)
+    if not all(p.is_file() for p in wanted):
+        return None
+    try:
+        shape, affine = grid_of(paths.labelmap)
+        if case.kind == "nifti":
+            expected_shape, expected_affine = grid_of(case.source)
+        else:
+            stack = sort_slices(case.series)  # type: ignore[arg-type]
+            first = stack.files[0]
+            expected_shape = (first.columns, first.rows, len(stack.files))
+            expected_affine = LPS_TO_RAS @ stack.affine_lps
+        if tuple(shape) != tuple(expected_shape) or not np.allclose(affine, expected_affine, atol=1e-3):
+            return None  # stale: the input changed since
+        labels = np.asarray(nib.load(paths.labelmap).dataobj)
+    except Exception:
+        return None  # unreadable or input now broken: redo, and let that report the problem
+    res = base_result(case)
+    res.output = str(paths.labelmap)
+    res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
+    res.dicom_seg = str(paths.dicom_seg) if paths.dicom_seg.is_file() and case.kind == "dicom" else ""
+    res.overlay = str(paths.overlay) if paths.overlay.is_file() else ""
+    res.note = "existing output kept (--overwrite redoes it)"
+    if options.dicom_seg and case.kind == "nifti":
+        res.note += "; " + NO_SEG_FOR_NIFTI
+    return res

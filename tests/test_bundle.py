@@ -36,13 +36,13 @@ CSV_COLUMNS = ["patient", "label_ml", "dice", "hd95_mm", "pred_ml", "abs_vol_dif
 TENSOR_KEYS = {"type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data", "channel_def"}
 
 
-def run_bundle(args: list[str], launcher: list[str] | None = None, timeout: int = TIMEOUT) -> str:
+def run_bundle(args: list[str], launcher: list[str] | None = None, timeout: int = TIMEOUT, cwd: Path = BUNDLE_DIR) -> str:
     """Run ``python [launcher] -m monai.bundle <args>`` in the bundle folder; return stdout+stderr, fail on rc != 0.
 
     Runs in its own session so a hung run (e.g. a DDP deadlock) is killed with all its worker processes.
     """
     cmd = [sys.executable, *(launcher or []), "-m", "monai.bundle", *args]
-    proc = subprocess.Popen(cmd, cwd=BUNDLE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -131,11 +131,22 @@ def resumed(trained: TrainRun, prepared_small: Path, tmp_path_factory) -> TrainR
 
 
 @pytest.fixture(scope="module")
-def inferred(tmp_path_factory) -> Path:
-    """``configs/inference.json`` with the shipped weights over the bundled sample folder."""
-    out = tmp_path_factory.mktemp("inference")
+def bundle_copy(tmp_path_factory) -> Path:
+    """The bundle copied outside the repository (configs, weights, docs; no runs): it must be self-contained."""
+    dst = tmp_path_factory.mktemp("elsewhere") / "lgg_flair_bundle"
+    shutil.copytree(BUNDLE_DIR, dst, ignore=shutil.ignore_patterns("runs", "eval", "__pycache__", "*.ts"))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def inferred(bundle_copy: Path, tmp_path_factory) -> Path:
+    """``configs/inference.json`` of a copy of the bundle outside the repository, with the shipped weights, over
+    the bundled sample folder."""
+    out, scans = tmp_path_factory.mktemp("inference"), tmp_path_factory.mktemp("scans")
+    for src in SAMPLE_DIR.glob("*_flair.nii*"):  # the scans only, not the reference mask beside them
+        shutil.copy(src, scans / src.name)
     run_bundle(["run", "inference", "--config_file", "configs/inference.json", *COMMON,
-                "--input_dir", str(SAMPLE_DIR), "--output_dir", str(out)])
+                "--input_dir", str(scans), "--output_dir", str(out)], cwd=bundle_copy)
     return out
 
 
@@ -251,15 +262,31 @@ def test_inference_output_matches_input_grid(inferred: Path):
         assert set(np.unique(np.asanyarray(b.dataobj)).tolist()) <= {0, 1}
 
 
-def test_inference_config_agrees_with_core_segmenter(inferred: Path, segmenter):
-    """The bundle's inference config and the core package (CLI/Slicer) must not drift apart: same mask."""
-    inputs = sorted(SAMPLE_DIR.glob("*_flair.nii*"))
-    for src in inputs:
-        img = nib.load(src)
-        core = segmenter.segment(img.get_fdata(dtype=np.float32), img.affine)
-        bundle = np.asanyarray(nib.load(inferred / src.name.replace("_flair.nii", "_flair_seg.nii")).dataobj)
-        differ = int((core != bundle).sum())
-        assert differ <= 1e-5 * core.size, f"{src.name}: {differ} voxels differ ({int(core.sum())} vs {int(bundle.sum())})"
+def test_bundle_inference_is_the_cli_path(inferred: Path, tmp_path: Path):
+    """One inference path: the bundle's ``inference`` (run from a copy outside the repository) and
+    ``monaiunetseg segment`` give voxel-identical labelmaps and the same report values."""
+    from monaiunetseg.cli import main as cli_main
+
+    out = tmp_path / "cli"
+    assert cli_main(["segment", *map(str, sorted(SAMPLE_DIR.glob("*_flair.nii*"))), "-o", str(out), "--quiet",
+                     "--device", "cpu"]) == 0
+    cli_files = sorted(p.name for p in out.glob("*.nii*"))
+    assert cli_files and cli_files == sorted(p.name for p in inferred.glob("*.nii*"))
+    for name in cli_files:
+        a, b = nib.load(out / name), nib.load(inferred / name)
+        assert np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)), name
+        assert np.array_equal(a.affine, b.affine), name
+    rows = {name: list(csv.DictReader(open(d / "report.csv", newline=""))) for name, d in (("cli", out), ("bundle", inferred))}
+    assert [r["volume_ml"] for r in rows["cli"]] == [r["volume_ml"] for r in rows["bundle"]]
+
+
+def test_bundle_inference_refuses_an_empty_input_dir(bundle_copy: Path, tmp_path: Path):
+    """No inputs is an error naming the folder, not a silent empty run."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.json",
+           *COMMON, "--input_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=bundle_copy, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode != 0
+    assert f"{tmp_path}: no NIfTI files" in proc.stdout + proc.stderr
 
 
 # ----------------------------------------------------------------------------------------------- export / verify
@@ -348,19 +375,29 @@ def test_metadata_validates_against_schema():
         assert not errors, f"{path.name}:\n" + "\n".join(errors)
 
 
-def test_network_def_identical_in_train_and_inference():
-    """Weights trained with train.json are loaded through inference.json: one architecture, one definition."""
+def _parsed_network_args(files: list[str], context: int | None = None) -> dict:
     from monai.bundle import ConfigParser
 
-    defs = {}
-    for name in ("train.json", "inference.json"):
-        parser = ConfigParser()
-        parser.read_config(BUNDLE_DIR / "configs" / name)
-        defs[name] = parser.get("network_def")
-    assert defs["train.json"] == defs["inference.json"]
     parser = ConfigParser()
-    parser.read_config([BUNDLE_DIR / "configs" / "train.json", BUNDLE_DIR / "configs" / "multi_gpu_train.json"])
-    assert parser.get("network_def") == defs["train.json"], "multi_gpu_train.json must not change network_def"
+    parser.read_config([BUNDLE_DIR / "configs" / f for f in files])
+    if context is not None:
+        parser["context"] = context
+    args = {k: parser.get_parsed_content(f"network_def#{k}") for k in parser.get("network_def") if k != "_target_"}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+
+
+def test_network_def_identical_in_train_and_inference():
+    """Weights trained with train.json are loaded through inference.json: one architecture, one definition
+    (train.json's in_channels follows its 2.5D ``context``; inference.json states both as plain values)."""
+    from monaiunetseg.model.bundle import read_spec
+
+    spec = read_spec(BUNDLE_DIR)
+    train = _parsed_network_args(["train.json"], context=spec.context)
+    assert train == spec.network_args
+    for context in (0, 1, 2):
+        assert _parsed_network_args(["train.json"], context=context)["in_channels"] == 2 * context + 1
+    multi = _parsed_network_args(["train.json", "multi_gpu_train.json"], context=spec.context)
+    assert multi == train, "multi_gpu_train.json must not change network_def"
 
 
 # ----------------------------------------------------------------------------------------------- DDP
@@ -441,7 +478,9 @@ def test_three_channel_variant_config(prepared_small: Path) -> None:
 
     parser = ConfigParser()
     parser.read_config([BUNDLE_DIR / "configs" / "train.json", BUNDLE_DIR / "configs" / "train_3ch.json"])
-    assert parser["network_def"]["in_channels"] == 3
+    assert parser.get_parsed_content("network_def#in_channels") == 3
+    parser["context"] = 1  # 2.5D on three sequences: 3 channels per slice of the slab
+    assert parser.get_parsed_content("network_def#in_channels", lazy=False) == 9
     base = ConfigParser()
     base.read_config(BUNDLE_DIR / "configs" / "train.json")
     assert {k: v for k, v in parser["network_def"].items() if k != "in_channels"} == \

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from monaiunetseg.geometry import voxel_volume_ml
+from monaiunetseg.model.postprocess import largest_component
 
 
 def dice(pred: np.ndarray, label: np.ndarray) -> float:
@@ -27,23 +28,6 @@ def hd95(pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...]) -> flo
     y = torch.from_numpy(label.astype(np.float32))[None, None]
     value = compute_hausdorff_distance(p, y, include_background=True, percentile=95, spacing=list(spacing))
     return float(value.item())
-
-
-def largest_component(pred: np.ndarray) -> np.ndarray:
-    """Keep the largest 3D connected foreground component, 26-connected (post-processing variant).
-
-    scipy, not MONAI's ``KeepLargestConnectedComponent``: on the CPU that needs scikit-image, which is no
-    dependency of this package.
-    """
-    if not pred.any():
-        return pred
-    from scipy import ndimage
-
-    labels, n = ndimage.label(pred.astype(bool), structure=np.ones((3,) * pred.ndim, dtype=bool))
-    if n == 1:
-        return (labels > 0).astype(np.uint8)
-    sizes = np.bincount(labels.ravel())[1:]
-    return (labels == int(np.argmax(sizes)) + 1).astype(np.uint8)
 
 
 def case_metrics(pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:

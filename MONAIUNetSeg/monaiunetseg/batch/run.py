@@ -172,6 +172,13 @@ def _failure(case: Case, exc: Exception) -> CaseResult:
     return res
 
 
+def require_inputs(files: list[str], folder: str | os.PathLike) -> list[str]:
+    """``files`` if there are any, else a clear error naming ``folder`` (the bundle's ``inference`` inputs)."""
+    if not files:
+        raise FileNotFoundError(f"{folder}: no NIfTI files (*.nii, *.nii.gz) to segment; give --input_dir")
+    return files
+
+
 def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, options: BatchOptions | None = None,
               segmenter=None) -> BatchResult:
     """Segment every case of this shard of ``inputs`` into ``out_dir``; never raises for a bad case.

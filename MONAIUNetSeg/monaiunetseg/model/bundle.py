@@ -1,8 +1,15 @@
-"""Finding the MONAI bundle and building its network: the bundle's own config is the one model definition."""
+"""Finding the MONAI bundle and building its predictor from plain data.
+
+The network definition and the model sets are read from the bundle's ``configs/inference.json`` as JSON:
+no ``$`` expression of a config is evaluated on this path, so segmenting never runs code from a bundle
+folder (the ``monai.bundle`` commands do run config code: only run bundles you trust).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -10,6 +17,9 @@ import torch
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 WEIGHTS = Path("models") / "model.pt"
 ENV_VAR = "MONAIUNETSEG_BUNDLE"
+DEFAULT_MODEL = "default"
+# The networks a bundle may name; anything else is refused rather than imported.
+NETWORKS = {"UNet": "UNet", "monai.networks.nets.UNet": "UNet", "monai.networks.nets.unet.UNet": "UNet"}
 
 
 def bundle_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -35,13 +45,80 @@ def bundle_root(explicit: str | os.PathLike | None = None) -> Path:
     raise FileNotFoundError(f"MONAI bundle not found (looked in: {', '.join(map(str, candidates))})")
 
 
-def network_from_config(root: Path) -> torch.nn.Module:
-    """Instantiate ``network_def`` from the project's own ``configs/inference.json``."""
-    from monai.bundle import ConfigParser
+def _plain(value, where: str):
+    """``value`` unchanged if it holds no config expression/reference (``$...``, ``@...``, ``%...``)."""
+    if isinstance(value, str) and value[:1] in ("$", "@", "%"):
+        raise ValueError(f"{where}: {value!r} is a config expression; the predictor takes plain values only")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
+    return value
 
-    parser = ConfigParser()
-    parser.read_config(root / INFERENCE_CONFIG)
-    return parser.get_parsed_content("network_def", instantiate=True)
+
+@dataclass
+class BundleSpec:
+    """What inference needs from a bundle, as plain data: network arguments, 2.5D context, model sets."""
+
+    root: Path
+    network_args: dict
+    context: int
+    models: dict[str, list[Path]]
+    postprocessing: dict = field(default_factory=dict)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.network_args.get("in_channels", 1))
+
+    def with_context(self, context: int) -> BundleSpec:
+        """The same network for a 2.5D ``context`` (its input channels follow: ``2 * context + 1``)."""
+        return replace(self, context=int(context), network_args={**self.network_args, "in_channels": 2 * int(context) + 1})
+
+    def weights(self, model: str = DEFAULT_MODEL) -> list[Path]:
+        if model not in self.models:
+            raise ValueError(f"unknown model {model!r} in {self.root / INFERENCE_CONFIG} (choose from: "
+                             f"{', '.join(sorted(self.models))})")
+        return self.models[model]
+
+
+def read_spec(root: str | os.PathLike | None = None) -> BundleSpec:
+    """The bundle's inference spec from ``configs/inference.json`` read as JSON (never evaluated)."""
+    root = bundle_root(root)
+    path = root / INFERENCE_CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON config ({exc})") from exc
+    net = dict(_plain(config.get("network_def") or {}, f"{path}: network_def"))
+    target = net.pop("_target_", None)
+    if target not in NETWORKS:
+        raise ValueError(f"{path}: network_def._target_ {target!r} is not one of {sorted(NETWORKS)}")
+    context = _plain(config.get("context", 0), f"{path}: context")
+    if not isinstance(context, int) or context < 0:
+        raise ValueError(f"{path}: context must be a non-negative integer, got {context!r}")
+    if int(net.get("in_channels", 1)) != 2 * context + 1:
+        raise ValueError(f"{path}: network_def.in_channels ({net.get('in_channels')}) must be 2 * context + 1 "
+                         f"({2 * context + 1})")
+    raw_models = _plain(config.get("models") or {DEFAULT_MODEL: [WEIGHTS.as_posix()]}, f"{path}: models")
+    models = {name: [root / p for p in ([files] if isinstance(files, str) else files)] for name, files in raw_models.items()}
+    if DEFAULT_MODEL not in models or any(not files for files in models.values()):
+        raise ValueError(f"{path}: models must name a non-empty {DEFAULT_MODEL!r} list of weights files")
+    postprocessing = _plain(config.get("postprocessing") or {}, f"{path}: postprocessing")
+    if not isinstance(postprocessing, dict):
+        raise ValueError(f"{path}: postprocessing must be an object of options, got {postprocessing!r}")
+    return BundleSpec(root, net, context, models, postprocessing)
+
+
+def build_network(network_args: dict) -> torch.nn.Module:
+    """The MONAI UNet with the given plain arguments (see :data:`NETWORKS`)."""
+    from monai.networks.nets import UNet
+
+    return UNet(**network_args)
+
+
+def network_from_config(root: str | os.PathLike | None = None) -> torch.nn.Module:
+    """The bundle's network, untrained (as ``network_def`` of ``configs/inference.json`` defines it)."""
+    return build_network(read_spec(root).network_args)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
@@ -58,12 +135,23 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     return state
 
 
+def load_networks(spec: BundleSpec, weights: list[str | os.PathLike]) -> list[torch.nn.Module]:
+    """One network per weights file, in eval mode on the CPU."""
+    nets = []
+    for w in weights:
+        w = Path(w)
+        if not w.is_file():
+            raise FileNotFoundError(f"{w}: model weights not found")
+        net = build_network(spec.network_args)
+        try:
+            net.load_state_dict(load_state_dict(w))
+        except RuntimeError as exc:  # wrong architecture: shapes/keys do not match the bundle's network
+            raise ValueError(f"{w}: weights do not fit the bundle's network ({str(exc).splitlines()[0]})") from exc
+        nets.append(net.eval())
+    return nets
+
+
 def load_network(root: str | os.PathLike | None = None, weights: str | os.PathLike | None = None) -> torch.nn.Module:
     """The bundle's network with its shipped (or the given) weights, in eval mode on the CPU."""
-    root = bundle_root(root)
-    weights = Path(weights) if weights else root / WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: model weights not found")
-    net = network_from_config(root)
-    net.load_state_dict(load_state_dict(weights))
-    return net.eval()
+    spec = read_spec(root)
+    return load_networks(spec, [weights] if weights else spec.weights()[:1])[0]

@@ -6,13 +6,15 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from monaiunetseg.model.bundle import load_network
+from monaiunetseg.model.bundle import DEFAULT_MODEL, load_networks, read_spec
+from monaiunetseg.model.postprocess import PostProcessing
 from monaiunetseg.model.transforms import preprocessing
 
 
@@ -30,23 +32,38 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 class SliceBatchInferer(Inferer):
-    """Run a 2D network over the last spatial axis of ``(B, C, H, W, D)`` volumes, ``batch_size`` slices a call."""
+    """Run a 2D network over the last spatial axis of ``(B, C, H, W, D)`` volumes, ``batch_size`` slices a call.
 
-    def __init__(self, batch_size: int = 32, amp: bool | None = None) -> None:
+    ``context > 0``: 2.5D, each slice goes in with ``context`` neighbours on either side as extra channels
+    (edge slices repeated at the volume's ends), in the layout of ``transforms.neighbour_stack``.
+    """
+
+    def __init__(self, batch_size: int = 32, amp: bool | None = None, context: int = 0) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.amp = amp
+        self.context = int(context)
+
+    def slices(self, volume: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Network inputs ``(stop - start, C * (2 * context + 1), H, W)`` for slices ``start..stop-1`` of a
+        ``(C, H, W, D)`` volume; built per chunk so a long volume never holds all stacks at once."""
+        c, h, w, d = volume.shape
+        k = 2 * self.context + 1
+        index = torch.arange(start, stop, device=volume.device)[:, None] + torch.arange(-self.context, self.context + 1, device=volume.device)
+        slabs = volume[..., index.clamp(0, d - 1)]  # (C, H, W, n, K)
+        return slabs.permute(3, 0, 4, 1, 2).reshape(stop - start, c * k, h, w)
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         b, c, h, w, d = inputs.shape
         plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs  # slicing keeps no metadata
-        slices = plain.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)
-        use_amp = self.amp if self.amp is not None else slices.device.type == "cuda"
-        amp_ctx = torch.autocast("cuda") if use_amp and slices.device.type == "cuda" else contextlib.nullcontext()
+        use_amp = self.amp if self.amp is not None else plain.device.type == "cuda"
+        amp_ctx = torch.autocast("cuda") if use_amp and plain.device.type == "cuda" else contextlib.nullcontext()
         outs = []
         with amp_ctx:
-            for start in range(0, slices.shape[0], self.batch_size):
-                outs.append(network(slices[start:start + self.batch_size], *args, **kwargs).float())
+            for i in range(b):
+                for start in range(0, d, self.batch_size):
+                    x = self.slices(plain[i], start, min(start + self.batch_size, d))
+                    outs.append(network(x, *args, **kwargs).float())
         out = torch.cat(outs)
         k = out.shape[1]
         return out.reshape(b, d, k, h, w).permute(0, 2, 3, 4, 1)
@@ -61,15 +78,50 @@ class SegmentationTimings:
 
 
 class Segmenter:
-    """Load the bundle's network once; segment volumes given as (array, RAS affine) on their own grid."""
+    """The one inference path (CLI, bundle ``inference``, Slicer): load the bundle's model(s) once, then segment
+    volumes given as (array, RAS affine) on their own grid.
+
+    ``model`` names a model set of the bundle (``default``; e.g. the fold ensemble) whose members' softmax
+    foreground probabilities are averaged (probabilities, not labels); ``weights`` overrides it with explicit
+    files. ``flip_tta`` also averages over left-right flipped slices (the model is trained with such flips).
+    """
 
     def __init__(self, bundle: str | os.PathLike | None = None, device: str = "auto",
-                 weights: str | os.PathLike | None = None, batch_size: int = 32) -> None:
+                 weights: str | os.PathLike | list[str | os.PathLike] | None = None, batch_size: int = 32,
+                 model: str = DEFAULT_MODEL, flip_tta: bool = False, context: int | None = None,
+                 postprocessing: dict | None = None) -> None:
         self.device = resolve_device(device)
-        self.network = load_network(bundle, weights).to(self.device)
-        self.inferer = SliceBatchInferer(batch_size=batch_size)
+        self.spec = read_spec(bundle)
+        if context is not None:  # e.g. the folds of a cross-validation of another recipe
+            self.spec = self.spec.with_context(context)
+        self.postprocessing = PostProcessing.from_dict(self.spec.postprocessing if postprocessing is None else postprocessing)
+        if weights is None:
+            files = self.spec.weights(model)
+        else:
+            files = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+        self.weights = [Path(w) for w in files]
+        self.networks = [net.to(self.device) for net in load_networks(self.spec, self.weights)]
+        self.flip_tta = flip_tta
+        self.inferer = SliceBatchInferer(batch_size=batch_size, context=self.spec.context)
         self.preprocessing = preprocessing(["image"])
         self.timings = SegmentationTimings()
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The first (for a single model: the only) network."""
+        return self.networks[0]
+
+    def foreground(self, slices: torch.Tensor) -> torch.Tensor:
+        """Mean foreground probability ``(N, 1, H, W)`` over the models (and flips) for network inputs."""
+        views = [slices, torch.flip(slices, dims=(-2,))] if self.flip_tta else [slices]
+        total = None
+        for net in self.networks:
+            for i, view in enumerate(views):
+                prob = torch.softmax(net(view).float(), dim=1)[:, 1:2]
+                if i:
+                    prob = torch.flip(prob, dims=(-2,))
+                total = prob if total is None else total + prob
+        return total / (len(self.networks) * len(views))
 
     def probabilities(self, array: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Foreground probability on the input grid: ``array`` is (x, y, z) or (C, x, y, z), affine RAS 4x4."""
@@ -86,8 +138,7 @@ class Segmenter:
         t1 = time.perf_counter()
         with torch.inference_mode():
             x = data["image"].as_tensor()[None].to(self.device)
-            logits = self.inferer(x, self.network)
-            prob = torch.softmax(logits, dim=1)[0, 1:2].cpu()
+            prob = self.inferer(x, self.foreground)[0].cpu()
         t2 = time.perf_counter()
         pred = MetaTensor(prob, affine=data["image"].affine, applied_operations=data["image"].applied_operations)
         restored = self.preprocessing.inverse({"image": pred})["image"]
@@ -99,5 +150,7 @@ class Segmenter:
         return out
 
     def segment(self, array: np.ndarray, affine: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-        """uint8 labelmap (0 background, 1 FLAIR abnormality) with exactly the input's shape."""
-        return (self.probabilities(array, affine) > threshold).astype(np.uint8)
+        """uint8 labelmap (0 background, 1 FLAIR abnormality) with exactly the input's shape, post-processed
+        as the bundle says (``postprocessing`` in ``configs/inference.json``)."""
+        prob = self.probabilities(array, affine)
+        return self.postprocessing(prob > threshold, prob)

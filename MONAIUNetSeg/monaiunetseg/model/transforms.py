@@ -11,6 +11,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     MapTransform,
@@ -18,6 +19,7 @@ from monai.transforms import (
     Pad,
     Resized,
     ScaleIntensityRangePercentilesd,
+    SqueezeDim,
 )
 from monai.transforms.inverse import InvertibleTransform
 
@@ -55,6 +57,45 @@ class PadToSquareInPlaned(MapTransform, InvertibleTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.padder.inverse(d[key])
+        return d
+
+
+def neighbour_stack(volume: torch.Tensor, context: int) -> torch.Tensor:
+    """``(C, H, W, K)`` slab of ``K = 2 * context + 1`` neighbouring slices -> ``(C * K, H, W)`` channels.
+
+    Channel ``c * K + k`` is channel ``c`` of slab slice ``k`` (slice ``z - context + k``): the one 2.5D input
+    layout, used by training (:class:`SlicesToChannelsd`) and inference (``SliceBatchInferer``) alike.
+    """
+    c, h, w, k = volume.shape
+    if k != 2 * context + 1:
+        raise ValueError(f"expected a slab of {2 * context + 1} slices, got {k}")
+    return volume.permute(0, 3, 1, 2).reshape(c * k, h, w)
+
+
+class SlicesToChannelsd(MapTransform):
+    """2.5D training input: the image slab's slices become channels, the label keeps its centre slice.
+
+    ``context = 0`` is the plain 2D model (the slab is one slice), so the configs need no second code path.
+    """
+
+    def __init__(self, image_keys: KeysCollection, label_keys: KeysCollection = (), context: int = 0) -> None:
+        image_keys = [image_keys] if isinstance(image_keys, str) else list(image_keys)
+        label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
+        super().__init__(image_keys + label_keys)
+        self.image_keys, self.label_keys, self.context = image_keys, label_keys, int(context)
+        self.squeeze = SqueezeDim(dim=-1, update_meta=True)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        c = self.context
+        for key in self.key_iterator(d):
+            centre = self.squeeze(d[key][..., c:c + 1])  # 2D metadata (affine) for the later 2D transforms
+            if key in self.label_keys:
+                d[key] = centre
+                continue
+            plain = d[key].as_tensor() if isinstance(d[key], MetaTensor) else d[key]
+            stacked = neighbour_stack(plain, c)
+            d[key] = MetaTensor(stacked, meta=centre.meta) if isinstance(centre, MetaTensor) else stacked
         return d
 
 

@@ -1,0 +1,83 @@
+"""Post-processing of a predicted labelmap: connected components (26-connected, on the input's own grid).
+
+The options are plain data (``configs/inference.json`` ``postprocessing``) chosen by cross-validation on
+out-of-fold predictions (``training.oof``), never on a reported split. ``min_fraction`` drops islands smaller
+than a fraction of the largest component, so a second focus of a multifocal tumour above that size is kept,
+unlike ``largest_only``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    largest_only: bool = False
+    min_fraction: float = 0.0  # keep components with at least this fraction of the largest one's voxels
+    min_mean_prob: float = 0.0  # keep components whose mean foreground probability is at least this
+
+    @classmethod
+    def from_dict(cls, options: dict | None) -> PostProcessing:
+        options = dict(options or {})
+        unknown = set(options) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown post-processing option(s): {', '.join(sorted(unknown))}")
+        pp = cls(**options)
+        if not 0.0 <= pp.min_fraction <= 1.0 or not 0.0 <= pp.min_mean_prob <= 1.0:
+            raise ValueError(f"post-processing fractions must lie in [0, 1]: {options}")
+        return pp
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v != PostProcessing.__dataclass_fields__[k].default}
+
+    @property
+    def name(self) -> str:
+        if self.largest_only:
+            return "largest component"
+        parts = [f"components >= {self.min_fraction:g} x largest" if self.min_fraction else "",
+                 f"component mean p >= {self.min_mean_prob:g}" if self.min_mean_prob else ""]
+        return ", ".join(p for p in parts if p) or "none"
+
+    @property
+    def is_identity(self) -> bool:
+        return not (self.largest_only or self.min_fraction or self.min_mean_prob)
+
+    def __call__(self, mask: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray:
+        """The cleaned uint8 mask (``prob``, on the same grid, is needed for ``min_mean_prob``)."""
+        mask = np.asarray(mask).astype(bool)
+        if self.is_identity or not mask.any():
+            return mask.astype(np.uint8)
+        labels, n = connected_components(mask)
+        if n <= 1:
+            return mask.astype(np.uint8)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        keep = np.ones(n, dtype=bool)
+        if self.largest_only:
+            keep[:] = False
+            keep[int(np.argmax(sizes))] = True
+        if self.min_fraction:
+            keep &= sizes >= self.min_fraction * sizes.max()
+        if self.min_mean_prob:
+            if prob is None:
+                raise ValueError("min_mean_prob post-processing needs the probability map")
+            means = np.bincount(labels.ravel(), weights=np.asarray(prob, dtype=np.float64).ravel(), minlength=n + 1)[1:] / sizes
+            keep &= means >= self.min_mean_prob
+            if not keep.any():  # never erase the whole finding: the most confident component stays
+                keep[int(np.argmax(means))] = True
+        return np.concatenate([[False], keep])[labels].astype(np.uint8)
+
+
+def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected (in 3D) components: scipy, not MONAI's ``KeepLargestConnectedComponent``, which needs
+    scikit-image on the CPU."""
+    from scipy import ndimage
+
+    return ndimage.label(np.asarray(mask).astype(bool), structure=np.ones((3,) * mask.ndim, dtype=bool))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Only the largest connected component of a binary mask (uint8)."""
+    return PostProcessing(largest_only=True)(mask)

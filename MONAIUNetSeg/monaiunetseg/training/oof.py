@@ -1,0 +1,170 @@
+"""Out-of-fold (OOF) evaluation of a cross-validation: every patient predicted by the fold model that never
+trained on it, scored per patient, summarised by institution and lesion size, and post-processing chosen on
+these predictions.
+
+Probabilities are cached per patient (uint8, 1/255 steps) so post-processing and summaries can be redone
+without the networks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monaiunetseg.files import atomic_path, write_text_atomic
+from monaiunetseg.geometry import voxel_volume_ml
+from monaiunetseg.metrics import dice, hd95
+from monaiunetseg.model.postprocess import PostProcessing
+from monaiunetseg.training.cv import fold_dir, read_record
+
+SIZE_BUCKETS = ((0.0, 15.0, "< 15 mL"), (15.0, 50.0, "15-50 mL"), (50.0, math.inf, "> 50 mL"))
+# Post-processing candidates scored on the OOF predictions (the first is the reference: none).
+CANDIDATES = [PostProcessing(), PostProcessing(largest_only=True),
+              *(PostProcessing(min_fraction=f) for f in (0.02, 0.05, 0.1, 0.2, 0.3)),
+              *(PostProcessing(min_mean_prob=p) for p in (0.6, 0.7, 0.8))]
+CSV_COLUMNS = ["patient", "institution", "fold", "label_ml", "dice", "hd95_mm", "pred_ml", "abs_vol_diff_ml"]
+
+
+@dataclass
+class OOFCase:
+    patient: str
+    institution: str
+    fold: int
+    image: Path
+    label: Path
+
+
+def oof_cases(dataset_dir: str | os.PathLike, folds: list[int] | None = None) -> list[OOFCase]:
+    """Every patient of a prepared dataset (``datalist.json``) in ``folds`` (default: all)."""
+    from monaiunetseg.training.datalist import resolve_dataset
+
+    path = resolve_dataset(dataset_dir)
+    datalist = json.loads(path.read_text())
+    cases = [OOFCase(e["patient"], e.get("institution", ""), int(e["fold"]), path.parent / e["image"], path.parent / e["label"])
+             for e in datalist["training"]]
+    return [c for c in cases if folds is None or c.fold in folds]
+
+
+def predict_oof(cv_root: str | os.PathLike, dataset_dir: str | os.PathLike, probs_dir: str | os.PathLike,
+                folds: list[int] | None = None, bundle: str | os.PathLike | None = None, device: str = "auto",
+                flip_tta: bool = False, log=print) -> dict[str, Path]:
+    """Foreground probabilities of every patient of ``folds`` from its own fold's model, cached in
+    ``probs_dir/<patient>.npz``; existing files are kept (delete the folder to redo)."""
+    import nibabel as nib
+
+    from monaiunetseg.model.predictor import Segmenter
+
+    probs_dir = Path(probs_dir)
+    probs_dir.mkdir(parents=True, exist_ok=True)
+    cases = oof_cases(dataset_dir, folds)
+    out: dict[str, Path] = {}
+    for fold in sorted({c.fold for c in cases}):
+        todo = [c for c in cases if c.fold == fold and not (probs_dir / f"{c.patient}.npz").is_file()]
+        out.update({c.patient: probs_dir / f"{c.patient}.npz" for c in cases if c.fold == fold})
+        if not todo:
+            continue
+        weights = fold_dir(cv_root, fold) / "model.pt"
+        context = int((read_record(cv_root, fold).get("overrides") or {}).get("context", 0))
+        segmenter = Segmenter(bundle, device=device, weights=weights, flip_tta=flip_tta, context=context)
+        for c in todo:
+            img = nib.load(c.image)
+            prob = segmenter.probabilities(img.get_fdata(dtype=np.float32), img.affine)
+            with atomic_path(probs_dir / f"{c.patient}.npz") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, prob=np.round(prob * 255).astype(np.uint8), affine=img.affine)
+        log(f"fold {fold}: {len(todo)} patient(s) predicted with {weights}")
+    return out
+
+
+def load_prob(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as z:
+        return z["prob"].astype(np.float32) / 255.0, z["affine"]
+
+
+def score_case(case: OOFCase, prob: np.ndarray, affine: np.ndarray, pp: PostProcessing, with_hd95: bool = True) -> dict:
+    """One patient's row: Dice, HD95 (mm), volumes (mL) of the post-processed prediction."""
+    import nibabel as nib
+
+    label = np.asanyarray(nib.load(case.label).dataobj) > 0
+    pred = pp(prob > 0.5, prob).astype(bool)
+    vox = voxel_volume_ml(affine)
+    spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    row = {"patient": case.patient, "institution": case.institution, "fold": case.fold,
+           "label_ml": float(label.sum()) * vox, "dice": dice(pred, label),
+           "hd95_mm": hd95(pred, label, spacing) if with_hd95 else math.nan, "pred_ml": float(pred.sum()) * vox}
+    row["abs_vol_diff_ml"] = abs(row["pred_ml"] - row["label_ml"])
+    return row
+
+
+def size_bucket(label_ml: float) -> str:
+    return next(name for lo, hi, name in SIZE_BUCKETS if lo <= label_ml < hi)
+
+
+def summarise_dice(rows: list[dict]) -> dict:
+    """Mean, std, median and min of per-patient Dice, overall, by institution and by lesion size."""
+    def stats(values: list[float]) -> dict:
+        a = np.asarray(values, dtype=float)
+        return {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+                "median": float(np.median(a)), "min": float(a.min())} if a.size else {"n": 0}
+
+    summary = {"all": stats([r["dice"] for r in rows]), "by_institution": {}, "by_size": {}}
+    for inst in sorted({r["institution"] for r in rows}):
+        summary["by_institution"][inst] = stats([r["dice"] for r in rows if r["institution"] == inst])
+    for _, _, name in SIZE_BUCKETS:
+        summary["by_size"][name] = stats([r["dice"] for r in rows if size_bucket(r["label_ml"]) == name])
+    folds = sorted({r["fold"] for r in rows})
+    summary["by_fold"] = {str(f): stats([r["dice"] for r in rows if r["fold"] == f]) for f in folds}
+    finite = [r["hd95_mm"] for r in rows if not math.isnan(r["hd95_mm"])]
+    summary["hd95_mm_mean"] = float(np.mean(finite)) if finite else math.nan
+    summary["abs_vol_diff_ml_mean"] = float(np.mean([r["abs_vol_diff_ml"] for r in rows])) if rows else math.nan
+    return summary
+
+
+def evaluate_oof(probs: dict[str, Path], dataset_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                 candidates: list[PostProcessing] | None = None, prefix: str = "oof", log=print) -> dict:
+    """Score every candidate post-processing on the OOF probabilities (Dice), choose the best mean Dice, and
+    write for it ``<prefix>_metrics_per_patient.csv`` (columns :data:`CSV_COLUMNS`), ``<prefix>_summary.json``
+    and the candidates' table ``<prefix>_postprocessing.csv`` into ``out_dir``."""
+    candidates = candidates or CANDIDATES
+    cases = [c for c in oof_cases(dataset_dir) if c.patient in probs]
+    if not cases:
+        raise ValueError(f"no out-of-fold predictions for the patients of {dataset_dir}")
+    loaded = {c.patient: load_prob(probs[c.patient]) for c in cases}
+    table = []
+    for pp in candidates:
+        rows = [score_case(c, *loaded[c.patient], pp, with_hd95=False) for c in cases]
+        s = summarise_dice(rows)
+        table.append({"postprocessing": pp.name, "options": json.dumps(pp.to_dict()), "mean": s["all"]["mean"],
+                      "std": s["all"]["std"], "median": s["all"]["median"], "min": s["all"]["min"],
+                      **{f"mean {k}": v.get("mean", math.nan) for k, v in s["by_size"].items()}})
+    best = max(range(len(candidates)), key=lambda i: (round(table[i]["mean"], 4), -i))
+    chosen = candidates[best]
+    rows = [score_case(c, *loaded[c.patient], chosen) for c in cases]
+    summary = summarise_dice(rows)
+    summary.update({"postprocessing": chosen.to_dict(), "postprocessing_name": chosen.name,
+                    "dice_mean_without_postprocessing": table[0]["mean"], "n_patients": len(rows)})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / f"{prefix}_metrics_per_patient.csv", _csv(sorted(rows, key=lambda r: r["patient"]), CSV_COLUMNS))
+    write_text_atomic(out_dir / f"{prefix}_postprocessing.csv", _csv(table, list(table[0])))
+    write_text_atomic(out_dir / f"{prefix}_summary.json", json.dumps(summary, indent=1))
+    a = summary["all"]
+    log(f"OOF ({len(rows)} patients, post-processing: {chosen.name}): Dice mean {a['mean']:.4f} +- {a['std']:.4f}, "
+        f"median {a['median']:.4f}, min {a['min']:.4f} (without post-processing {table[0]['mean']:.4f})")
+    return summary
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()

@@ -1,0 +1,185 @@
+"""Cross-validation machinery: 2.5D input layout, post-processing, fold ensembles, resumable CV, OOF metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monaiunetseg.model.bundle import load_state_dict
+from monaiunetseg.model.postprocess import PostProcessing
+from monaiunetseg.model.predictor import Segmenter, SliceBatchInferer
+from monaiunetseg.model.transforms import SlicesToChannelsd, neighbour_stack
+from monaiunetseg.training.cv import RECORD, fold_finished, read_record
+from monaiunetseg.training.oof import CANDIDATES, CSV_COLUMNS, evaluate_oof, predict_oof
+
+from conftest import BUNDLE_DIR, SAMPLE_FLAIR
+
+
+# ----------------------------------------------------------------------------------------------- 2.5D
+
+
+@pytest.mark.parametrize("context", [0, 1, 2])
+def test_inference_and_training_build_the_same_2p5d_input(context: int):
+    """The inferer's per-slice channel stacks are exactly what training's crop transform makes of a slab
+    (edges repeated), so a 2.5D model sees the same layout in both."""
+    gen = torch.Generator().manual_seed(context)
+    vol = torch.randn(2, 8, 9, 7, generator=gen)
+    stacks = SliceBatchInferer(batch_size=3, context=context).slices(vol, 0, 7)
+    padded = torch.cat([vol[..., :1]] * context + [vol] + [vol[..., -1:]] * context, dim=-1)
+    transform = SlicesToChannelsd("image", "label", context=context)
+    for z in range(7):
+        slab = padded[..., z:z + 2 * context + 1]
+        out = transform({"image": slab, "label": slab[:1] > 0})
+        assert torch.equal(stacks[z], out["image"]) and torch.equal(stacks[z], neighbour_stack(slab, context))
+        assert torch.equal(out["label"], vol[:1, ..., z] > 0)  # the label is the centre slice
+    assert stacks.shape == (7, 2 * (2 * context + 1), 8, 9)
+
+
+# ----------------------------------------------------------------------------------------------- post-processing
+
+
+def _blob(mask: np.ndarray, corner: tuple[int, int, int], size: tuple[int, int, int]) -> None:
+    (x, y, z), (a, b, c) = corner, size
+    mask[x:x + a, y:y + b, z:z + c] = 1
+
+
+def test_postprocessing_keeps_a_second_focus_above_its_threshold():
+    """``min_fraction`` drops small islands but keeps a second tumour focus above the fraction; ``largest_only``
+    would erase that focus; ``min_mean_prob`` drops an unconfident island."""
+    mask = np.zeros((40, 40, 20), np.uint8)
+    _blob(mask, (2, 2, 2), (10, 10, 10))      # main focus: 1000 voxels
+    _blob(mask, (25, 25, 5), (6, 6, 6))       # second focus: 216 voxels (21.6 %)
+    _blob(mask, (35, 2, 15), (2, 2, 2))       # island: 8 voxels (0.8 %)
+    prob = mask * 0.95
+    prob[35:37, 2:4, 15:17] = 0.55            # the island is unconfident
+    kept = PostProcessing(min_fraction=0.1)(mask, prob)
+    assert kept[5, 5, 5] and kept[27, 27, 7] and not kept[35, 2, 15]
+    assert int(kept.sum()) == 1000 + 216
+    largest = PostProcessing(largest_only=True)(mask)
+    assert int(largest.sum()) == 1000 and not largest[27, 27, 7]
+    confident = PostProcessing(min_mean_prob=0.7)(mask, prob)
+    assert int(confident.sum()) == 1000 + 216
+    assert int(PostProcessing(min_fraction=0.3)(mask).sum()) == 1000  # the threshold is what decides
+    assert np.array_equal(PostProcessing()(mask), mask)
+    with pytest.raises(ValueError, match="unknown post-processing"):
+        PostProcessing.from_dict({"min_fractoin": 0.1})
+
+
+# ----------------------------------------------------------------------------------------------- ensemble
+
+
+def test_ensemble_averages_probabilities_not_labels(tmp_path: Path):
+    """Two members: the ensemble's foreground probability is the mean of the members' probabilities (so its
+    labelmap is that mean thresholded, which no vote of the members' labelmaps gives in general)."""
+    shipped = BUNDLE_DIR / "models" / "model.pt"
+    state = load_state_dict(shipped)
+    key = next(k for k, v in reversed(list(state.items())) if k.endswith("bias") and v.shape == (2,))
+    shifted = {k: v.clone() for k, v in state.items()}
+    shifted[key] += torch.tensor([-1.5, 1.5])  # a bolder member: more foreground
+    torch.save(shifted, tmp_path / "bold.pt")
+    img = nib.load(SAMPLE_FLAIR)
+    array = img.get_fdata(dtype=np.float32)[..., 14:22]
+    members = [Segmenter(device="cpu", weights=w).probabilities(array, img.affine) for w in (shipped, tmp_path / "bold.pt")]
+    ensemble = Segmenter(device="cpu", weights=[shipped, tmp_path / "bold.pt"])
+    prob = ensemble.probabilities(array, img.affine)
+    np.testing.assert_allclose(prob, (members[0] + members[1]) / 2, atol=1e-5)
+    labels = ensemble.segment(array, img.affine)
+    assert np.array_equal(labels, (prob > 0.5).astype(np.uint8))
+    a, b = members[0] > 0.5, members[1] > 0.5
+    assert (a != b).any() and not np.array_equal(labels.astype(bool), a & b)  # differs from a unanimous vote
+
+
+def test_flip_tta_averages_the_flipped_view():
+    """Flip TTA = mean of the plain and the left-right flipped prediction (flipped back)."""
+    img = nib.load(SAMPLE_FLAIR)
+    array = img.get_fdata(dtype=np.float32)[..., 16:19]
+    plain = Segmenter(device="cpu").probabilities(array, img.affine)
+    tta = Segmenter(device="cpu", flip_tta=True).probabilities(array, img.affine)
+    assert tta.shape == plain.shape and not np.allclose(tta, plain)
+    assert abs(float((tta > 0.5).sum()) - float((plain > 0.5).sum())) < 0.2 * float((plain > 0.5).sum())
+
+
+# ----------------------------------------------------------------------------------------------- CV runs
+
+
+def _train_cv_cmd(prepared: Path, out: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "monaiunetseg.cli", "train-cv", str(prepared), "-o", str(out), "--folds", "0",
+            "--epochs", str(epochs), "--device", "cpu", "--num-workers", "0"]
+
+
+def test_train_cv_resumes_an_interrupted_fold_and_skips_a_finished_one(prepared_small: Path, tmp_path: Path):
+    """kill -9 during fold 0 -> the rerun resumes from the last checkpoint (not from scratch) and finishes it;
+    a third run skips it."""
+    out, epochs = tmp_path / "cv", 12
+    proc = subprocess.Popen(_train_cv_cmd(prepared_small, out, epochs), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    ckpts = out / "fold0" / "checkpoints"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None and not list(ckpts.glob("*epoch=2.pt")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p.stem.split("=")[-1]) for p in ckpts.glob("*epoch=*.pt"))
+    assert killed_at < epochs, "the fold finished before it could be interrupted"
+    assert not fold_finished(out, 0) and read_record(out, 0)["status"] == "running"
+
+    resumed = subprocess.run(_train_cv_cmd(prepared_small, out, epochs), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    log = (out / "fold0" / "train.log").read_text()
+    assert f"checkpoint_epoch={killed_at}.pt" in log and "Restored all variables" in log
+    record = read_record(out, 0)
+    assert record["status"] == "done" and fold_finished(out, 0, epochs)
+    assert len(record["runs"]) == 2 and "returncode" not in record["runs"][0] and record["runs"][1]["returncode"] == 0
+    trainer = torch.load(ckpts / f"checkpoint_epoch={epochs}.pt", map_location="cpu", weights_only=True)["trainer"]
+    assert trainer["iteration"] == epochs * trainer["epoch_length"]  # no epoch trained twice
+
+    again = subprocess.run(_train_cv_cmd(prepared_small, out, epochs), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "finished earlier" in again.stdout and "0 fold(s) trained" in again.stdout
+    assert len(read_record(out, 0)["runs"]) == 2
+
+
+def test_out_of_fold_evaluation_on_a_small_set(prepared_small: Path, tmp_path: Path):
+    """Each patient predicted by its own fold's model; per-patient CSV, summary by institution and size, and
+    the post-processing table; the cached probabilities are reused."""
+    cv = tmp_path / "cv"
+    for fold in range(3):
+        (cv / f"fold{fold}").mkdir(parents=True)
+        shutil.copy(BUNDLE_DIR / "models" / "model.pt", cv / f"fold{fold}" / "model.pt")
+        (cv / f"fold{fold}" / RECORD).write_text(json.dumps({"status": "done", "epochs": 1, "overrides": {"context": 0}}))
+    probs = predict_oof(cv, prepared_small, tmp_path / "probs", device="cpu", log=lambda *_: None)
+    assert len(probs) == 3 and all(p.is_file() for p in probs.values())
+    stamps = {k: p.stat().st_mtime_ns for k, p in probs.items()}
+    assert {k: p.stat().st_mtime_ns for k, p in predict_oof(cv, prepared_small, tmp_path / "probs", device="cpu",
+                                                           log=lambda *_: None).items()} == stamps
+
+    docs = tmp_path / "docs"
+    summary = evaluate_oof(probs, prepared_small, docs, log=lambda *_: None)
+    with open(docs / "oof_metrics_per_patient.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == CSV_COLUMNS
+        rows = list(reader)
+    datalist = json.loads((prepared_small / "datalist.json").read_text())["training"]
+    assert sorted(r["patient"] for r in rows) == sorted(e["patient"] for e in datalist)
+    assert {r["patient"]: int(r["fold"]) for r in rows} == {e["patient"]: e["fold"] for e in datalist}
+    dices = [float(r["dice"]) for r in rows]
+    assert all(0.0 <= d <= 1.0 for d in dices)
+    assert summary["all"]["mean"] == pytest.approx(np.mean(dices), abs=1e-3)
+    assert summary["all"]["min"] == pytest.approx(min(dices), abs=1e-3)
+    assert sum(v["n"] for v in summary["by_size"].values()) == 3 == sum(v["n"] for v in summary["by_institution"].values())
+    with open(docs / "oof_postprocessing.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == len(CANDIDATES) and table[0]["postprocessing"] == "none"
+    assert summary["all"]["mean"] >= float(table[0]["mean"]) - 1e-4  # the chosen one is the best mean
+    assert json.loads((docs / "oof_summary.json").read_text())["n_patients"] == 3

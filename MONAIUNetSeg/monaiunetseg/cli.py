@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -24,18 +25,35 @@ def _prepare_lgg(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _add_unavailable_segment(subparsers: argparse._SubParsersAction, exc: ImportError) -> None:
-    """``segment`` whose imports failed: any use of it exits 2 naming what is missing (``prepare-lgg`` still works)."""
+def _add_unavailable(subparsers: argparse._SubParsersAction, name: str, exc: ImportError) -> None:
+    """A command whose imports failed: any use of it exits 2 naming what is missing (``prepare-lgg`` still works)."""
     missing = f"; install the missing package ({exc.name})" if exc.name else ""
-    message = f"the segment command cannot be loaded in this Python ({sys.executable}): {exc}{missing}"
+    message = f"the {name} command cannot be loaded in this Python ({sys.executable}): {exc}{missing}"
 
     def unavailable(_args: argparse.Namespace) -> int:
         raise RuntimeError(message)
 
     # No option prefix: every argument, --help included, is taken as-is and the message is shown instead.
-    p = subparsers.add_parser("segment", help=f"(unavailable: {exc})", add_help=False, prefix_chars="\x00")
+    p = subparsers.add_parser(name, help=f"(unavailable: {exc})", add_help=False, prefix_chars="\x00")
     p.add_argument("args", nargs="*")
     p.set_defaults(func=unavailable)
+
+
+# Commands that need the inference stack: (name, module, registering function), imported only to build the parser.
+INFERENCE_COMMANDS = (
+    ("segment", "monaiunetseg.batch.cli", "add_segment_parser"),
+    ("segment-case", "monaiunetseg.batch.single", "add_segment_case_parser"),
+)
+
+
+def _add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
+    for name, module, register in INFERENCE_COMMANDS:
+        try:
+            add_parser = getattr(importlib.import_module(module), register)
+        except ImportError as exc:  # a missing dependency: say which, never drop the command silently
+            _add_unavailable(subparsers, name, exc)
+        else:
+            add_parser(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,12 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_prepare_lgg)
 
-    try:
-        from monaiunetseg.batch.cli import add_segment_parser
-    except ImportError as exc:  # a missing dependency: say which, never drop the command silently
-        _add_unavailable_segment(sub, exc)
-    else:
-        add_segment_parser(sub)
+    _add_inference_commands(sub)
     return parser
 
 

@@ -1,8 +1,8 @@
 """3D Slicer module: FLAIR abnormality (lower-grade glioma) segmentation with the project's MONAI U-Net.
 
-GUI wiring only. Everything that computes lives beside this file in MONAIUNetSegLib: ``slicer_mrml`` (MRML
-nodes <-> arrays/files, segmentation node, volume), ``background`` (the background process), ``deps``
-(dependency check) and the Slicer-free core (``inference``). Research use only, not for clinical use.
+GUI wiring only. Everything that computes lives beside this file: in MONAIUNetSegLib ``mrml`` (MRML nodes <->
+arrays/files, segmentation node, volume), ``jobs`` (the background job queue the Logic owns) and ``dependencies``
+(dependency check), and in the Slicer-free core package ``monaiunetseg``. Research use only, not for clinical use.
 """
 
 import logging
@@ -69,11 +69,6 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None
-        self._queue = []
-        self._errors = []
-        self._total = 0
-        self._done = 0
         self._timer = None
 
     def setup(self):
@@ -100,9 +95,10 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.removeObservers()
-        if self._job is not None:  # never leave a process running behind a closed module
-            self.logic.cancelJob(self._job)
-            self._job, self._queue = None, []
+        if self._timer:
+            self._timer.stop()
+        if self.logic is not None:  # never leave a process running behind a closed module
+            self.logic.cancelJobs()
 
     def enter(self):
         self.initializeParameterNode()
@@ -130,7 +126,7 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _selectInput(self, nodeID):
         volumeNode = slicer.mrmlScene.GetNodeByID(nodeID)
-        if self._parameterNode and volumeNode is not None and volumeNode.GetImageData() is not None and not self._busy():
+        if self._parameterNode and volumeNode is not None and volumeNode.GetImageData() is not None and not self.logic.isBusy():
             self._parameterNode.inputVolume = volumeNode
         self._updateButtons()
 
@@ -151,11 +147,8 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._updateButtons()
 
-    def _busy(self):
-        return self._job is not None or bool(self._queue)
-
     def _updateButtons(self, caller=None, event=None):
-        busy = self._busy()
+        busy = self.logic.isBusy()
         hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.segmentButton.enabled = hasInput and not busy
         self.ui.segmentAllButton.enabled = not busy and bool(slicer_mrml.scalar_volume_nodes(slicer.mrmlScene))
@@ -204,129 +197,96 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._log("Python packages installed.")
         return True
 
-    # --- runs ----------------------------------------------------------------------------------------------
+    # --- runs: the Logic's job queue, polled by the timer ----------------------------------------------------
 
     def onSegment(self):
         volumeNode = self._parameterNode.inputVolume
         if volumeNode is None:
             slicer.util.errorDisplay("Select an input volume first.", windowTitle="MONAIUNetSeg")
             return
-        outputSegmentationNode = self._parameterNode.outputSegmentation
-        self._start([(volumeNode.GetID(), outputSegmentationNode.GetID() if outputSegmentationNode else None)])
+        self._enqueue([volumeNode], self._parameterNode.outputSegmentation)
 
     def onSegmentAll(self):
-        volumes = slicer_mrml.scalar_volume_nodes(slicer.mrmlScene)
-        if not volumes:
+        volumeNodes = slicer_mrml.scalar_volume_nodes(slicer.mrmlScene)
+        if not volumeNodes:
             slicer.util.errorDisplay("No scalar volumes are loaded.", windowTitle="MONAIUNetSeg")
             return
-        self._start([(volumeNode.GetID(), None) for volumeNode in volumes])  # one new segmentation per scan
+        self._enqueue(volumeNodes)  # one new segmentation per scan
 
-    def _start(self, items):
-        if self._busy() or not self._ensureDependencies():
+    def _enqueue(self, volumeNodes, segmentationNode=None):
+        if self.logic.isBusy() or not self._ensureDependencies():
             return
-        self._queue = list(items)
-        self._errors = []
-        self._total, self._done = len(items), 0
+        device = self._parameterNode.device
+        count = self.logic.enqueue(volumeNodes, device, segmentationNode, self._parameterNode.createLabelmap)
         self.ui.progressBar.setVisible(True)
-        self.ui.progressBar.setRange(0, 0 if self._total == 1 else self._total)
+        self.ui.progressBar.setRange(0, 0 if count == 1 else count)
         self.ui.progressBar.setValue(0)
-        self._log(f"Segmenting {self._total} scan(s) on device '{self._parameterNode.device}' ...")
-        self._startNext()
-
-    def _startNext(self):
-        self._updateButtons()
-        if not self._queue:
-            self._finishAll()
-            return
-        volumeID, segmentationID = self._queue.pop(0)
-        volumeNode = slicer.mrmlScene.GetNodeByID(volumeID)
-        if volumeNode is None:
-            self._errors.append((volumeID, "removed from the scene before it was segmented"))
-            self._advance()
-            return
-        segmentationNode = slicer.mrmlScene.GetNodeByID(segmentationID) if segmentationID else None
-        self.ui.statusLabel.text = f"Segmenting '{volumeNode.GetName()}' ..."
-        self._log(self.ui.statusLabel.text)
-        try:
-            self._job = self.logic.startJob(volumeNode, self._parameterNode.device, segmentationNode,
-                                            self._parameterNode.createLabelmap)
-        except Exception as error:
-            logging.exception("MONAIUNetSeg: could not start")
-            self._errors.append((volumeNode.GetName(), str(error)))
-            self._advance()
-            return
-        self._updateButtons()
+        self._log(f"Segmenting {count} scan(s) on device '{device}' ...")
         self._timer.start()
+        self._poll()  # the first job starts now, not a tick later
 
     def _poll(self):
-        job = self._job
-        if job is None:
-            self._timer.stop()
-            return
-        lines, returncode = job.monitor.poll()
-        for line in lines:
+        """Timer tick: the queue moves on; its news goes to the log, the progress bar and the status line."""
+        update = self.logic.pollJobs()
+        for line in update.lines:
             self._log(line)
-        if returncode is None:
+        for outcome in update.finished:
+            self._showOutcome(outcome)
+        if update.finished and update.total > 1:
+            self.ui.progressBar.setValue(update.done)
+        for request in update.started:
+            self.ui.statusLabel.text = f"Segmenting '{request.name}' ..."
+            self._log(self.ui.statusLabel.text)
+        if update.ended:
+            self._showSummary(update)
+        if not self.logic.isBusy():
+            self._timer.stop()
+        self._updateButtons()
+
+    def _showOutcome(self, outcome):
+        name = outcome.request.name
+        if not outcome.ok:
+            logging.error("MONAIUNetSeg: segmentation of '%s' failed", name, exc_info=outcome.error)
+            self._log(f"FAILED '{name}': {outcome.error}")
             return
-        self._timer.stop()
-        self._job = None
-        volumeNode = slicer.mrmlScene.GetNodeByID(job.volumeNodeID)
-        name = volumeNode.GetName() if volumeNode else job.volumeNodeID
-        try:
-            result = self.logic.finishJob(job, returncode)
-        except Exception as error:
-            logging.exception("MONAIUNetSeg: segmentation failed")
-            self._errors.append((name, str(error)))
-            self._log(f"FAILED '{name}': {error}")
-        else:
-            message = f"FLAIR abnormality in '{name}': {result.volumeMl:.1f} mL ({result.seconds:.0f} s)"
-            self.ui.volumeLabel.text = f"{result.volumeMl:.1f} mL"
-            self._log(message)
-        finally:
-            job.cleanup()
-        self._advance()
+        result = outcome.result
+        self.ui.volumeLabel.text = f"{result.volumeMl:.1f} mL"
+        self._log(f"FLAIR abnormality in '{name}': {result.volumeMl:.1f} mL ({result.seconds:.0f} s)")
 
-    def _advance(self):
-        self._done += 1
-        if self._total > 1:
-            self.ui.progressBar.setValue(self._done)
-        self._startNext()
-
-    def _finishAll(self):
+    def _showSummary(self, update):
         self.ui.progressBar.setVisible(False)
-        failed = len(self._errors)
-        self.ui.statusLabel.text = f"Done: {self._total - failed} of {self._total} scan(s) segmented."
+        failed = len(update.failures)
+        self.ui.statusLabel.text = f"Done: {update.total - failed} of {update.total} scan(s) segmented."
         self._log(self.ui.statusLabel.text)
         if failed:
-            details = "\n\n".join(f"{name}: {message}" for name, message in self._errors)
-            slicer.util.errorDisplay(f"Segmentation failed for {failed} of {self._total} scan(s).",
+            details = "\n\n".join(f"{o.request.name}: {o.error}" for o in update.failures)
+            slicer.util.errorDisplay(f"Segmentation failed for {failed} of {update.total} scan(s).",
                                      windowTitle="MONAIUNetSeg", detailedText=details)
-        self._updateButtons()
 
     def onCancel(self):
         self._cancelAll()
 
     def _cancelAll(self, quiet=False):
-        self._queue = []
         if self._timer:
             self._timer.stop()
-        job, self._job = self._job, None
-        if job is not None:
-            self.logic.cancelJob(job)
+        ended = self.logic.cancelJobs()
+        if ended:
             self._log("Cancelled: the segmentation process was ended.")
-        if not quiet or job is not None:
+        if not quiet or ended:
             self.ui.progressBar.setVisible(False)
             self.ui.statusLabel.text = "Cancelled."
         self._updateButtons()
 
 
 class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
-    """Callable without the GUI: ``MONAIUNetSegLogic().segment(volumeNode, device="auto")``."""
+    """Callable without the GUI: ``MONAIUNetSegLogic().segment(volumeNode, device="auto")``. Background runs go
+    through the Logic's one job queue: ``enqueue`` volumes, ``pollJobs`` from a timer, ``cancelJobs``."""
 
     _segmenters = {}  # resolved device -> core Segmenter, loaded once per session
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        self.jobs = background.JobQueue(self.startJob, self.finishJob)
 
     def getParameterNode(self):
         return MONAIUNetSegParameterNode(super().getParameterNode())
@@ -344,23 +304,55 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
         return self.run(volumeNode, device, segmentationNode, createLabelmap, inProcess, timeout).segmentationNode
 
     def run(self, volumeNode, device="auto", segmentationNode=None, createLabelmap=False, inProcess=True, timeout=None):
-        """In-process with the cached Segmenter, or (``inProcess=False``) through the background command."""
+        """In-process with the cached Segmenter, or (``inProcess=False``) as a background job, waited for."""
         if volumeNode is None:
             raise ValueError("no input volume")
         if inProcess:
             result = slicer_mrml.segment_volume_node(volumeNode, self.getSegmenter(device), segmentationNode, createLabelmap)
         else:
-            job = self.startJob(volumeNode, device, segmentationNode, createLabelmap)
-            try:
-                result = self.finishJob(job, job.monitor.wait(timeout))
-            finally:
-                job.cleanup()
+            (result,) = self.runJobs([volumeNode], device, segmentationNode, createLabelmap, timeout)
         logging.info("MONAIUNetSeg: FLAIR abnormality in '%s': %.1f mL", volumeNode.GetName(), result.volumeMl)
         return result
 
-    def segmentAll(self, device="auto", inProcess=True, createLabelmap=False):
+    def segmentAll(self, device="auto", inProcess=True, createLabelmap=False, timeout=None):
         """Segment every loaded scalar volume, each into its own new segmentation node."""
-        return [self.segment(v, device, None, createLabelmap, inProcess) for v in slicer_mrml.scalar_volume_nodes(slicer.mrmlScene)]
+        volumeNodes = slicer_mrml.scalar_volume_nodes(slicer.mrmlScene)
+        if inProcess:
+            return [self.segment(v, device, None, createLabelmap) for v in volumeNodes]
+        return [result.segmentationNode for result in self.runJobs(volumeNodes, device, None, createLabelmap, timeout)]
+
+    def runJobs(self, volumeNodes, device="auto", segmentationNode=None, createLabelmap=False, timeout=None):
+        """Background jobs waited for (scripts, the self-test): results in order; once all have run, a failure
+        raises (a single job's own error, else one listing every failed scan)."""
+        if self.isBusy():
+            raise RuntimeError("background segmentations are running: wait for them or cancel them first")
+        self.enqueue(volumeNodes, device, segmentationNode, createLabelmap)
+        outcomes = self.jobs.wait(timeout)
+        failures = [o for o in outcomes if not o.ok]
+        if len(failures) == 1 and len(outcomes) == 1:
+            raise failures[0].error
+        if failures:
+            raise background.BackgroundError(f"segmentation failed for {len(failures)} of {len(outcomes)} scan(s): "
+                                             + "; ".join(f"{o.request.name}: {o.error}" for o in failures))
+        return [o.result for o in outcomes]
+
+    def enqueue(self, volumeNodes, device="auto", segmentationNode=None, createLabelmap=False):
+        """Queue a background job per volume, into a new segmentation node each (or ``segmentationNode``, meant
+        for a single volume); returns how many. They start, one at a time, from ``pollJobs``."""
+        segmentationNodeID = segmentationNode.GetID() if segmentationNode else None
+        return self.jobs.enqueue(background.JobRequest(volumeNode.GetID(), volumeNode.GetName(), device,
+                                                       segmentationNodeID, createLabelmap) for volumeNode in volumeNodes)
+
+    def pollJobs(self):
+        """Advance the queue (call it from a timer); returns a ``jobs.QueueUpdate``: output, finished, started."""
+        return self.jobs.poll()
+
+    def cancelJobs(self):
+        """End the running job's process and drop the waiting ones; True when a process was ended."""
+        return self.jobs.cancel()
+
+    def isBusy(self):
+        return self.jobs.busy
 
     def childEnvironment(self):
         try:
@@ -369,35 +361,32 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
             base = None
         return background.child_environment(base)
 
-    def startJob(self, volumeNode, device="auto", segmentationNode=None, createLabelmap=False):
-        """Write the input and start the background process; poll ``job.monitor`` and then call finishJob."""
+    def startJob(self, request):
+        """The queue's ``start``: write the volume to a temporary NIfTI and start ``segment-case`` on it."""
+        volumeNode = self._requestedVolume(request)
         workDir = tempfile.mkdtemp(prefix="MONAIUNetSeg-")
         try:
             inputPath = slicer_mrml.prepare_background_input(volumeNode, workDir)
-            return background.start_job(volumeNode.GetID(), inputPath, workDir, device, env=self.childEnvironment(),
-                                        segmentationNodeID=segmentationNode.GetID() if segmentationNode else None,
-                                        createLabelmap=createLabelmap)
+            return background.start_job(request, inputPath, workDir, env=self.childEnvironment())
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
 
     def finishJob(self, job, returncode):
-        """Bring a finished job's result into the scene; raises with the process's own error otherwise."""
-        if job.monitor.cancelled:
-            raise background.BackgroundError("cancelled")
-        volumeNode = slicer.mrmlScene.GetNodeByID(job.volumeNodeID)
-        if volumeNode is None:
-            raise RuntimeError("the input volume was removed from the scene")
-        segmentationNode = slicer.mrmlScene.GetNodeByID(job.segmentationNodeID) if job.segmentationNodeID else None
-        try:
-            return slicer_mrml.import_background_result(job.outDir, job.inputPath, volumeNode, segmentationNode,
-                                                        job.createLabelmap, job.started)
-        except (background.BackgroundError, OSError) as error:
-            raise job.failure(returncode, error) from None
+        """The queue's ``finish``: bring a finished job's labelmap into the scene; raises saying why it failed."""
+        result = job.result(returncode)
+        volumeNode = self._requestedVolume(job.request)
+        segmentationID = job.request.segmentationNodeID
+        segmentationNode = slicer.mrmlScene.GetNodeByID(segmentationID) if segmentationID else None
+        return slicer_mrml.import_background_result(result.output, volumeNode, segmentationNode,
+                                                    job.request.createLabelmap, job.started)
 
-    def cancelJob(self, job):
-        job.monitor.cancel()
-        job.cleanup()
+    @staticmethod
+    def _requestedVolume(request):
+        volumeNode = slicer.mrmlScene.GetNodeByID(request.volumeNodeID)
+        if volumeNode is None:
+            raise RuntimeError(f"'{request.name}' was removed from the scene before it was segmented")
+        return volumeNode
 
     def installDependencies(self, missing):
         """torch through the PyTorch extension when present (right CUDA/CPU build), the rest with pip, all under

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
+import re
 import sys
 import tempfile
 import textwrap
@@ -384,40 +386,46 @@ def test_nifti_round_trip_keeps_world_geometry(scene, variant_files, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 STAND_IN = textwrap.dedent("""
-    import csv, sys, time
+    import json, sys, time
     import nibabel as nib, numpy as np
     args = sys.argv[1:]
-    inp, out, mode = args[args.index("segment") + 1], args[args.index("-o") + 1], args[-1]
+    inp, out, result = args[args.index("segment-case") + 1], args[args.index("-o") + 1], args[args.index("--result-json") + 1]
+    mode = args[-1]
     print("stand-in: segmenting", inp, flush=True)
     if mode == "crash":
         print("boom: something went wrong", flush=True); sys.exit(3)
     if mode == "hang":
         time.sleep(300)
-    img = nib.load(inp)
-    data = np.asarray(img.dataobj)
-    mask = (data > np.percentile(data, 98)).astype(np.uint8)
-    path = out + "/result.nii.gz"
-    nib.save(nib.Nifti1Image(mask, img.affine), path)
-    with open(out + "/report.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["input", "output", "status", "error", "volume_ml", "seconds"])
-        if mode == "fail":
-            w.writerow([inp, "", "error", "image contains NaN", "", "0.1"])
-        else:
-            w.writerow([inp, path, "ok", "", "1.0", "0.1"])
+    if mode == "fail":
+        case = {"status": "failed", "input": inp, "output": "", "error": inp + ": image contains NaN",
+                "volume_ml": None, "seconds": 0.1}
+    else:
+        img = nib.load(inp)
+        data = np.asarray(img.dataobj)
+        mask = (data > np.percentile(data, 98)).astype(np.uint8)
+        path = out + "/result_seg.nii.gz"
+        nib.save(nib.Nifti1Image(mask, img.affine), path)
+        case = {"status": "ok", "input": inp, "output": path, "error": "", "volume_ml": 1.0, "seconds": 0.1}
+    with open(result, "w") as fh:
+        json.dump(case, fh)
+    sys.exit(0 if mode == "ok" else 1)
 """)
 
 
 @pytest.fixture
 def stand_in_command(monkeypatch, tmp_path):
+    """``segment-case`` replaced by a fast stand-in; ``state["mode"]`` (ok, fail, crash, hang) applies to every
+    job, ``state["modes"][stem]`` to the job whose input file is ``<stem>.nii.gz`` (the volume's name)."""
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
-    state = {"mode": "ok"}
+    state = {"mode": "ok", "modes": {}}
 
-    def command(inputPath, outDir, device="auto", python=None):
-        return [sys.executable, str(script), "segment", str(inputPath), "-o", str(outDir), "--device", device, state["mode"]]
+    def command(inputPath, outDir, resultPath, device="auto", python=None):
+        mode = state["modes"].get(Path(inputPath).name[: -len(".nii.gz")], state["mode"])
+        return [sys.executable, str(script), "segment-case", str(inputPath), "-o", str(outDir),
+                "--result-json", str(resultPath), "--device", device, mode]
 
-    monkeypatch.setattr(background, "segment_command", command)
+    monkeypatch.setattr(background, "segment_case_command", command)
     return state
 
 
@@ -439,11 +447,85 @@ def test_background_job_errors_are_reported(scene, variant_files, stand_in_comma
     volumeNode = slicer_mrml.load_volume(variant_files["axial"], scene)
     module_logic.slicer.mrmlScene = scene
     stand_in_command["mode"] = "fail"
-    with pytest.raises(background.BackgroundError, match="image contains NaN"):
+    with pytest.raises(background.BackgroundError, match="segmentation of 'sample_axial' failed: .*image contains NaN"):
         logic.run(volumeNode, inProcess=False, timeout=120)
     stand_in_command["mode"] = "crash"
     with pytest.raises(background.BackgroundError, match=r"(?s)exited with code 3.*boom"):
         logic.run(volumeNode, inProcess=False, timeout=120)
+
+
+def _segmentation_count(scene) -> int:
+    return scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+
+
+def test_queue_runs_jobs_one_after_another_in_order(variant_files, stand_in_command, module_logic):
+    scene = module_logic.slicer.mrmlScene
+    volumes = [slicer_mrml.load_volume(variant_files[n], scene) for n in ("sagittal", "axial")]
+    logic = module_logic.MONAIUNetSegLogic()
+    assert logic.enqueue(volumes, device="cpu") == 2 and logic.isBusy()
+    assert logic.jobs.job is None, "nothing starts before the first poll"
+    events, lines, deadline = [], [], time.monotonic() + 120
+    while logic.isBusy():  # as the widget's timer does
+        assert time.monotonic() < deadline, "the queue did not finish"
+        update = logic.pollJobs()
+        lines += update.lines
+        events += [("finished", o.request.name) for o in update.finished] + [("started", r.name) for r in update.started]
+        assert update.total == 2 and update.ended == (not logic.isBusy())
+        time.sleep(0.05)
+    assert events == [("started", "sample_sagittal"), ("finished", "sample_sagittal"),
+                      ("started", "sample_axial"), ("finished", "sample_axial")]
+    assert [Path(line).name for line in lines if line.startswith("stand-in")] == ["sample_sagittal.nii.gz", "sample_axial.nii.gz"]
+    outcomes = logic.jobs.outcomes
+    assert all(o.ok for o in outcomes) and not logic.jobs.failures
+    assert [o.result.segmentationNode.GetName() for o in outcomes] == [v.GetName() + " FLAIR abnormality" for v in volumes]
+    # "Segment all" from a script: the same queue, results in load order
+    nodes = logic.segmentAll(device="cpu", inProcess=False, timeout=120)
+    assert [n.GetName() for n in nodes] == [v.GetName() + " FLAIR abnormality" for v in volumes]
+    assert _segmentation_count(scene) == 4
+
+
+def test_queue_cancel_ends_the_running_job_and_drops_the_waiting(variant_files, stand_in_command, module_logic):
+    scene = module_logic.slicer.mrmlScene
+    volumes = [slicer_mrml.load_volume(variant_files[n], scene) for n in ("axial", "flipped")]
+    stand_in_command["mode"] = "hang"
+    logic = module_logic.MONAIUNetSegLogic()
+    logic.enqueue(volumes)
+    assert [r.name for r in logic.pollJobs().started] == ["sample_axial"]
+    job = logic.jobs.job
+    assert job.monitor.process.poll() is None and [r.name for r in logic.jobs.pending] == ["sample_flipped"]
+    assert logic.cancelJobs() is True
+    assert job.monitor.process.poll() is not None, "process still running after cancel"
+    assert not job.workDir.exists() and not logic.isBusy() and not logic.jobs.pending
+    update = logic.pollJobs()
+    assert not (update.finished or update.started or update.ended)
+    assert logic.cancelJobs() is False  # nothing left to end
+    assert _segmentation_count(scene) == 0 and scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
+    with pytest.raises(TimeoutError, match="did not finish in 1 s"):  # a synchronous run that outlasts its timeout
+        logic.run(volumes[0], inProcess=False, timeout=1)
+    assert not logic.isBusy() and _segmentation_count(scene) == 0
+
+
+def test_queue_failed_jobs_do_not_stop_the_next(variant_files, stand_in_command, module_logic):
+    scene = module_logic.slicer.mrmlScene
+    names = ("axial", "flipped", "sagittal", "lefthanded")
+    volumes = [slicer_mrml.load_volume(variant_files[n], scene) for n in names]
+    stand_in_command["modes"] = {"sample_axial": "fail", "sample_flipped": "crash"}
+    logic = module_logic.MONAIUNetSegLogic()
+    logic.enqueue(volumes)
+    scene.RemoveNode(volumes[2])  # leaves the scene while it waits
+    outcomes = logic.jobs.wait(timeout=120)
+    assert [o.request.name for o in outcomes] == [f"sample_{n}" for n in names]
+    assert [o.ok for o in outcomes] == [False, False, False, True] and logic.jobs.failures == outcomes[:3]
+    assert re.fullmatch(r"segmentation of 'sample_axial' failed: \S+sample_axial.nii.gz: image contains NaN", str(outcomes[0].error))
+    assert re.search(r"(?s)exited with code 3\).*boom: something went wrong", str(outcomes[1].error))
+    assert "'sample_sagittal' was removed from the scene before it was segmented" == str(outcomes[2].error)
+    assert outcomes[3].result.segmentationNode.GetName() == "sample_lefthanded FLAIR abnormality"
+    assert _segmentation_count(scene) == 1
+    assert not list(Path(tempfile.gettempdir()).glob("MONAIUNetSeg-*/input")), "temporary files left behind"
+    # waited for from a script: every job runs, then one error names each failed scan
+    with pytest.raises(background.BackgroundError, match=r"(?s)failed for 2 of 3 scan\(s\): sample_axial: .*; sample_flipped: "):
+        logic.segmentAll(inProcess=False, timeout=120)
+    assert _segmentation_count(scene) == 2
 
 
 def _alive(pid: int) -> bool:
@@ -484,31 +566,60 @@ def test_cancel_ends_the_whole_process_tree(tmp_path):
     assert monitor.poll()[1] is not None
 
 
-def test_read_report_finds_the_row_and_resolves_outputs(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "a_seg.nii.gz").write_bytes(b"x")
-    (out / "report.csv").write_text("input,output,status,error,volume_ml,seconds\n"
-                                    f"{tmp_path}/b.nii.gz,,error,unreadable,,0.2\n"
-                                    f"{tmp_path}/a.nii.gz,a_seg.nii.gz,ok,,12.5,3.0\n")
-    row = background.read_report(out, tmp_path / "a.nii.gz")
-    assert Path(row.output) == out / "a_seg.nii.gz" and row.volume_ml == 12.5 and row.seconds == 3.0
-    with pytest.raises(background.BackgroundError, match="unreadable"):
-        background.read_report(out, tmp_path / "b.nii.gz")
-    with pytest.raises(background.BackgroundError, match="no row"):
-        background.read_report(out, tmp_path / "c.nii.gz")
-    with pytest.raises(background.BackgroundError, match="no report.csv"):
-        background.read_report(tmp_path, tmp_path / "a.nii.gz")
+def _json_job(tmp_path, cancelled=False) -> background.Job:
+    """A finished job (no process; its output was "last line") whose result file is ``tmp_path/result.json``."""
+    monitor = types.SimpleNamespace(cancelled=cancelled, tail=lambda n=40: "last line")
+    return background.Job(background.JobRequest("vtkMRMLScalarVolumeNode1", "scan"), tmp_path, tmp_path / "in.nii.gz",
+                          tmp_path / "result.json", monitor)
+
+
+def test_read_result_and_job_result_messages(tmp_path):
+    job = _json_job(tmp_path)
+    labelmap = tmp_path / "scan_seg.nii.gz"
+    labelmap.write_bytes(b"x")
+    job.resultPath.write_text(json.dumps({"status": "ok", "input": "/in/scan.nii.gz", "output": str(labelmap),
+                                          "volume_ml": 12.5, "seconds": 3, "error": "", "timings": {}}))
+    result = job.result(0)
+    assert result.ok and result.output == str(labelmap) and result.volume_ml == 12.5 and result.seconds == 3.0
+
+    job.resultPath.write_text(json.dumps({"status": "failed", "input": "/in/scan.nii.gz", "output": "",
+                                          "volume_ml": None, "seconds": None, "error": "/in/scan.nii.gz: unreadable"}))
+    assert background.read_result(job.resultPath).volume_ml is None
+    with pytest.raises(background.BackgroundError, match=r"^segmentation of 'scan' failed: /in/scan.nii.gz: unreadable$"):
+        job.result(1)  # the case's own error, without the process's noise
+
+    job.resultPath.write_text(json.dumps({"status": "ok", "output": str(tmp_path / "gone.nii.gz")}))
+    with pytest.raises(background.BackgroundError, match=r"(?s)gone.nii.gz' does not exist.*code 0.*last line"):
+        job.result(0)
+    job.resultPath.write_text("{not json")
+    with pytest.raises(background.BackgroundError, match=r"(?s)result .* is unreadable .*exited with code 1"):
+        job.result(1)
+    job.resultPath.write_text("[1, 2]")
+    with pytest.raises(background.BackgroundError, match="not a segment-case result"):
+        job.result(0)
+    job.resultPath.unlink()
+    with pytest.raises(background.BackgroundError, match=r"^no result was written to \S+result.json \(the segmentation process exited with code 2\); "
+                                                             r"its last output:\nlast line$"):
+        job.result(2)
+    with pytest.raises(background.BackgroundError, match="^cancelled$"):
+        _json_job(tmp_path, cancelled=True).result(-9)
+
+
+def test_result_statuses_are_the_cores():
+    from monaiunetseg.batch.report import Status
+
+    assert background.OK_STATUS == Status.OK.value
 
 
 def _core_has_segment_command() -> bool:
-    return importlib.util.find_spec("monaiunetseg.batch.cli") is not None
+    return importlib.util.find_spec("monaiunetseg.batch.single") is not None
 
 
 @pytest.mark.skipif(not _core_has_segment_command(),
-                    reason="the core's batch command (monaiunetseg/batch/cli.py) is not in this checkout yet")
+                    reason="the core's segment-case command (monaiunetseg/batch/single.py) is not in this checkout")
 def test_real_background_command_matches_in_process(scene, variant_files, module_logic, segmenter):
-    """The GUI's path end to end: temp NIfTI -> ``python -m monaiunetseg.cli segment`` -> report.csv -> node."""
+    """The GUI's path end to end, through the Logic's queue: temp NIfTI -> ``python -m monaiunetseg.cli
+    segment-case`` -> result JSON -> labelmap -> segmentation node."""
     module_logic.MONAIUNetSegLogic._segmenters["cpu"] = segmenter
     logic = module_logic.MONAIUNetSegLogic()
     module_logic.slicer.mrmlScene = scene
@@ -519,6 +630,7 @@ def test_real_background_command_matches_in_process(scene, variant_files, module
     b = slicer_mrml.segment_array_xyz(direct.segmentationNode, direct.segmentId, volumeNode)
     assert dice(a, b) >= SAME_VOXELS_MIN_DICE
     assert background_result.volumeMl == pytest.approx(direct.volumeMl, rel=0.02)
+    assert background_result.seconds > 0 and not logic.isBusy()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -684,7 +796,7 @@ def headless_widget(module_logic, monkeypatch):
 
 def _drive(widget, timeout=120):
     deadline = time.monotonic() + timeout
-    while widget._busy():
+    while widget.logic.isBusy():
         assert time.monotonic() < deadline, "the widget's queue did not finish"
         if widget._timer.active:
             widget._poll()
@@ -696,7 +808,7 @@ def test_widget_segment_all_loaded_scans_in_the_background(headless_widget, modu
     volumes = [slicer_mrml.load_volume(variant_files[n], scene) for n in ("axial", "sagittal", "grid512")]
     slicer_mrml.load_volume(SAMPLE_LABEL, scene, labelmap=True)
     headless_widget.onSegmentAll()
-    assert headless_widget._busy() and headless_widget.ui.cancelButton.enabled
+    assert headless_widget.logic.isBusy() and headless_widget.ui.cancelButton.enabled
     assert not headless_widget.ui.segmentButton.enabled and not headless_widget.ui.segmentAllButton.enabled
     _drive(headless_widget)
     assert not headless_widget.errors
@@ -733,10 +845,10 @@ def test_widget_cancel_ends_the_process(headless_widget, module_logic, variant_f
     headless_widget._parameterNode.inputVolume = volumeNode
     stand_in_command["mode"] = "hang"
     headless_widget.onSegmentAll()
-    job = headless_widget._job
+    job = headless_widget.logic.jobs.job
     assert job is not None and job.monitor.process.poll() is None
     headless_widget.onCancel()
     assert job.monitor.process.poll() is not None, "process still running after Cancel"
-    assert not headless_widget._busy() and headless_widget._queue == []
+    assert not headless_widget.logic.isBusy() and not headless_widget.logic.jobs.pending
     assert headless_widget.ui.statusLabel.text == "Cancelled." and not job.workDir.exists()
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0

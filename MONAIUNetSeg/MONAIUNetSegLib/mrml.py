@@ -5,7 +5,7 @@ same code runs inside the Slicer application and headless under ``slicer-core``.
 their scene is ``node.GetScene()``: nothing here uses ``slicer.mrmlScene`` or ``slicer.app``.
 
 * volume node -> ``(array_xyz, affine_ras)`` for :class:`monaiunetseg.model.predictor.Segmenter`
-* volume node -> temporary NIfTI for the background ``monaiunetseg segment`` process, and its result back
+* volume node -> temporary NIfTI for the background ``monaiunetseg segment-case`` process, and its result back
 * labelmap -> ``vtkMRMLSegmentationNode`` with one "FLAIR abnormality" segment (colour, SNOMED-CT terminology),
   the input as reference geometry, under the input's study in the subject hierarchy, 3D surface shown
 * tumour volume in millilitres, optional labelmap export, geometry / Dice checks used by the self-test
@@ -450,13 +450,10 @@ def prepare_background_input(volumeNode, workDir: str | os.PathLike) -> Path:
     return write_volume_nifti(volumeNode, Path(workDir) / "input" / (safe_name(volumeNode.GetName(), "volume") + ".nii.gz"))
 
 
-def import_background_result(outDir: str | os.PathLike, inputPath: str | os.PathLike, volumeNode, segmentationNode=None,
+def import_background_result(labelmapPath: str | os.PathLike, volumeNode, segmentationNode=None,
                              createLabelmap: bool = False, started: float | None = None) -> SegmentationResult:
-    """Read the process's ``report.csv`` row for ``inputPath`` and bring its output labelmap into the scene."""
-    from MONAIUNetSegLib.jobs import read_report
-
-    row = read_report(outDir, inputPath)
-    labelmapNode = read_labelmap_nifti(row.output, volumeNode.GetScene(), name=volumeNode.GetName() + OUTPUT_NAME_SUFFIX + " label")
+    """Bring the background process's labelmap (written on the input's grid) into the scene as the result."""
+    labelmapNode = read_labelmap_nifti(labelmapPath, volumeNode.GetScene(), name=volumeNode.GetName() + OUTPUT_NAME_SUFFIX + " label")
     try:
         align_to_input(labelmapNode, volumeNode)
     except ValueError:

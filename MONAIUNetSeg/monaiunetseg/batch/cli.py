@@ -27,6 +27,13 @@ def _segment(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--bundle``, ``--weights``: the same model choice for every inference command."""
+    p.add_argument("--device", default="auto", help="auto (CUDA with AMP when present, else CPU), cuda or cpu")
+    p.add_argument("--bundle", default=None, help="MONAI bundle folder (default: the installed/shipped one)")
+    p.add_argument("--weights", default=None, help="model weights (default: the bundle's models/model.pt)")
+
+
 def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``segment`` on the ``monaiunetseg`` subcommand parsers (called by ``cli.build_parser``)."""
     p = subparsers.add_parser(
@@ -41,7 +48,6 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="NIfTI file, DICOM folder or folder tree")
     p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="OUTDIR",
                    help="output folder (must not be inside an input folder)")
-    p.add_argument("--device", default="auto", help="auto (CUDA with AMP when present, else CPU), cuda or cpu")
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG per DICOM input (<name>_seg.dcm)")
     p.add_argument("--overlay", action="store_true",
                    help="also write <name>_overlay.png: the middle slice of the finding with its outline")
@@ -50,8 +56,7 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                    help="segment every 3D DICOM series, not only FLAIR ones (NIfTI files are always segmented)")
     p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the cases into N shards (default 1)")
     p.add_argument("--shard-id", type=int, default=0, metavar="K", help="run shard K of N (0-based, default 0)")
-    p.add_argument("--bundle", default=None, help="MONAI bundle folder (default: the installed/shipped one)")
-    p.add_argument("--weights", default=None, help="model weights (default: the bundle's models/model.pt)")
+    add_model_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_segment)
     return p

@@ -1,0 +1,135 @@
+"""``monaiunetseg segment-case``: one input, one labelmap, one JSON result.
+
+For callers that run one case at a time in their own process (the 3D Slicer module's background jobs) and
+need its outcome as data, not as a row to find in ``report.csv``. The work is the batch's
+(``discover_cases``, ``output_paths``, ``existing_result``, ``segment_case``); only the "exactly one case"
+rule and the JSON result are added here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from monaiunetseg.batch.cli import add_model_options
+from monaiunetseg.batch.discover import Case, discover_cases
+from monaiunetseg.batch.naming import output_paths
+from monaiunetseg.batch.report import FAILED, OK, CaseResult
+from monaiunetseg.batch.resume import existing_result
+from monaiunetseg.batch.run import BatchOptions, _failure, check_out_dir, segment_case
+from monaiunetseg.files import write_text_atomic
+
+# The caller named one series: it is segmented whatever it shows (no FLAIR check; a series that is no volume is
+# still skipped). A folder holding several 3D series fails: which one was meant is not guessed.
+ALL_SERIES = True
+
+
+def _failed(result: CaseResult, error: str) -> CaseResult:
+    result.status, result.error = FAILED, error
+    return result
+
+
+def _not_one_case(input_path: Path, cases: list[Case], runnable: list[Case]) -> CaseResult:
+    """The failed result of an input that is not exactly one case (nothing to segment, or several series)."""
+    result = CaseResult(input=str(input_path))
+    if runnable:
+        names = "; ".join(c.series.label() if c.series else str(c.source) for c in runnable)
+        return _failed(result, f"{input_path}: {len(runnable)} series found ({names}); give one series folder")
+    problems = [c.problem for c in cases if c.problem]
+    return _failed(result, "; ".join(problems) or f"{input_path}: nothing to segment")
+
+
+def single_case(input_path: str | os.PathLike) -> Case | CaseResult:
+    """The one case ``input_path`` is, or the failed result saying why it is not exactly one."""
+    input_path = Path(os.path.abspath(input_path))
+    cases = discover_cases([input_path], all_series=ALL_SERIES)
+    runnable = [c for c in cases if c.kind != "problem"]
+    return runnable[0] if len(runnable) == 1 else _not_one_case(input_path, cases, runnable)
+
+
+def segment_single(input_path: str | os.PathLike, out_dir: str | os.PathLike, options: BatchOptions | None = None,
+                   segmenter=None) -> CaseResult:
+    """Segment one NIfTI file or DICOM series folder into ``out_dir``; a bad input gives a failed result.
+
+    Raises only for what is wrong with the request rather than the input (output folder among the inputs,
+    unknown device, unusable bundle or weights), as ``segment`` does. The model is loaded (when ``segmenter``
+    is None) only once the input is known to be one case that still needs segmenting.
+    """
+    options = options or BatchOptions()
+    out_dir = Path(out_dir).absolute()
+    check_out_dir([input_path], out_dir)
+    case = single_case(input_path)
+    if isinstance(case, CaseResult):
+        return case
+    paths = output_paths(out_dir, case)
+    existing = None if options.overwrite else existing_result(case, paths, options)
+    if existing is not None:
+        return existing
+    if segmenter is None:
+        from monaiunetseg.model.predictor import Segmenter
+
+        segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    input_files = frozenset([os.path.realpath(case.source)] if case.kind == "nifti" else [])
+    t0 = time.perf_counter()
+    try:
+        return segment_case(case, paths, segmenter, options, input_files)
+    except Exception as exc:  # a bad case is a result, not a crash
+        result = _failure(case, exc)
+        result.seconds = time.perf_counter() - t0
+        return result
+
+
+def result_json(result: CaseResult) -> str:
+    """The result file's text: every ``CaseResult`` field, ``status`` as its plain word."""
+    data = dataclasses.asdict(result)
+    data["status"] = str(result.status)
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _segment_case(args: argparse.Namespace) -> int:
+    options = BatchOptions(device=args.device, overwrite=args.overwrite, bundle=args.bundle, weights=args.weights,
+                           progress=False)
+    try:
+        from monaiunetseg.model.predictor import resolve_device
+
+        resolve_device(args.device)  # fail before any work, as ``segment`` does
+        result = segment_single(args.input, args.out_dir, options)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # the request itself: still say so in the file
+        failed = _failed(CaseResult(input=str(Path(os.path.abspath(args.input)))), str(exc))
+        write_text_atomic(args.result_json, result_json(failed))
+        raise  # cli.main prints it and exits 2
+    write_text_atomic(args.result_json, result_json(result))
+    if result.status == OK:
+        print(f"segment-case: ok: {result.output} ({result.volume_ml:.1f} mL); result: {args.result_json}")
+        return 0
+    print(f"FAILED  {result.error}", file=sys.stderr)
+    print(f"segment-case: failed; result: {args.result_json}")
+    return 1
+
+
+def add_segment_case_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``segment-case`` on the ``monaiunetseg`` subcommand parsers (called by ``cli.build_parser``)."""
+    p = subparsers.add_parser(
+        "segment-case",
+        help="segment one NIfTI file or DICOM series folder and write its result as JSON",
+        description="Segment the FLAIR abnormality in exactly one input (research use only, not for diagnosis): "
+                    "a NIfTI file or a folder holding one 3D DICOM series (any series: no FLAIR check). Writes "
+                    "<name>_seg.nii.gz into OUTDIR (kept when it already holds this input's result, unless "
+                    "--overwrite) and the result JSON (status ok/failed, input, output, volume_ml, seconds, "
+                    "error, ...). Exit code 0 ok, 1 failed case (JSON written), 2 bad request.",
+    )
+    p.add_argument("input", type=Path, metavar="INPUT", help="NIfTI file or DICOM series folder")
+    p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="OUTDIR",
+                   help="output folder (must not be inside the input folder)")
+    p.add_argument("--result-json", dest="result_json", type=Path, required=True, metavar="PATH",
+                   help="where to write the JSON result (atomically)")
+    add_model_options(p)
+    p.add_argument("--overwrite", action="store_true", help="redo the case when its output exists")
+    p.set_defaults(func=_segment_case)
+    return p

@@ -1,0 +1,67 @@
+"""``monaiunetseg train-cv`` and ``evaluate-oof``: argparse wiring of ``training.cv`` and ``training.oof``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _train_cv(args: argparse.Namespace) -> int:
+    from monaiunetseg.training.cv import train_cv
+
+    overrides = {"device": args.device, "num_workers": args.num_workers, "context": args.context}
+    runs = train_cv(args.dataset_dir, args.out_dir, args.folds, args.epochs, bundle=args.bundle,
+                    configs=args.config, overrides=overrides)
+    failed = [r.fold for r in runs if r.status == "failed"]
+    print(f"train-cv: {sum(r.status == 'done' for r in runs)} fold(s) trained, "
+          f"{sum(r.status == 'skipped' for r in runs)} finished earlier, {len(failed)} failed"
+          + (f" (folds {failed}; rerun to resume them)" if failed else ""))
+    return 1 if failed else 0
+
+
+def _evaluate_oof(args: argparse.Namespace) -> int:
+    from monaiunetseg.training.oof import evaluate_oof, predict_oof
+
+    probs_dir = args.cv_dir / ("oof_probs_tta" if args.flip_tta else "oof_probs")
+    probs = predict_oof(args.cv_dir, args.dataset_dir, probs_dir, folds=args.folds, bundle=args.bundle,
+                        device=args.device, flip_tta=args.flip_tta)
+    evaluate_oof(probs, args.dataset_dir, args.docs_dir, prefix=args.prefix)
+    return 0
+
+
+def _bundle_and_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", default=None, help="bundle folder (default: the installed/shipped one)")
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+
+
+def add_training_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train-cv`` and ``evaluate-oof`` (called by ``monaiunetseg.cli.build_parser``)."""
+    p = subparsers.add_parser(
+        "train-cv", help="train the bundle on every patient-level fold (resumable cross-validation)",
+        description="Train configs/train.json of the bundle once per fold of a prepare-lgg dataset into "
+                    "OUT/fold<k>/. Rerun the same command to resume: finished folds are skipped, an interrupted "
+                    "fold resumes from its newest checkpoint.")
+    p.add_argument("dataset_dir", type=Path, help="prepare-lgg output (datalist.json with folds)")
+    p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, help="CV output folder")
+    p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="folds to train (default: 0-4)")
+    p.add_argument("--epochs", type=int, default=180, help="epochs per fold (default 180)")
+    p.add_argument("--context", type=int, default=0, help="2.5D: neighbouring slices on either side as channels")
+    p.add_argument("--config", nargs="+", default=None, metavar="FILE",
+                   help="bundle config file(s), relative to the bundle (default: configs/train.json)")
+    _bundle_and_device(p)
+    p.add_argument("--num-workers", type=int, default=1, help="data loader workers (default 1)")
+    p.set_defaults(func=_train_cv)
+
+    p = subparsers.add_parser(
+        "evaluate-oof", help="out-of-fold per-patient metrics of a cross-validation",
+        description="Predict every patient with the fold model that never trained on it, choose the "
+                    "post-processing on these predictions and write per-patient metrics and a summary (by "
+                    "institution and lesion size) to DOCS_DIR.")
+    p.add_argument("cv_dir", type=Path, help="train-cv output folder (fold<k>/model.pt)")
+    p.add_argument("dataset_dir", type=Path, help="prepare-lgg output the CV was trained on")
+    p.add_argument("--docs-dir", type=Path, default=Path("monai_bundle/docs"), help="where the tables go")
+    p.add_argument("--prefix", default="oof", help="file-name prefix of the tables (default: oof)")
+    p.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds (default: all)")
+    p.add_argument("--flip-tta", action="store_true", help="average over left-right flips (test-time augmentation)")
+    _bundle_and_device(p)
+    p.set_defaults(func=_evaluate_oof)

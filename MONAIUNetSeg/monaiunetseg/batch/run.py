@@ -160,7 +160,7 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
     return res
 
 
-def _failure(case: Case, exc: Exception) -> CaseResult:
+def failure_result(case: Case, exc: Exception) -> CaseResult:
     res = base_result(case)
     res.status = FAILED
     message = str(exc) or exc.__class__.__name__
@@ -226,7 +226,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
         try:
             results[index] = segment_case(case, paths, segmenter, options, input_files)
         except Exception as exc:  # a bad case never stops the batch
-            results[index] = _failure(case, exc)
+            results[index] = failure_result(case, exc)
             results[index].seconds = time.perf_counter() - t0
             if options.progress:  # live, so that a long batch shows problems as they happen
                 tqdm.write(f"FAILED  {results[index].error}", file=sys.stderr)

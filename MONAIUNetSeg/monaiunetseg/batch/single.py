@@ -21,7 +21,7 @@ from monaiunetseg.batch.discover import Case, discover_cases
 from monaiunetseg.batch.naming import output_paths
 from monaiunetseg.batch.report import FAILED, OK, CaseResult
 from monaiunetseg.batch.resume import existing_result
-from monaiunetseg.batch.run import BatchOptions, _failure, check_out_dir, segment_case
+from monaiunetseg.batch.run import BatchOptions, failure_result, check_out_dir, segment_case
 from monaiunetseg.files import write_text_atomic
 
 # The caller named one series: it is segmented whatever it shows (no FLAIR check; a series that is no volume is
@@ -80,7 +80,7 @@ def segment_single(input_path: str | os.PathLike, out_dir: str | os.PathLike, op
     try:
         return segment_case(case, paths, segmenter, options, input_files)
     except Exception as exc:  # a bad case is a result, not a crash
-        result = _failure(case, exc)
+        result = failure_result(case, exc)
         result.seconds = time.perf_counter() - t0
         return result
 

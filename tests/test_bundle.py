@@ -427,7 +427,7 @@ def test_ddp_two_process_training(two_val_dataset: Path, tmp_path: Path):
     assert dice[0] and dice[0] == dice[1], dice
 
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert [c.name for c in checkpoints(out)] == ["checkpoint_checkpoint_epoch=2.pt"], files
+    assert [c.name for c in checkpoints(out)] == ["checkpoint_checkpoint_epoch=1.pt", "checkpoint_checkpoint_epoch=2.pt"], files
     events = event_files(out)
     # one writer each for training and validation, as in a single-process run, all from one process (rank 0)
     assert len(events) == 2 and len({e.name.split(".")[-2] for e in events}) == 1, files
@@ -443,8 +443,13 @@ def test_latest_checkpoint_picks_highest_epoch_not_newest_file(tmp_path: Path) -
     assert latest_checkpoint(tmp_path) is None
     for i, epoch in enumerate([10, 9, 2]):  # epoch 10 written first = oldest mtime
         path = tmp_path / f"checkpoint_checkpoint_epoch={epoch}.pt"
-        path.write_bytes(b"x")
+        torch.save({"epoch": epoch}, path)
         os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_checkpoint_epoch=10.pt"
+    # a run killed while saving epoch 11 leaves it truncated (MONAI saves in place): resume from epoch 10
+    full = (tmp_path / "checkpoint_checkpoint_epoch=10.pt").read_bytes()
+    (tmp_path / "checkpoint_checkpoint_epoch=11.pt").write_bytes(full[: len(full) // 2])
+    (tmp_path / "checkpoint_checkpoint_epoch=12.pt").write_bytes(b"")
     assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_checkpoint_epoch=10.pt"
 
 

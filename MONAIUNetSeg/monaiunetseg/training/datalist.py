@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 from monaiunetseg.training.lgg import list_patients
@@ -56,7 +57,9 @@ def load_split(dataset_dir: str | os.PathLike, val_fold: int = 0, cache_dir: str
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
     """Highest-epoch ``<prefix>_*epoch=N.pt`` in ``ckpt_dir`` to resume from, or None for a fresh run.
 
-    Chosen by the epoch in the name, not the file time, so copied or restored folders resume correctly.
+    Chosen by the epoch in the name, not the file time, so copied or restored folders resume correctly. A file
+    that is not a complete checkpoint (``torch.save`` writes a zip archive; MONAI's saver writes in place, so a
+    run killed while saving leaves a truncated one) is passed over for the one before it.
     """
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
@@ -67,4 +70,5 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
         return int(match.group(1)) if match else -1
 
     found = sorted(ckpt_dir.glob(f"{prefix}_*.pt"), key=lambda p: (epoch(p), p.stat().st_mtime))
-    return str(found[-1]) if found else None
+    complete = [p for p in found if zipfile.is_zipfile(p)]
+    return str(complete[-1]) if complete else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import html.parser
 import math
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -24,6 +25,8 @@ from monaiunetseg.visual.evaluation import (
 )
 from monaiunetseg.visual.panels import choose_slices, layout
 from monaiunetseg.visual.style import PREDICTION_RGB, REFERENCE_RGB
+
+from conftest import BUNDLE_DIR
 
 SHAPE = (64, 48, 12)  # LPS voxel axes: x -> patient left, y -> posterior, z -> superior
 
@@ -168,3 +171,30 @@ def test_dataset_summary_agrees_with_the_labels(prepared_small: Path):
         assert float(row["tumour_slice_fraction"]) == pytest.approx(int(row["tumour_slices"]) / mask.shape[2], abs=1e-4)
         assert row["institution"] == row["patient"].split("_")[1]
     assert _rgb(prepared_small / "dataset_summary.png").shape == (500, 1500, 3)
+
+
+def test_model_card_pictures_are_committed_small_and_current(kaggle_dir: Path):
+    """Every picture the model card shows is committed, decodes and stays small; the committed data-set summary
+    matches the shared data (slices per patient, institution, fold)."""
+    from monaiunetseg.training.lgg import institution, list_patients, patient_id
+    from monaiunetseg.training.prepare import assign_folds
+
+    docs = BUNDLE_DIR / "docs"
+    card = (docs / "README.md").read_text()
+    shown = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", card)
+    assert {"dataset_summary.png", "eval_summary.png"} <= set(shown) and sum("eval_panel_" in s for s in shown) == 2
+    for name in shown:
+        assert (docs / name).stat().st_size < 150_000, name
+        with Image.open(docs / name) as im:
+            im.load()
+            assert im.format == "PNG" and min(im.size) >= 400, name
+    assert "dataset_summary.csv" in card
+    with open(docs / "dataset_summary.csv", newline="") as fh:
+        rows = {r["patient"]: r for r in csv.DictReader(fh)}
+    folders = list_patients(kaggle_dir)
+    folds = assign_folds([p.name for p in folders])
+    assert sorted(rows) == sorted(patient_id(p.name) for p in folders)
+    for folder in folders:
+        row = rows[patient_id(folder.name)]
+        assert int(row["n_slices"]) == len(list(folder.glob("*_mask.tif"))), folder.name
+        assert (row["institution"], int(row["fold"])) == (institution(folder.name), folds[folder.name])

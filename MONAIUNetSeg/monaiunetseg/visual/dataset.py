@@ -23,7 +23,7 @@ def write_dataset_figure(rows: list[dict], target: str | os.PathLike) -> Path:
     colours, markers = category_colours(insts), category_markers(insts)
     counts = {i: sum(str(r["institution"]) == i for r in rows) for i in insts}
     fig = new_figure(1500, 500)
-    axes = [fig.add_axes((0.045 + 0.33 * k, 0.13, 0.27, 0.70)) for k in range(3)]
+    axes = [fig.add_axes((0.045 + 0.33 * k, 0.13, 0.27, 0.68)) for k in range(3)]
 
     for ax, key, label in ((axes[0], "n_slices", "slices"), (axes[1], "lesion_ml", "lesion volume (mL, nominal)")):
         ordered = sorted(rows, key=lambda r: (float(r[key]), str(r["patient"])))
@@ -50,5 +50,7 @@ def write_dataset_figure(rows: list[dict], target: str | os.PathLike) -> Path:
 
     fig.legend(handles=[Patch(color=colours[i], label=f"{i} ({counts[i]})") for i in insts], loc="upper center",
                ncol=len(insts), frameon=False, fontsize=9, bbox_to_anchor=(0.5, 0.93))
-    fig.suptitle(f"Training data: {len(rows)} patients from {len(insts)} institutions (prepare-lgg)", fontsize=13)
+    folds = len({r["fold"] for r in rows if "fold" in r})
+    fig.suptitle(f"Data set (prepare-lgg): {len(rows)} patients from {len(insts)} institutions"
+                 + (f", {folds} folds" if folds else ""), fontsize=13)
     return save_png(fig, target)

@@ -93,12 +93,23 @@ def device_of(segmenter) -> dict[str, str | None]:
     device = getattr(segmenter, "device", None)
     if device is None:
         return {"type": None, "name": None}
-    name = None
     if str(device).startswith("cuda"):
         import torch
 
-        name = torch.cuda.get_device_name(device)
-    return {"type": str(device), "name": name or platform.processor() or platform.machine()}
+        return {"type": str(device), "name": torch.cuda.get_device_name(device)}
+    return {"type": str(device), "name": cpu_name()}
+
+
+def cpu_name() -> str:
+    """The processor's model name where the system says it (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def weights_of(segmenter) -> list[dict[str, object]]:

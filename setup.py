@@ -19,7 +19,8 @@ setup(
     package_dir={"monaiunetseg": "MONAIUNetSeg/monaiunetseg", "monaiunetseg_bundle": "monai_bundle"},
     packages=["monaiunetseg", *(f"monaiunetseg.{p}" for p in find_packages("MONAIUNetSeg/monaiunetseg")),
               "monaiunetseg_bundle"],
-    package_data={"monaiunetseg_bundle": ["configs/*", "models/model.pt", "docs/*", "LICENSE"]},
+    package_data={"monaiunetseg_bundle": ["configs/*", "models/model.pt", "docs/*", "LICENSE"],
+                  "monaiunetseg.batch": ["run_record.schema.json"]},
     install_requires=[
         "torch>=2.1,<2.15",
         "monai>=1.4,<1.7",

@@ -244,6 +244,10 @@ def test_evaluating_writes_per_patient_metrics(trained: TrainRun, two_val_datase
     # MONAI's MeanDice on the same inverted predictions must agree with the handler's own Dice.
     val_dice = float(re.findall(r"val_mean_dice: ([0-9.]+)", log)[-1])
     assert math.isclose(val_dice, summary["dice_mean"], abs_tol=1e-3), (val_dice, summary)
+    # Pictures beside the tables (on by default): a panel per patient drawn on its own FLAIR, summary, index.
+    assert "no panel" not in log
+    assert sorted(p.stem for p in (out / "panels").glob("*.png")) == [r["patient"] for r in rows]
+    assert (out / "summary.png").is_file() and all(f'id="{r["patient"]}"' in (out / "index.html").read_text() for r in rows)
 
 
 # ----------------------------------------------------------------------------------------------- inference

@@ -170,8 +170,8 @@ def test_out_of_fold_evaluation_on_a_small_set(prepared_small: Path, tmp_path: P
     assert {k: p.stat().st_mtime_ns for k, p in predict_oof(cv, prepared_small, tmp_path / "probs", device="cpu",
                                                            log=lambda *_: None).items()} == stamps
 
-    docs = tmp_path / "docs"
-    summary = evaluate_oof(probs, prepared_small, docs, log=lambda *_: None)
+    docs, pictures = tmp_path / "docs", tmp_path / "pictures"
+    summary = evaluate_oof(probs, prepared_small, docs, log=lambda *_: None, pictures_dir=pictures)
     with open(docs / "oof_metrics_per_patient.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         assert reader.fieldnames == CSV_COLUMNS
@@ -189,3 +189,10 @@ def test_out_of_fold_evaluation_on_a_small_set(prepared_small: Path, tmp_path: P
     assert len(table) == len(CANDIDATES) and table[0]["postprocessing"] == "none"
     assert summary["all"]["mean"] >= float(table[0]["mean"]) - 1e-4  # the chosen one is the best mean
     assert json.loads((docs / "oof_summary.json").read_text())["n_patients"] == 3
+    # The pictures go where asked, not among the tables: a panel per patient, the summary and the index, worst first.
+    assert sorted(p.name for p in docs.iterdir()) == ["oof_metrics_per_patient.csv", "oof_postprocessing.csv", "oof_summary.json"]
+    assert sorted(p.stem for p in (pictures / "panels").glob("*.png")) == sorted(r["patient"] for r in rows)
+    page = (pictures / "index.html").read_text()
+    worst_first = [r["patient"] for r in sorted(rows, key=lambda r: (float(r["dice"]), r["patient"]))]
+    assert sorted(worst_first, key=lambda p: page.index(f'<section id="{p}"')) == worst_first
+    assert (pictures / "summary.png").stat().st_size > 10_000

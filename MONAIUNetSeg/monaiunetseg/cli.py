@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _prepare_lgg(args: argparse.Namespace) -> int:
-    from monaiunetseg.training.prepare import prepare_lgg
+    from monaiunetseg.training.prepare import SUMMARY_PNG, prepare_lgg
 
     results, datalist = prepare_lgg(args.kaggle_dir, args.out_dir, n_folds=args.folds, seed=args.seed,
                                     workers=args.workers, progress=not args.quiet)
@@ -20,8 +20,9 @@ def _prepare_lgg(args: argparse.Namespace) -> int:
         else:
             print(f"{'skipped' if r.skipped else 'ok':7s} {r.folder}: {r.n_slices} slices")
     done = len(results) - len(failed)
+    summary = datalist.with_name(SUMMARY_PNG)
     print(f"prepare-lgg: {done} patients ready ({sum(r.skipped for r in results)} already done), "
-          f"{len(failed)} failed; datalist: {datalist}")
+          f"{len(failed)} failed; datalist: {datalist}" + (f"; summary: {summary}" if summary.is_file() else ""))
     return 1 if failed else 0
 
 

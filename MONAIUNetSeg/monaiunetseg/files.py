@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 def _current_umask() -> int:
@@ -47,3 +49,13 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+def write_csv_atomic(target: str | os.PathLike, rows: Iterable[dict], columns: list[str]) -> None:
+    """Write ``rows`` (dicts; keys beyond ``columns`` ignored, floats with 4 decimals) as CSV, atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text_atomic(target, buf.getvalue())

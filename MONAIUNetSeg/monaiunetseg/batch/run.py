@@ -20,6 +20,7 @@ import numpy as np
 
 from monaiunetseg.batch.discover import Case, discover_cases, shard
 from monaiunetseg.batch.naming import OutputPaths, output_paths
+from monaiunetseg.batch.record import RunRecord
 from monaiunetseg.batch.report import (
     FAILED,
     OK,
@@ -214,6 +215,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
         if existing.status == PENDING:
             todo.append((len(results) - 1, case, paths))
     write_report(results, report, earlier)
+    record = RunRecord.start(out_dir, options, inputs, started)  # run.json: what produced these results
 
     if todo and segmenter is None:  # once per batch; a missing model or device is a batch error, not per case
         from monaiunetseg.model.predictor import Segmenter
@@ -232,4 +234,5 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
                 tqdm.write(f"FAILED  {results[index].error}", file=sys.stderr)
         write_report(results, report, earlier)
     bar.close()
+    record.finish(cases, results, segmenter if todo else None)
     return BatchResult(results, report, len(all_cases), time.perf_counter() - started)

@@ -18,7 +18,7 @@ import numpy as np
 from monaiunetseg.files import atomic_path
 
 
-def _to_lps(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def to_lps(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Array reoriented to LPS voxel axes, its spacing and where the original slice axis went."""
     ornt = nib.orientations.io_orientation(affine)
     transform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(("L", "P", "S")))
@@ -40,7 +40,7 @@ def pick_slice(labels: np.ndarray, axis: int) -> int:
     return int((present[0] + present[-1]) // 2)
 
 
-def _display(plane_lps: np.ndarray, axis: int) -> np.ndarray:
+def display_plane(plane_lps: np.ndarray, axis: int) -> np.ndarray:
     """2D LPS plane (the two remaining axes in order) -> image rows/columns in radiological display."""
     if axis == 2:  # axial: rows = P (anterior up), columns = L (patient right on the left)
         return plane_lps.T
@@ -55,11 +55,11 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    img_lps, spacing, axis = _to_lps(np.asarray(image, dtype=np.float32), affine)
-    lab_lps, _, _ = _to_lps(np.asarray(labels, dtype=np.uint8), affine)
+    img_lps, spacing, axis = to_lps(np.asarray(image, dtype=np.float32), affine)
+    lab_lps, _, _ = to_lps(np.asarray(labels, dtype=np.uint8), affine)
     k = pick_slice(lab_lps, axis)
-    img2d = _display(np.take(img_lps, k, axis=axis), axis)
-    lab2d = _display(np.take(lab_lps, k, axis=axis), axis)
+    img2d = display_plane(np.take(img_lps, k, axis=axis), axis)
+    lab2d = display_plane(np.take(lab_lps, k, axis=axis), axis)
     in_plane = [s for a, s in enumerate(spacing) if a != axis]  # (columns, rows) of the displayed image
     lo, hi = np.percentile(img2d, (1, 99)) if img2d.size else (0.0, 1.0)
     rows, cols = img2d.shape

@@ -57,7 +57,10 @@ def _add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from monaiunetseg import __version__
+
     parser = argparse.ArgumentParser(prog="monaiunetseg", description="LGG FLAIR abnormality segmentation (research use only).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare-lgg", help="stack Kaggle LGG slice folders into NIfTI volumes + k-fold datalist")
@@ -77,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from monaiunetseg.console import quiet_third_party
+
+    quiet_third_party()  # once, before any command imports torch/MONAI/pydicom
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

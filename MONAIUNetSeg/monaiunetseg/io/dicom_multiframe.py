@@ -100,10 +100,15 @@ def series_problem(series: DicomSeries) -> str | None:
 
 
 def _highdicom():
+    """highdicom with its volume API (0.24+, which needs Python 3.10+); classic series never need it."""
     try:
         import highdicom
-    except ImportError as exc:  # e.g. Slicer's Python: classic series still work
-        raise DicomSeriesError("reading enhanced multi-frame DICOM needs highdicom (pip install highdicom)") from exc
+    except ImportError as exc:  # e.g. Slicer's Python
+        raise DicomSeriesError("reading enhanced multi-frame DICOM needs highdicom >= 0.24 (pip install "
+                               "'highdicom>=0.24'; Python 3.10 or later)") from exc
+    if not hasattr(highdicom, "imread"):
+        raise DicomSeriesError(f"reading enhanced multi-frame DICOM needs highdicom >= 0.24 (installed: "
+                               f"{highdicom.__version__}; 0.24 needs Python 3.10 or later)")
     return highdicom
 
 

@@ -1,9 +1,10 @@
 """Logging of the bundle's commands under ``torchrun``: one log, rank 0's.
 
 Every DDP process runs the same trainer and evaluator, so every process would log the same epoch lines, learning
-rates and metrics; interleaved, N copies of each line only hide the one that matters. ``configs/logging.conf``
-uses :class:`Rank0StreamHandler`: rank 0 (and a plain, non-distributed run) logs everything, the other ranks
-only warnings and errors, which can differ per process.
+rates and metrics; interleaved, N copies of each line only hide the one that matters. ``multi_gpu_train.json``
+calls :func:`quiet_other_ranks` first thing: rank 0 (and a plain, non-distributed run) logs everything, the
+other ranks only warnings and errors, which can differ per process. (A custom handler in ``logging.conf`` would
+do it from the first line, but MONAI refuses non-stdlib classes there, rightly: ``fileConfig`` evaluates them.)
 """
 
 from __future__ import annotations
@@ -22,15 +23,6 @@ def process_rank() -> int:
 
 def is_rank0() -> bool:
     return process_rank() == 0
-
-
-class Rank0StreamHandler(logging.StreamHandler):
-    """A console handler that drops records below WARNING on ranks other than 0."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno < logging.WARNING and not is_rank0():
-            return
-        super().emit(record)
 
 
 def quiet_other_ranks() -> None:

@@ -234,10 +234,6 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
             todo.append((len(results) - 1, case, paths))
     write_report(results, report, earlier)
 
-    if todo and segmenter is None:  # once per batch; a missing model or device is a batch error, not per case
-        from monaiunetseg.model.predictor import Segmenter
-
-        segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights)
     def show(result: CaseResult, case: Case) -> None:  # one line per case, live, so a long batch reads as it goes
         if options.progress:
             tqdm.write(result.line(case.name), file=sys.stderr if result.status == FAILED else sys.stdout)
@@ -245,6 +241,10 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
     for case, result in zip(cases, results):
         if result.status != PENDING:
             show(result, case)
+    if todo and segmenter is None:  # once per batch; a missing model or device is a batch error, not per case
+        from monaiunetseg.model.predictor import Segmenter
+
+        segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights)
     # The bar (stderr) only where it can redraw: disable=None lets tqdm turn it off when stderr is no terminal.
     bar = tqdm(todo, desc="segment", unit="case", disable=True if not options.progress or not todo else None)
     for index, case, paths in bar:

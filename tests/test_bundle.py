@@ -449,7 +449,7 @@ def test_ddp_two_process_training(two_val_dataset: Path, tmp_path: Path):
     assert re.findall(r"Got new best metric of val_mean_dice: ([0-9.]+)", rank_logs[0]), rank_logs[0][-3000:]
 
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert [c.name for c in checkpoints(out)] == ["checkpoint_epoch=2.pt"], files
+    assert [c.name for c in checkpoints(out)] == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"], files
     events = event_files(out)
     # one writer each for training and validation, as in a single-process run, all from one process (rank 0)
     assert len(events) == 2 and len({e.name.split(".")[-2] for e in events}) == 1, files
@@ -467,10 +467,15 @@ def test_latest_checkpoint_picks_highest_epoch_not_newest_file(tmp_path: Path) -
     names = ["checkpoint_checkpoint_epoch=10.pt", "checkpoint_epoch=9.pt", "checkpoint_checkpoint_epoch=2.pt"]
     for i, name in enumerate(names):  # epoch 10 written first = oldest mtime
         path = tmp_path / name
-        path.write_bytes(b"x")
+        torch.save({"epoch": i}, path)
         os.utime(path, (1_000_000 + i, 1_000_000 + i))
     assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_checkpoint_epoch=10.pt"
-    (tmp_path / "checkpoint_epoch=11.pt").write_bytes(b"x")
+    torch.save({"epoch": 11}, tmp_path / "checkpoint_epoch=11.pt")
+    assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_epoch=11.pt"  # old and new names side by side
+    # a run killed while saving epoch 12 leaves it truncated (MONAI saves in place): resume from epoch 11
+    full = (tmp_path / "checkpoint_epoch=11.pt").read_bytes()
+    (tmp_path / "checkpoint_epoch=12.pt").write_bytes(full[: len(full) // 2])
+    (tmp_path / "checkpoint_epoch=13.pt").write_bytes(b"")
     assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_epoch=11.pt"
 
 

@@ -22,6 +22,7 @@ from monaiunetseg.model.postprocess import PostProcessing
 from monaiunetseg.model.predictor import Segmenter, SliceBatchInferer
 from monaiunetseg.model.transforms import SlicesToChannelsd, neighbour_stack
 from monaiunetseg.training.cv import RECORD, fold_finished, read_record
+from monaiunetseg.training.datalist import latest_checkpoint
 from monaiunetseg.training.oof import CANDIDATES, CSV_COLUMNS, evaluate_oof, predict_oof
 
 from conftest import BUNDLE_DIR, SAMPLE_FLAIR
@@ -131,7 +132,10 @@ def test_train_cv_resumes_an_interrupted_fold_and_skips_a_finished_one(prepared_
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = max(int(p.stem.split("=")[-1]) for p in ckpts.glob("*epoch=*.pt"))
+    # The kill often lands while the newest checkpoint is being written: resume must pass over a truncated one.
+    resume_from = latest_checkpoint(ckpts)
+    assert resume_from, sorted(p.name for p in ckpts.iterdir())
+    killed_at = int(resume_from.rsplit("=", 1)[-1][:-3])
     assert killed_at < epochs, "the fold finished before it could be interrupted"
     assert not fold_finished(out, 0) and read_record(out, 0)["status"] == "running"
 
@@ -142,7 +146,9 @@ def test_train_cv_resumes_an_interrupted_fold_and_skips_a_finished_one(prepared_
     record = read_record(out, 0)
     assert record["status"] == "done" and fold_finished(out, 0, epochs)
     assert len(record["runs"]) == 2 and "returncode" not in record["runs"][0] and record["runs"][1]["returncode"] == 0
-    trainer = torch.load(ckpts / f"checkpoint_epoch={epochs}.pt", map_location="cpu", weights_only=True)["trainer"]
+    last = latest_checkpoint(ckpts)
+    assert last and last.endswith(f"epoch={epochs}.pt"), last
+    trainer = torch.load(last, map_location="cpu", weights_only=True)["trainer"]
     assert trainer["iteration"] == epochs * trainer["epoch_length"]  # no epoch trained twice
 
     again = subprocess.run(_train_cv_cmd(prepared_small, out, epochs), capture_output=True, text=True, timeout=300)

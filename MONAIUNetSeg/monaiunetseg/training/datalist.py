@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 from monaiunetseg.training.lgg import list_patients
@@ -64,7 +65,9 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
     Matches the names the bundle writes (``checkpoint_epoch=N.pt``) and those of runs started before that
     (``checkpoint_checkpoint_epoch=N.pt``: CheckpointSaver's own "checkpoint" after a "checkpoint" prefix), so an
     interrupted older run still resumes. Chosen by the epoch in the name, not the file time, so copied or restored
-    folders resume correctly.
+    folders resume correctly. A file that is not a complete checkpoint (``torch.save`` writes a zip archive;
+    MONAI's saver writes in place, so a run killed while saving leaves a truncated one) is passed over for the one
+    before it.
     """
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
@@ -75,4 +78,5 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
         return int(match.group(1)) if match else -1
 
     found = sorted(ckpt_dir.glob(f"{prefix}_*.pt"), key=lambda p: (epoch(p), p.stat().st_mtime))
-    return str(found[-1]) if found else None
+    complete = [p for p in found if zipfile.is_zipfile(p)]
+    return str(complete[-1]) if complete else None

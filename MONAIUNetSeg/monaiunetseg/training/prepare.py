@@ -149,7 +149,8 @@ def prepare_lgg(kaggle_dir: str | Path, out_dir: str | Path, n_folds: int = 5, s
     workers = workers or min(2, os.cpu_count() or 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[PatientResult] = []
-    bar = tqdm(total=len(folders), desc="prepare-lgg", unit="patient", disable=not progress)
+    # on a terminal only (disable=None): a log file gets the per-patient lines, not carriage-return redraws
+    bar = tqdm(total=len(folders), desc="prepare-lgg", unit="patient", disable=True if not progress else None)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for res in pool.map(prepare_patient, folders, [out_dir] * len(folders)):
             results.append(res)

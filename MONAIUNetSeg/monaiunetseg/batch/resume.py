@@ -6,20 +6,24 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
 from monaiunetseg.batch.discover import Case
 from monaiunetseg.batch.naming import OutputPaths
 from monaiunetseg.batch.report import FAILED, CaseResult
 from monaiunetseg.geometry import voxel_volume_ml
-from monaiunetseg.io.dicom_series import LPS_TO_RAS, sort_slices
-from monaiunetseg.io.nifti import grid_of, read_source_record
+from monaiunetseg.io.dicom_volume import volume_grid
+from monaiunetseg.io.labelmap import grid_of, read_labels, read_source_record
 
 if TYPE_CHECKING:
     from monaiunetseg.batch.run import BatchOptions
 
-NO_SEG_FOR_NIFTI = "DICOM SEG not written: it needs a DICOM source series (this input is NIfTI)"
+FORMAT_NAMES = {"nifti": "NIfTI", "nrrd": "NRRD", "metaimage": "MetaImage", "itk": "an ITK image file"}
+
+
+def no_seg_note(case: Case) -> str:
+    """The report note of a file input when ``--dicom-seg`` was asked for."""
+    return f"DICOM SEG not written: it needs a DICOM source series (this input is {FORMAT_NAMES.get(case.kind, case.kind)})"
 
 
 def base_result(case: Case) -> CaseResult:
@@ -27,16 +31,16 @@ def base_result(case: Case) -> CaseResult:
 
 
 def source_record(case: Case) -> dict[str, str]:
-    """What a labelmap records as its source: the resolved NIfTI path, or the DICOM SeriesInstanceUID (with
-    the series folder, for messages)."""
-    if case.kind == "nifti":
-        return {"kind": "nifti", "input": os.path.realpath(case.source)}
+    """What a labelmap records as its source: the input file's kind and resolved path, or the DICOM
+    SeriesInstanceUID (with the series folder, for messages)."""
+    if case.is_file:
+        return {"kind": case.kind, "input": os.path.realpath(case.source)}
     return {"kind": "dicom", "series_uid": case.series_uid, "input": str(case.source)}
 
 
 def _is_source(record: dict | None, case: Case) -> bool:
     mine = source_record(case)
-    key = "input" if case.kind == "nifti" else "series_uid"
+    key = "input" if case.is_file else "series_uid"
     return record is not None and record.get("kind") == mine["kind"] and record.get(key) == mine[key]
 
 
@@ -46,6 +50,17 @@ def _describe_source(record: dict | None) -> str:
     if record.get("kind") == "dicom":
         return f"DICOM series {record.get('series_uid')} ({record.get('input')})"
     return str(record.get("input"))
+
+
+def input_grid(case: Case) -> tuple[tuple[int, ...], np.ndarray]:
+    """(shape, RAS affine) the input will be segmented on, from its headers where the format allows."""
+    if case.kind == "dicom":
+        return volume_grid(case.series)  # type: ignore[arg-type]
+    if case.kind == "itk":
+        from monaiunetseg.io.itk_reader import grid_of as itk_grid_of
+
+        return itk_grid_of(case.source)
+    return grid_of(case.source)
 
 
 def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> CaseResult | None:
@@ -73,16 +88,10 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
         return None
     try:
         shape, affine = grid_of(paths.labelmap)
-        if case.kind == "nifti":
-            expected_shape, expected_affine = grid_of(case.source)
-        else:
-            stack = sort_slices(case.series)  # type: ignore[arg-type]
-            first = stack.files[0]
-            expected_shape = (first.columns, first.rows, len(stack.files))
-            expected_affine = LPS_TO_RAS @ stack.affine_lps
+        expected_shape, expected_affine = input_grid(case)
         if tuple(shape) != tuple(expected_shape) or not np.allclose(affine, expected_affine, atol=1e-3):
             return None  # stale: the input changed since
-        labels = np.asarray(nib.load(paths.labelmap).dataobj)
+        labels = read_labels(paths.labelmap)
     except Exception:
         return None  # unreadable or input now broken: redo, and let that report the problem
     res = base_result(case)
@@ -91,6 +100,6 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
     res.dicom_seg = str(paths.dicom_seg) if paths.dicom_seg.is_file() and case.kind == "dicom" else ""
     res.overlay = str(paths.overlay) if paths.overlay.is_file() else ""
     res.note = "existing output kept (--overwrite redoes it)"
-    if options.dicom_seg and case.kind == "nifti":
-        res.note += "; " + NO_SEG_FOR_NIFTI
+    if options.dicom_seg and case.is_file:
+        res.note += "; " + no_seg_note(case)
     return res

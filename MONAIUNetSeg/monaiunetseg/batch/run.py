@@ -32,10 +32,16 @@ from monaiunetseg.batch.report import (
     report_path,
     write_report,
 )
-from monaiunetseg.batch.resume import NO_SEG_FOR_NIFTI, base_result, existing_result, source_record
+from monaiunetseg.batch.resume import base_result, existing_result, no_seg_note, source_record
 from monaiunetseg.geometry import voxel_volume_ml
-from monaiunetseg.io.dicom_series import DicomSeriesError, load_series_volume
-from monaiunetseg.io.nifti import NiftiInputError, read_nifti_volume, write_labelmap, write_labelmap_like
+from monaiunetseg.io.dicom_series import DicomSeriesError
+from monaiunetseg.io.itk_reader import ItkInputError
+from monaiunetseg.io.labelmap import write_labelmap
+from monaiunetseg.io.nifti import NiftiInputError
+from monaiunetseg.io.nrrd_mha import ImageInputError
+
+# Input errors whose message already names the file and the problem (reported as they are).
+INPUT_ERRORS = (NiftiInputError, ImageInputError, ItkInputError, DicomSeriesError)
 
 try:
     from tqdm import tqdm
@@ -75,6 +81,7 @@ class BatchOptions:
     bundle: str | None = None
     weights: str | None = None
     progress: bool = True
+    output_format: str = "same"  # labelmap format: same (as the input; NIfTI for DICOM), nifti, nrrd or mha
 
 
 @dataclass
@@ -118,6 +125,25 @@ def check_out_dir(inputs: Iterable[str | os.PathLike], out_dir: Path) -> None:
                              "so that results are not written next to the inputs")
 
 
+def read_volume(case: Case):
+    """The case's volume (``.array`` float32 (i, j, k), ``.affine`` RAS, plus what its writer needs), by kind."""
+    if case.kind == "nifti":
+        from monaiunetseg.io.nifti import read_nifti_volume
+
+        return read_nifti_volume(case.source)
+    if case.kind in ("nrrd", "metaimage"):
+        from monaiunetseg.io.nrrd_mha import read_image_volume
+
+        return read_image_volume(case.source)
+    if case.kind == "itk":
+        from monaiunetseg.io.itk_reader import read_itk_volume
+
+        return read_itk_volume(case.source)
+    from monaiunetseg.io.dicom_volume import load_volume
+
+    return load_volume(case.series)  # type: ignore[arg-type]
+
+
 def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOptions,
                  input_files: frozenset[str] = frozenset()) -> CaseResult:
     """Read, segment and write one case; raises on any problem (the caller turns it into a failed row)."""
@@ -126,28 +152,21 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
             raise ValueError(f"{p}: output would overwrite an input file")
     res = base_result(case)
     t0 = time.perf_counter()
-    if case.kind == "nifti":
-        volume = read_nifti_volume(case.source)
-        array, affine = volume.array, volume.affine
-    else:
-        volume = load_series_volume(case.series)  # type: ignore[arg-type]
-        array, affine = volume.array, volume.affine
+    volume = read_volume(case)
+    array, affine = volume.array, volume.affine
     t_read = time.perf_counter()
     labels = segmenter.segment(array, affine)
     t_seg = time.perf_counter()
-    if case.kind == "nifti":
-        write_labelmap_like(labels, volume, paths.labelmap, source=source_record(case))
-    else:
-        write_labelmap(labels, affine, paths.labelmap, source=source_record(case))
+    write_labelmap(labels, volume, paths.labelmap, source=source_record(case))
     res.output = str(paths.labelmap)
     t_write = time.perf_counter()
     if options.dicom_seg:
         if case.kind == "dicom":
             from monaiunetseg.io.dicom_seg import write_dicom_seg
 
-            res.dicom_seg = str(write_dicom_seg(labels, volume.datasets, paths.dicom_seg))
+            res.dicom_seg = str(write_dicom_seg(labels, volume.datasets, paths.dicom_seg, volume.frame_slices))
         else:
-            res.note = NO_SEG_FOR_NIFTI
+            res.note = no_seg_note(case)
     if options.overlay:
         from monaiunetseg.io.overlay import write_overlay
 
@@ -165,7 +184,7 @@ def failure_result(case: Case, exc: Exception) -> CaseResult:
     res = base_result(case)
     res.status = FAILED
     message = str(exc) or exc.__class__.__name__
-    if isinstance(exc, (NiftiInputError, DicomSeriesError)):
+    if isinstance(exc, INPUT_ERRORS):
         res.error = message
     else:
         where = case.series.label() if case.series else str(case.source)
@@ -195,7 +214,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
     cases = shard(all_cases, options.num_shards, options.shard_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = report_path(out_dir, options.num_shards, options.shard_id)
-    input_files = frozenset(os.path.realpath(c.source) for c in all_cases if c.kind == "nifti")
+    input_files = frozenset(os.path.realpath(c.source) for c in all_cases if c.is_file)
 
     earlier = earlier_rows(report, {str(c.source) for c in cases})  # a rerun with other inputs adds rows
     results: list[CaseResult] = []
@@ -206,7 +225,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
             res.status, res.error = case.status, case.problem
             results.append(res)
             continue
-        paths = output_paths(out_dir, case)
+        paths = output_paths(out_dir, case, options.output_format)
         existing = None if options.overwrite else existing_result(case, paths, options)
         if existing is None:
             existing = base_result(case)
@@ -217,11 +236,19 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
     write_report(results, report, earlier)
     record = RunRecord.start(out_dir, options, inputs, started)  # run.json: what produced these results
 
+    def show(result: CaseResult, case: Case) -> None:  # one line per case, live, so a long batch reads as it goes
+        if options.progress:
+            tqdm.write(result.line(case.name), file=sys.stderr if result.status == FAILED else sys.stdout)
+
+    for case, result in zip(cases, results):
+        if result.status != PENDING:
+            show(result, case)
     if todo and segmenter is None:  # once per batch; a missing model or device is a batch error, not per case
         from monaiunetseg.model.predictor import Segmenter
 
         segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights)
-    bar = tqdm(todo, desc="segment", unit="case", disable=not options.progress or not todo)
+    # The bar (stderr) only where it can redraw: disable=None lets tqdm turn it off when stderr is no terminal.
+    bar = tqdm(todo, desc="segment", unit="case", disable=True if not options.progress or not todo else None)
     for index, case, paths in bar:
         bar.set_postfix_str(case.name[-40:])
         t0 = time.perf_counter()
@@ -230,8 +257,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
         except Exception as exc:  # a bad case never stops the batch
             results[index] = failure_result(case, exc)
             results[index].seconds = time.perf_counter() - t0
-            if options.progress:  # live, so that a long batch shows problems as they happen
-                tqdm.write(f"FAILED  {results[index].error}", file=sys.stderr)
+        show(results[index], case)
         write_report(results, report, earlier)
     bar.close()
     record.finish(cases, results, segmenter if todo else None)

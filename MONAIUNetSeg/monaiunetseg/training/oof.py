@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from monaiunetseg.files import atomic_path, write_csv_atomic, write_text_atomic
 from monaiunetseg.geometry import voxel_volume_ml
@@ -71,7 +72,7 @@ def predict_oof(cv_root: str | os.PathLike, dataset_dir: str | os.PathLike, prob
         weights = fold_dir(cv_root, fold) / "model.pt"
         context = int((read_record(cv_root, fold).get("overrides") or {}).get("context", 0))
         segmenter = Segmenter(bundle, device=device, weights=weights, flip_tta=flip_tta, context=context)
-        for c in todo:
+        for c in tqdm(todo, desc=f"evaluate-oof fold {fold}", unit="patient", disable=None):
             img = nib.load(c.image)
             prob = segmenter.probabilities(img.get_fdata(dtype=np.float32), img.affine)
             with atomic_path(probs_dir / f"{c.patient}.npz") as tmp:

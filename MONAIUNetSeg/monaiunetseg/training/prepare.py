@@ -99,9 +99,30 @@ def assign_folds(folders: list[str], n_folds: int = 5, seed: int = 0) -> dict[st
     return {f: i % n_folds for i, f in enumerate(order)}
 
 
-def build_datalist(results: list[PatientResult], out_dir: Path, clinical: dict, n_folds: int, seed: int) -> dict:
+def subset_folders(folders: list[Path], subset: int, n_folds: int = 5, seed: int = 0,
+                   val_fold: int | None = None) -> tuple[list[Path], dict[str, int]]:
+    """The first ``subset`` patients (by folder name) of every fold, or with ``val_fold`` the first ``subset`` of
+    that fold and of the others together (a training run's validation and training patients); and the folds,
+    assigned over all ``folders`` as for the full set. The bundle's ``--subset N`` only ever uses these patients,
+    so a smoke run prepares a few of them instead of all."""
+    if subset < 1:
+        raise ValueError(f"subset must be >= 1, got {subset}")
+    folds = assign_folds([f.name for f in folders], n_folds, seed)
+    taken: dict[object, int] = {}
+    chosen = []
+    for folder in sorted(folders, key=lambda f: f.name):
+        group = folds[folder.name] if val_fold is None else folds[folder.name] == val_fold
+        if taken.get(group, 0) < subset:
+            taken[group] = taken.get(group, 0) + 1
+            chosen.append(folder)
+    return chosen, folds
+
+
+def build_datalist(results: list[PatientResult], out_dir: Path, clinical: dict, n_folds: int, seed: int,
+                   folds: dict[str, int] | None = None) -> dict:
+    """The datalist of the prepared patients; ``folds`` (a subset's, assigned over the full set) or assigned here."""
     ok = [r for r in results if r.error is None]
-    folds = assign_folds([r.folder for r in ok], n_folds, seed)
+    folds = folds if folds is not None else assign_folds([r.folder for r in ok], n_folds, seed)
     entries = []
     for r in sorted(ok, key=lambda r: r.folder):
         paths = output_paths(out_dir, r.folder)
@@ -123,8 +144,10 @@ def build_datalist(results: list[PatientResult], out_dir: Path, clinical: dict, 
 
 
 def prepare_lgg(kaggle_dir: str | Path, out_dir: str | Path, n_folds: int = 5, seed: int = 0,
-                workers: int | None = None, progress: bool = True, summary: bool = True) -> tuple[list[PatientResult], Path]:
-    """Prepare every patient folder under ``kaggle_dir``; returns per-patient results and the datalist path.
+                workers: int | None = None, progress: bool = True, summary: bool = True,
+                subset: int | None = None, val_fold: int | None = None) -> tuple[list[PatientResult], Path]:
+    """Prepare every patient folder under ``kaggle_dir`` (with ``subset``: only the first N of each fold, or of
+    ``val_fold`` and the rest, see :func:`subset_folders`); returns per-patient results and the datalist path.
 
     ``summary``: also write the data-set summary (:func:`write_dataset_summary`)."""
     kaggle_dir, out_dir = Path(kaggle_dir), Path(out_dir)
@@ -133,16 +156,22 @@ def prepare_lgg(kaggle_dir: str | Path, out_dir: str | Path, n_folds: int = 5, s
     folders = list_patients(kaggle_dir)
     if not folders:
         raise FileNotFoundError(f"{kaggle_dir}: no TCGA_<inst>_<id>_<date> patient folders found")
+    folds = None
+    if subset:
+        folders, folds = subset_folders(folders, subset, n_folds, seed, val_fold)
     workers = workers or min(2, os.cpu_count() or 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[PatientResult] = []
-    bar = tqdm(total=len(folders), desc="prepare-lgg", unit="patient", disable=not progress)
+    # on a terminal only (disable=None): a log file gets the per-patient lines, not carriage-return redraws
+    bar = tqdm(total=len(folders), desc="prepare-lgg", unit="patient", disable=True if not progress else None)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for res in pool.map(prepare_patient, folders, [out_dir] * len(folders)):
             results.append(res)
             bar.update()
     bar.close()
-    datalist = build_datalist(results, out_dir, read_clinical(kaggle_dir / "data.csv"), n_folds, seed)
+    datalist = build_datalist(results, out_dir, read_clinical(kaggle_dir / "data.csv"), n_folds, seed, folds)
+    if subset:
+        datalist["subset"] = {"n": subset, "val_fold": val_fold}  # which patients were left out
     datalist_path = out_dir / DATALIST_NAME
     write_text_atomic(datalist_path, json.dumps(datalist, indent=1))
     if summary and datalist["training"]:

@@ -140,7 +140,7 @@ def write_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, affine: 
     holds ``dice``, ``label_ml``, ``pred_ml`` (and optionally ``hd95_mm``, ``institution``) for the title."""
     from matplotlib.lines import Line2D
 
-    img, spacing, axis = to_lps(np.asarray(image, dtype=np.float32), affine)
+    img, spacing, axis, _ = to_lps(np.asarray(image, dtype=np.float32), affine)
     lab = to_lps(np.asarray(label).astype(np.uint8), affine)[0].astype(bool)
     prd = to_lps(np.asarray(pred).astype(np.uint8), affine)[0].astype(bool)
     choices = choose_slices(lab, prd, axis)

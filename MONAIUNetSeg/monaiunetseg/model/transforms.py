@@ -23,11 +23,7 @@ from monai.transforms import (
 )
 from monai.transforms.inverse import InvertibleTransform
 
-from monaiunetseg.geometry import MODEL_AXCODES, MODEL_GRID
-
-INTENSITY_PERCENTILES = (1.0, 99.0)
-# Affines are NIfTI-style RAS everywhere in the core; these are the labels of the negative axis ends.
-RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+from monaiunetseg.geometry import INTENSITY_PERCENTILES, MODEL_AXCODES, MODEL_GRID, RAS_LABELS  # noqa: F401
 
 
 class PadToSquareInPlaned(MapTransform, InvertibleTransform):

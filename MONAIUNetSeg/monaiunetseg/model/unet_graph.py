@@ -83,14 +83,10 @@ class _Member:
         shape[axis] = n
         return w * scale.reshape(shape), (b - mean) * scale + beta
 
-    def _act(self, x: str, key: str, channels: int, repeat: int = 1) -> str:
-        slope = self.take(f"{key}.adn.A.weight")
-        if slope.shape == (1,):
-            return self.g.add("LeakyRelu", [x], self.prefix, alpha=float(slope[0]))
-        if slope.shape != (channels,):
-            raise UnsupportedNetwork(f"{key}.adn.A.weight: shape {slope.shape}")
-        s = self.g.constant(f"{self.prefix}/{key}.slope", np.repeat(slope, repeat).astype(np.float32).reshape(-1, 1, 1))
-        return self.g.add("PRelu", [x, s], self.prefix)
+    def _act(self, x: str, key: str) -> str:
+        """MONAI's default ``PRELU`` (one learned slope) is exactly ``LeakyRelu`` with that slope."""
+        slope = self.take(f"{key}.adn.A.weight", (1,))
+        return self.g.add("LeakyRelu", [x], self.prefix, alpha=float(slope[0]))
 
     def _conv_node(self, x: str, key: str, w: np.ndarray, b: np.ndarray, stride: int, pads: list[int]) -> str:
         wn = self.g.constant(f"{self.prefix}/{key}.w", w.astype(np.float32))
@@ -103,7 +99,7 @@ class _Member:
         if conv_only:
             return self._conv_node(x, key, w, b, stride, [1, 1, 1, 1])
         w, b = self._fold_norm(key, w, b, axis=0)
-        return self._act(self._conv_node(x, key, w, b, stride, [1, 1, 1, 1]), key, cout)
+        return self._act(self._conv_node(x, key, w, b, stride, [1, 1, 1, 1]), key)
 
     def up_convolution(self, x: str, key: str, cin: int, cout: int, stride: int, conv_only: bool) -> str:
         """MONAI transposed ``Convolution`` (kernel 3, padding 1, output padding ``stride - 1``)."""
@@ -112,7 +108,7 @@ class _Member:
             w, b = self._fold_norm(key, w, b, axis=1)
         if stride == 1:  # transposed conv, stride 1, padding 1 == conv with the flipped, transposed kernel
             y = self._conv_node(x, key, np.flip(w, (2, 3)).transpose(1, 0, 2, 3), b, 1, [1, 1, 1, 1])
-            return y if conv_only else self._act(y, key, cout)
+            return y if conv_only else self._act(y, key)
         if stride != 2:
             raise UnsupportedNetwork(f"{key}: transposed convolution of stride {stride}")
         # Sub-pixel form: output pixel (2i + a, 2j + b) = sum over input offsets d in {0, 1} of x[i + d] times
@@ -124,7 +120,7 @@ class _Member:
                 sub[:, a, c, :, di, dj] = w[:, :, ka, kc].T
         y = self._conv_node(x, key, sub.reshape(4 * cout, cin, 2, 2), np.repeat(b, 4), 1, [0, 0, 1, 1])
         if not conv_only:
-            y = self._act(y, key, cout, repeat=4)  # elementwise: commutes with the pixel shuffle
+            y = self._act(y, key)  # elementwise: commutes with the pixel shuffle
         return self.g.add("DepthToSpace", [y], self.prefix, blocksize=2, mode="CRD")  # = torch's PixelShuffle
 
     def residual_unit(self, x: str, key: str, cin: int, cout: int, stride: int, subunits: int,

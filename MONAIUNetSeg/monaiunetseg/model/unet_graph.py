@@ -50,11 +50,26 @@ class _Graph:
         return out
 
 
+def _sub_pixel(w: np.ndarray) -> np.ndarray:
+    """``(Cin, Cout, 3, 3)`` weights of a transposed conv (stride 2, padding 1, output padding 1) -> the
+    ``(4 Cout, Cin, 2, 2)`` conv (padding: one row/column after) whose channel ``c * 4 + a * 2 + b`` is output
+    pixel ``(2i + a, 2j + b)`` of channel ``c``: input ``i`` reaches outputs ``2i - 1 + k``, so output ``2i + a``
+    takes input ``i + d`` through kernel tap ``TAP[(a, d)]``."""
+    tap = {(0, 0): 1, (1, 0): 2, (1, 1): 0}
+    cin, cout = w.shape[:2]
+    sub = np.zeros((cout, 2, 2, cin, 2, 2))
+    for (a, di), ka in tap.items():
+        for (c, dj), kc in tap.items():
+            sub[:, a, c, :, di, dj] = w[:, :, ka, kc].T
+    return sub.reshape(4 * cout, cin, 2, 2)
+
+
 class _Member:
     """Emits one member's layers into a ``_Graph``, consuming its state_dict entries (all must be used)."""
 
-    def __init__(self, graph: _Graph, state: dict[str, np.ndarray], prefix: str, args: dict) -> None:
+    def __init__(self, graph: _Graph, state: dict[str, np.ndarray], prefix: str, args: dict, phase_top: bool = True) -> None:
         self.g, self.prefix, self.args = graph, prefix, args
+        self.phase_top, self.phase_output = phase_top, False  # see top_foreground
         self.state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
         self.used: set[str] = set()
         self.res_units = int(args.get("num_res_units", 0))
@@ -111,14 +126,7 @@ class _Member:
             return y if conv_only else self._act(y, key)
         if stride != 2:
             raise UnsupportedNetwork(f"{key}: transposed convolution of stride {stride}")
-        # Sub-pixel form: output pixel (2i + a, 2j + b) = sum over input offsets d in {0, 1} of x[i + d] times
-        # kernel tap TAP[(a, d)] (a transposed conv of kernel 3, padding 1 maps input i to outputs 2i - 1 + k).
-        tap = {(0, 0): 1, (1, 0): 2, (1, 1): 0}
-        sub = np.zeros((cout, 2, 2, cin, 2, 2))
-        for (a, di), ka in tap.items():
-            for (c, dj), kc in tap.items():
-                sub[:, a, c, :, di, dj] = w[:, :, ka, kc].T
-        y = self._conv_node(x, key, sub.reshape(4 * cout, cin, 2, 2), np.repeat(b, 4), 1, [0, 0, 1, 1])
+        y = self._conv_node(x, key, _sub_pixel(w), np.repeat(b, 4), 1, [0, 0, 1, 1])
         if not conv_only:
             y = self._act(y, key)  # elementwise: commutes with the pixel shuffle
         return self.g.add("DepthToSpace", [y], self.prefix, blocksize=2, mode="CRD")  # = torch's PixelShuffle
@@ -144,7 +152,36 @@ class _Member:
             return self.residual_unit(x, key, cin, cout, stride, self.res_units)
         return self.convolution(x, key, cin, cout, stride)
 
+    def top_foreground(self, x: str, key: str, cin: int) -> str:
+        """The top up layer of a two-class UNet straight to ``sigmoid(l1 - l0)`` (= softmax channel 1), kept in
+        sub-pixel "phase space" ``(N, 4, H, W)`` (channel ``a * 2 + b`` = output pixels ``(2i + a, 2j + b)``).
+
+        The layer is: transposed conv (sub-pixel: conv to 4 x 2 channels) -> ``ResidualUnit`` of one 3x3 conv
+        plus identity. Its logit difference is a 3x3 conv of the 2-channel output plus ``z1 - z0``, i.e. one
+        3x3 conv of the 8 phase channels to 4 phases at half resolution: no 256 x 256 tensor of two channels
+        (padded to 16 by ONNX Runtime's blocked layout) is ever made. The caller averages and pixel-shuffles."""
+        w, b = self.take(f"{key}.0.conv.weight", (cin, 2, 3, 3)), self.take(f"{key}.0.conv.bias", (2,))
+        w, b = self._fold_norm(f"{key}.0", w, b, axis=1)
+        z = self._act(self._conv_node(x, f"{key}.0", _sub_pixel(w), np.repeat(b, 4), 1, [0, 0, 1, 1]), f"{key}.0")
+        wc, bc = self.take(f"{key}.1.conv.unit0.conv.weight", (2, 2, 3, 3)), self.take(f"{key}.1.conv.unit0.conv.bias", (2,))
+        wd = wc[1] - wc[0]
+        wd[1, 1, 1] += 1.0  # the identity residual: + z1 - z0
+        wd[0, 1, 1] -= 1.0
+        kernel = np.zeros((4, 8, 3, 3))
+        for a in (0, 1):
+            for c in (0, 1):
+                for ky in range(3):
+                    for kx in range(3):
+                        ty, tx = a + ky - 1, c + kx - 1  # full-resolution offset from the output pixel
+                        for ch in (0, 1):
+                            kernel[a * 2 + c, ch * 4 + (ty % 2) * 2 + tx % 2, ty // 2 + 1, tx // 2 + 1] += wd[ch, ky, kx]
+        d = self._conv_node(z, f"{key}.1", kernel, np.full(4, bc[1] - bc[0]), 1, [1, 1, 1, 1])
+        return self.g.add("Sigmoid", [d], self.prefix)
+
     def up(self, x: str, key: str, cin: int, cout: int, stride: int, is_top: bool) -> str:
+        if self.phase_top and is_top and self.res_units > 0 and stride == 2 and cout == 2:
+            self.phase_output = True
+            return self.top_foreground(x, key, cin)
         if self.res_units > 0:
             y = self.up_convolution(x, f"{key}.0", cin, cout, stride, conv_only=False)
             return self.residual_unit(y, f"{key}.1", cout, cout, 1, 1, last_conv_only=is_top)
@@ -193,22 +230,27 @@ def _foreground(g: _Graph, logits: str, prefix: str, classes: int) -> str:
     return _channel(g, g.add("Softmax", [logits], prefix, axis=1), prefix, 1)
 
 
-def ensemble_graph(args: dict, states: list[dict[str, np.ndarray]], metadata: dict[str, str] | None = None) -> bytes:
+def ensemble_graph(args: dict, states: list[dict[str, np.ndarray]], metadata: dict[str, str] | None = None,
+                   phase_top: bool = True) -> bytes:
     """Serialized ONNX model: input ``image`` ``(N, in_channels, H, W)`` float32, output ``foreground``
-    ``(N, 1, H, W)``: the mean over ``states`` (members) of softmax channel 1 of the UNet's logits."""
+    ``(N, 1, H, W)``: the mean over ``states`` (members) of softmax channel 1 of the UNet's logits.
+    ``phase_top=False`` keeps the top layer as MONAI has it (for comparison; see ``_Member.top_foreground``)."""
     check_supported(args)
     if not states:
         raise UnsupportedNetwork("no weights")
     g = _Graph()
     cin, cout = int(args["in_channels"]), int(args["out_channels"])
     channels, strides = [int(c) for c in args["channels"]], [int(s) for s in args["strides"]]
-    fgs = []
+    fgs, phase = [], False
     for i, state in enumerate(states):
-        member = _Member(g, state, f"m{i}", args)
-        logits = member.block("image", "model.", cin, cout, channels, strides, True)
+        member = _Member(g, state, f"m{i}", args, phase_top)
+        out = member.block("image", "model.", cin, cout, channels, strides, True)
         member.check_all_used()
-        fgs.append(_foreground(g, logits, f"m{i}", cout))
+        phase = member.phase_output
+        fgs.append(out if phase else _foreground(g, out, f"m{i}", cout))
     out = fgs[0] if len(fgs) == 1 else g.add("Mean", fgs, "ensemble")
+    if phase:  # members' foregrounds in sub-pixel phase space: averaged there, one pixel shuffle
+        out = g.add("DepthToSpace", [out], "ensemble", blocksize=2, mode="CRD")
     g.nodes.append(op.node("Identity", [out], ["foreground"]))
     return op.model(g.nodes, g.initializers, [op.value_info("image", ["N", cin, "H", "W"])],
                     [op.value_info("foreground", ["N", 1, "H", "W"])], metadata=metadata, name="monaiunetseg_unet")

@@ -22,6 +22,7 @@ setup(
     package_data={"monaiunetseg_bundle": ["configs/*", "models/model.pt", "docs/*", "LICENSE"]},
     install_requires=[
         "torch>=2.1,<2.15",
+        "onnxruntime>=1.16",  # the CPU inference backend (without it: torch, slower to start)
         "monai>=1.4,<1.7",
         "pytorch-ignite>=0.4.11",
         "numpy",
@@ -40,7 +41,7 @@ setup(
         "psutil",
     ],
     extras_require={
-        "test": ["pytest>=7", "jsonschema>=4"],
+        "test": ["pytest>=7", "jsonschema>=4", "onnx>=1.14"],  # onnx: checks the hand-written ONNX graphs
         "slicer": ["slicer-core"],
     },
     entry_points={"console_scripts": ["monaiunetseg=monaiunetseg.cli:main"]},

@@ -107,8 +107,13 @@ def bench_row(spec: dict) -> dict:
     paths = output_paths(Path(spec["out"]), case)
     options = BatchOptions(device=spec["device"], overwrite=True, progress=False)
     segment_case(case, paths, segmenter, options)  # warm-up: allocator, lazy imports, cuDNN autotuning
-    samples = [segment_case(case, paths, segmenter, options).timings for _ in range(spec["runs"])]
+    samples, cpu = [], []
+    for _ in range(spec["runs"]):
+        c0 = time.process_time()  # CPU seconds of all threads: on a shared machine, the work's own cost
+        samples.append(segment_case(case, paths, segmenter, options).timings)
+        cpu.append(time.process_time() - c0)
     row = {k: statistics.median(s[k] for s in samples) for k in STAGES}
+    row["cpu"] = statistics.median(cpu)
     row["slices_per_s"] = int(nib.load(spec["input"]).shape[2]) / row["model"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     row["peak_rss_mb"] = peak / 2**20 if sys.platform == "darwin" else peak / 1024
@@ -223,13 +228,13 @@ def main() -> None:
     print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; torch {threads_note(args.threads)}; "
           f"load average {load:.1f} at the end")
     print(f"Inputs: {', '.join(f'{n} {s}' for n, s in shapes.items())}; in-process rows: median of the runs after "
-          "1 warm-up, each row in its own process (seconds; peak RSS of that process)\n")
-    print("| input | model | backend | runs | load | read | preprocess | model | invert | write | total | slices/s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "1 warm-up, each row in its own process (seconds; CPU s: all threads' CPU time per case; peak RSS of that process)\n")
+    print("| input | model | backend | runs | load | read | preprocess | model | invert | write | total | CPU s | slices/s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, bundle, runs, r in rows:
         model = "default (5 members)" if bundle == "default5" else "single"
         print(f"| {name} | {model} | {r['backend']} | {runs} | {r['load_s']:.2f} | {r['read']:.3f} | {r['preprocess']:.3f} | "
-              f"{r['model']:.3f} | {r['invert']:.3f} | {r['write']:.3f} | **{r['total']:.3f}** | {r['slices_per_s']:.0f} | "
+              f"{r['model']:.3f} | {r['invert']:.3f} | {r['write']:.3f} | **{r['total']:.3f}** | {r['cpu']:.2f} | {r['slices_per_s']:.0f} | "
               f"{r['peak_rss_mb']:.0f} |")
     if cli:
         print("\nWhole processes (`/usr/bin/time`, CPU): median wall and max RSS\n")

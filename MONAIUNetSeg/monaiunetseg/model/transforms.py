@@ -2,7 +2,8 @@
 
 Used by the bundle's training, evaluation and inference configs, the batch CLI and the Slicer module.
 All spatial steps are invertible MONAI transforms, so a prediction is mapped back onto the input's own
-voxel grid with ``preprocessing(...).inverse``.
+voxel grid with ``preprocessing(...).inverse``. Inference runs their numpy equal (``fast_preprocess``, tested
+against these transforms), which needs neither torch nor MONAI.
 """
 
 from __future__ import annotations

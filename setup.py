@@ -32,6 +32,7 @@ setup(
     # scipy post-processing and metrics; matplotlib the overlay and the evaluation pictures; tqdm progress.
     install_requires=[
         "torch>=2.1,<2.15",
+        "onnxruntime>=1.16",  # the CPU inference backend (without it: torch, slower to start)
         "monai>=1.4,<1.7",
         "pytorch-ignite>=0.4.11",
         "numpy",
@@ -47,7 +48,7 @@ setup(
         "scipy",
     ],
     extras_require={
-        "test": ["pytest>=7", "jsonschema>=4", "psutil"],
+        "test": ["pytest>=7", "jsonschema>=4", "psutil", "onnx>=1.14"],  # onnx: checks the hand-written ONNX graphs
         "slicer": ["slicer-core"],
         # MONAI's ITKReader for the rarer ITK formats (MINC, ITK HDF5, GIPL, VTK): monaiunetseg.io.itk_reader.
         "itk": ["itk>=5.3"],

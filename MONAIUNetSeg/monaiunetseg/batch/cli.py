@@ -13,9 +13,9 @@ from monaiunetseg.batch.run import BatchOptions, run_batch
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from monaiunetseg.model.predictor import resolve_device
+    from monaiunetseg.model.predictor import device_name
 
-    resolve_device(args.device)  # fail before any work: --device cuda without CUDA is an error, not a fallback
+    device_name(args.device)  # fail before any work: --device cuda without CUDA is an error, not a fallback
     shard([], args.num_shards, args.shard_id)  # validates N and K
     options = BatchOptions(device=args.device, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                            all_series=args.all_series, overlay=args.overlay, num_shards=args.num_shards,

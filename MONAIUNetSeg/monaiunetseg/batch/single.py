@@ -96,9 +96,9 @@ def _segment_case(args: argparse.Namespace) -> int:
     options = BatchOptions(device=args.device, overwrite=args.overwrite, bundle=args.bundle, weights=args.weights,
                            progress=False, output_format=args.output_format)
     try:
-        from monaiunetseg.model.predictor import resolve_device
+        from monaiunetseg.model.predictor import device_name
 
-        resolve_device(args.device)  # fail before any work, as ``segment`` does
+        device_name(args.device)  # fail before any work, as ``segment`` does
         result = segment_single(args.input, args.out_dir, options)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:  # the request itself: still say so in the file
         failed = _failed(CaseResult(input=str(Path(os.path.abspath(args.input)))), str(exc))

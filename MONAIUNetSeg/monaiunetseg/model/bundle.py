@@ -11,8 +11,10 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where networks are built: the ONNX Runtime path never needs it
+    import torch
 
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 WEIGHTS = Path("models") / "model.pt"
@@ -124,6 +126,8 @@ def network_from_config(root: str | os.PathLike | None = None) -> torch.nn.Modul
 def load_state_dict(path: str | os.PathLike) -> dict:
     """Weights only (``weights_only=True``): a checkpoint can never run code on load. Raises ``ValueError``
     for a file that is no readable PyTorch state_dict."""
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # garbage, truncated or pickled code: UnpicklingError, RuntimeError, EOFError, ...

@@ -45,8 +45,9 @@ class PostProcessing:
     def is_identity(self) -> bool:
         return not (self.largest_only or self.min_fraction or self.min_mean_prob)
 
-    def __call__(self, mask: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray:
-        """The cleaned uint8 mask (``prob``, on the same grid, is needed for ``min_mean_prob``)."""
+    def __call__(self, mask: np.ndarray, prob: np.ndarray | None = None, prob_scale: float = 1.0) -> np.ndarray:
+        """The cleaned uint8 mask (``prob``, on the same grid, is needed for ``min_mean_prob``; it may be stored
+        scaled, e.g. uint8 with ``prob_scale=255``)."""
         mask = np.asarray(mask).astype(bool)
         if self.is_identity or not mask.any():
             return mask.astype(np.uint8)
@@ -63,7 +64,9 @@ class PostProcessing:
         if self.min_mean_prob:
             if prob is None:
                 raise ValueError("min_mean_prob post-processing needs the probability map")
-            means = np.bincount(labels.ravel(), weights=np.asarray(prob, dtype=np.float64).ravel(), minlength=n + 1)[1:] / sizes
+            inside = labels > 0  # only the components' voxels: no float copy of the whole grid
+            sums = np.bincount(labels[inside], weights=np.asarray(prob)[inside].astype(np.float64), minlength=n + 1)[1:]
+            means = sums / prob_scale / sizes
             keep &= means >= self.min_mean_prob
             if not keep.any():  # never erase the whole finding: the most confident component stays
                 keep[int(np.argmax(means))] = True

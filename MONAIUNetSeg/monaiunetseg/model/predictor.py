@@ -1,79 +1,81 @@
-"""Slice-wise inference of the 2D network over volumes, and the ``Segmenter`` every entry point uses."""
+"""The ``Segmenter`` every entry point uses (CLI, bundle ``inference``, Slicer), and device resolution.
+
+Preprocessing and its inverse are the numpy equal of ``transforms.preprocessing`` (``fast_preprocess``),
+streamed slice chunk by slice chunk; the networks run in ONNX Runtime (``onnx_backend``) on the CPU, or in
+PyTorch (``torch_backend``) on CUDA and wherever ONNX Runtime or the graph builder cannot serve the weights.
+This module imports neither torch nor MONAI: the CPU path starts in well under a second.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from monai.data import MetaTensor
-from monai.inferers import Inferer
 
-from monaiunetseg.model.bundle import DEFAULT_MODEL, load_networks, read_spec
+from monaiunetseg.model.bundle import DEFAULT_MODEL, read_spec
+from monaiunetseg.model.fast_preprocess import GridPlan, model_grid_volume, neighbour_slices
 from monaiunetseg.model.postprocess import PostProcessing
-from monaiunetseg.model.transforms import preprocessing
+
+if TYPE_CHECKING:
+    import torch
+
+BACKEND_ENV = "MONAIUNETSEG_BACKEND"  # auto (default), onnx or torch
+log = logging.getLogger(__name__)
+
+
+def __getattr__(name: str):
+    """``SliceBatchInferer`` (the training config's ``inferer``) lives in ``torch_backend``; imported on use."""
+    if name == "SliceBatchInferer":
+        from monaiunetseg.model.torch_backend import SliceBatchInferer
+
+        return SliceBatchInferer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _cuda_possible() -> bool:
+    """False when no NVIDIA driver is visible, so that ``auto`` need not import torch to learn it is the CPU."""
+    if sys.platform.startswith("linux"):
+        return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+    return sys.platform == "win32" and shutil.which("nvidia-smi") is not None
+
+
+def device_name(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when present, else ``cpu``; asking for CUDA without it is an error, not a fallback.
+    Imports torch only when CUDA may be there."""
+    device = (device or "auto").lower()
+    if device == "cpu" or (device == "auto" and not _cuda_possible()):
+        return "cpu"
+    if not (device == "auto" or device.startswith("cuda")):
+        raise ValueError(f"unknown device {device!r}: use auto, cuda or cpu")
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but CUDA is not available (torch "
+                           f"{torch.__version__}, built for CUDA {torch.version.cuda})")
+    return device
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; asking for CUDA without it is an error, not a fallback."""
-    device = (device or "auto").lower()
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but CUDA is not available (torch "
-                           f"{torch.__version__}, built for CUDA {torch.version.cuda})")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"unknown device {device!r}: use auto, cuda or cpu")
-    return torch.device(device)
+    """:func:`device_name` as a ``torch.device`` (training configs)."""
+    import torch
 
-
-class SliceBatchInferer(Inferer):
-    """Run a 2D network over the last spatial axis of ``(B, C, H, W, D)`` volumes, ``batch_size`` slices a call.
-
-    ``context > 0``: 2.5D, each slice goes in with ``context`` neighbours on either side as extra channels
-    (edge slices repeated at the volume's ends), in the layout of ``transforms.neighbour_stack``.
-    """
-
-    def __init__(self, batch_size: int = 32, amp: bool | None = None, context: int = 0) -> None:
-        super().__init__()
-        self.batch_size = batch_size
-        self.amp = amp
-        self.context = int(context)
-
-    def slices(self, volume: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Network inputs ``(stop - start, C * (2 * context + 1), H, W)`` for slices ``start..stop-1`` of a
-        ``(C, H, W, D)`` volume; built per chunk so a long volume never holds all stacks at once."""
-        c, h, w, d = volume.shape
-        k = 2 * self.context + 1
-        index = torch.arange(start, stop, device=volume.device)[:, None] + torch.arange(-self.context, self.context + 1, device=volume.device)
-        slabs = volume[..., index.clamp(0, d - 1)]  # (C, H, W, n, K)
-        return slabs.permute(3, 0, 4, 1, 2).reshape(stop - start, c * k, h, w)
-
-    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
-        b, c, h, w, d = inputs.shape
-        plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs  # slicing keeps no metadata
-        use_amp = self.amp if self.amp is not None else plain.device.type == "cuda"
-        amp_ctx = torch.autocast("cuda") if use_amp and plain.device.type == "cuda" else contextlib.nullcontext()
-        outs = []
-        with amp_ctx:
-            for i in range(b):
-                for start in range(0, d, self.batch_size):
-                    x = self.slices(plain[i], start, min(start + self.batch_size, d))
-                    outs.append(network(x, *args, **kwargs).float())
-        out = torch.cat(outs)
-        k = out.shape[1]
-        return out.reshape(b, d, k, h, w).permute(0, 2, 3, 4, 1)
+    return torch.device(device_name(device))
 
 
 @dataclass
 class SegmentationTimings:
     preprocess: float = 0.0
     model: float = 0.0
-    postprocess: float = 0.0
+    postprocess: float = 0.0  # mapping the prediction back onto the input grid
     extra: dict = field(default_factory=dict)
 
 
@@ -84,13 +86,15 @@ class Segmenter:
     ``model`` names a model set of the bundle (``default``; e.g. the fold ensemble) whose members' softmax
     foreground probabilities are averaged (probabilities, not labels); ``weights`` overrides it with explicit
     files. ``flip_tta`` also averages over left-right flipped slices (the model is trained with such flips).
+    ``backend``: ``onnx`` (ONNX Runtime, CPU), ``torch``, or ``auto`` (default, or ``$MONAIUNETSEG_BACKEND``):
+    ONNX Runtime on the CPU when it is installed and serves the weights, else torch.
     """
 
     def __init__(self, bundle: str | os.PathLike | None = None, device: str = "auto",
                  weights: str | os.PathLike | list[str | os.PathLike] | None = None, batch_size: int = 32,
                  model: str = DEFAULT_MODEL, flip_tta: bool = False, context: int | None = None,
-                 postprocessing: dict | None = None) -> None:
-        self.device = resolve_device(device)
+                 postprocessing: dict | None = None, backend: str | None = None) -> None:
+        self.device_name = device_name(device)
         self.spec = read_spec(bundle)
         if context is not None:  # e.g. the folds of a cross-validation of another recipe
             self.spec = self.spec.with_context(context)
@@ -100,57 +104,117 @@ class Segmenter:
         else:
             files = list(weights) if isinstance(weights, (list, tuple)) else [weights]
         self.weights = [Path(w) for w in files]
-        self.networks = [net.to(self.device) for net in load_networks(self.spec, self.weights)]
+        for w in self.weights:
+            if not w.is_file():
+                raise FileNotFoundError(f"{w}: model weights not found")
         self.flip_tta = flip_tta
-        self.inferer = SliceBatchInferer(batch_size=batch_size, context=self.spec.context)
-        self.preprocessing = preprocessing(["image"])
+        self.batch_size = batch_size
+        self.backend_note = ""
+        self.runner = self._runner((backend or os.environ.get(BACKEND_ENV) or "auto").lower())
         self.timings = SegmentationTimings()
+
+    def _runner(self, backend: str):
+        if backend not in ("auto", "onnx", "torch"):
+            raise ValueError(f"unknown backend {backend!r}: use auto, onnx or torch")
+        if backend == "onnx" and self.device_name != "cpu":
+            raise ValueError("the onnx backend runs on the CPU only")
+        if backend == "onnx" or (backend == "auto" and self.device_name == "cpu"):
+            from monaiunetseg.model.onnx_backend import OnnxRunner
+            from monaiunetseg.model.state_dict import StateDictError
+            from monaiunetseg.model.unet_graph import UnsupportedNetwork
+
+            try:
+                return OnnxRunner(self.spec.network_args, self.weights)
+            except (ImportError, StateDictError, UnsupportedNetwork) as exc:
+                if backend == "onnx":
+                    raise
+                self.backend_note = f"torch: {exc.__class__.__name__}: {exc}"
+                log.info("MONAIUNetSeg: ONNX Runtime not used (%s)", exc)
+        from monaiunetseg.model.torch_backend import TorchRunner
+
+        return TorchRunner(self.spec, self.weights, self.device_name, self.batch_size)
+
+    @property
+    def backend(self) -> str:
+        return self.runner.name
+
+    @property
+    def device(self) -> torch.device:
+        """The device as a ``torch.device`` (imports torch: use ``device_name`` where a string will do)."""
+        import torch
+
+        return torch.device(self.device_name)
+
+    @property
+    def networks(self) -> list[torch.nn.Module]:
+        """The model set's networks in PyTorch (loaded on first use when the ONNX backend runs them)."""
+        if not hasattr(self.runner, "networks"):
+            from monaiunetseg.model.bundle import load_networks
+
+            self.runner.networks = load_networks(self.spec, self.weights)
+        return self.runner.networks
 
     @property
     def network(self) -> torch.nn.Module:
         """The first (for a single model: the only) network."""
         return self.networks[0]
 
-    def foreground(self, slices: torch.Tensor) -> torch.Tensor:
-        """Mean foreground probability ``(N, 1, H, W)`` over the models (and flips) for network inputs."""
-        views = [slices, torch.flip(slices, dims=(-2,))] if self.flip_tta else [slices]
-        total = None
-        for net in self.networks:
-            for i, view in enumerate(views):
-                prob = torch.softmax(net(view).float(), dim=1)[:, 1:2]
-                if i:
-                    prob = torch.flip(prob, dims=(-2,))
-                total = prob if total is None else total + prob
-        return total / (len(self.networks) * len(views))
-
-    def probabilities(self, array: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        """Foreground probability on the input grid: ``array`` is (x, y, z) or (C, x, y, z), affine RAS 4x4."""
+    def _predict(self, array: np.ndarray, affine: np.ndarray, sink) -> None:
+        """Stream the foreground probability of ``array`` to ``sink(oriented_view_slices, chunk)``: chunk
+        ``(n0, n1, k)`` float32 of slices ``start:stop`` of the input grid in model orientation."""
         t0 = time.perf_counter()
-        array = np.asarray(array, dtype=np.float32)
+        array = np.asarray(array)
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4:
             raise ValueError(f"expected a 3D volume, got an array of shape {array.shape}")
-        if not np.isfinite(array).all():
+        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+            raise ValueError(f"expected a real-valued image, got {array.dtype}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ValueError("image contains NaN or infinite voxels")
-        image = MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=torch.as_tensor(affine, dtype=torch.float64))
-        data = self.preprocessing({"image": image})
+        plan = GridPlan.of(array.shape[1:], affine)
+        volume = model_grid_volume(array, plan)
         t1 = time.perf_counter()
-        with torch.inference_mode():
-            x = data["image"].as_tensor()[None].to(self.device)
-            prob = self.inferer(x, self.foreground)[0].cpu()
-        t2 = time.perf_counter()
-        pred = MetaTensor(prob, affine=data["image"].affine, applied_operations=data["image"].applied_operations)
-        restored = self.preprocessing.inverse({"image": pred})["image"]
-        out = restored.as_tensor()[0].numpy()
-        t3 = time.perf_counter()
-        self.timings = SegmentationTimings(t1 - t0, t2 - t1, t3 - t2)
-        if out.shape != array.shape[1:]:
-            raise AssertionError(f"internal error: output shape {out.shape} != input shape {array.shape[1:]}")
+        model = invert = 0.0
+        step, context = self.runner.batch_size, self.spec.context
+        for start in range(0, plan.n_slices, step):
+            stop = min(start + step, plan.n_slices)
+            ta = time.perf_counter()
+            prob = self.runner.foreground(neighbour_slices(volume, start, stop, context), self.flip_tta)
+            tb = time.perf_counter()
+            sink(slice(start, stop), plan.from_model(prob).transpose(1, 2, 0))
+            model, invert = model + tb - ta, invert + time.perf_counter() - tb
+        self.timings = SegmentationTimings(t1 - t0, model, invert)
+
+    def probabilities(self, array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """Foreground probability (float32) on the input grid: ``array`` is (x, y, z) or (C, x, y, z), affine RAS."""
+        shape = np.shape(array)[-3:]
+        out = np.empty(shape, dtype=np.float32)
+        view = GridPlan.of(shape, affine).orient(out)
+
+        def sink(z: slice, chunk: np.ndarray) -> None:
+            view[:, :, z] = chunk
+
+        self._predict(array, affine, sink)
         return out
 
     def segment(self, array: np.ndarray, affine: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         """uint8 labelmap (0 background, 1 FLAIR abnormality) with exactly the input's shape, post-processed
-        as the bundle says (``postprocessing`` in ``configs/inference.json``)."""
-        prob = self.probabilities(array, affine)
-        return self.postprocessing(prob > threshold, prob)
+        as the bundle says (``postprocessing`` in ``configs/inference.json``). No float volume of the input's
+        grid is made: the mask is thresholded slice chunk by slice chunk (and the probability, when the
+        post-processing needs it, kept as uint8 in 1/255 steps)."""
+        shape = np.shape(array)[-3:]
+        plan = GridPlan.of(shape, affine)
+        mask = np.zeros(shape, dtype=np.uint8)
+        mask_view = plan.orient(mask)
+        needs_prob = bool(self.postprocessing.min_mean_prob)
+        prob255 = np.zeros(shape, dtype=np.uint8) if needs_prob else None
+        prob_view = plan.orient(prob255) if needs_prob else None
+
+        def sink(z: slice, chunk: np.ndarray) -> None:
+            mask_view[:, :, z] = chunk > threshold
+            if prob_view is not None:
+                prob_view[:, :, z] = np.rint(np.clip(chunk, 0.0, 1.0) * 255)
+
+        self._predict(array, affine, sink)
+        return self.postprocessing(mask, prob255, prob_scale=255.0)

@@ -2,7 +2,8 @@
 
 Used by the bundle's training, evaluation and inference configs, the batch CLI and the Slicer module.
 All spatial steps are invertible MONAI transforms, so a prediction is mapped back onto the input's own
-voxel grid with ``preprocessing(...).inverse``.
+voxel grid with ``preprocessing(...).inverse``. Inference runs their numpy equal (``fast_preprocess``, tested
+against these transforms), which needs neither torch nor MONAI.
 """
 
 from __future__ import annotations
@@ -23,11 +24,7 @@ from monai.transforms import (
 )
 from monai.transforms.inverse import InvertibleTransform
 
-from monaiunetseg.geometry import MODEL_AXCODES, MODEL_GRID
-
-INTENSITY_PERCENTILES = (1.0, 99.0)
-# Affines are NIfTI-style RAS everywhere in the core; these are the labels of the negative axis ends.
-RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+from monaiunetseg.geometry import INTENSITY_PERCENTILES, MODEL_AXCODES, MODEL_GRID, RAS_LABELS  # noqa: F401
 
 
 class PadToSquareInPlaned(MapTransform, InvertibleTransform):

@@ -90,7 +90,7 @@ def git_state() -> dict[str, object] | None:
 
 def device_of(segmenter) -> dict[str, str | None]:
     """The device the model ran on (None: no model was needed, every case was done or skipped)."""
-    device = getattr(segmenter, "device", None)
+    device = getattr(segmenter, "device_name", None)  # a string: reading it never imports torch
     if device is None:
         return {"type": None, "name": None}
     if str(device).startswith("cuda"):

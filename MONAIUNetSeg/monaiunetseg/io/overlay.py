@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from monaiunetseg import TOOL_NAME, __version__
 from monaiunetseg.files import atomic_path
 
 
@@ -76,5 +77,6 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
         fig.suptitle(title, fontsize=8, y=0.995, color="white")
     target = Path(target)
     with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", facecolor="black")
+        # the Software text is how a later run knows this PNG is its own (batch.outdir)
+        fig.savefig(tmp, format="png", facecolor="black", metadata={"Software": f"{TOOL_NAME} {__version__}"})
     return target

@@ -14,6 +14,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from monaiunetseg.model.bundle import DEFAULT_MODEL, load_networks, read_spec
+from monaiunetseg.model.errors import NonFiniteOutputError
 from monaiunetseg.model.postprocess import PostProcessing
 from monaiunetseg.model.transforms import preprocessing
 
@@ -115,9 +116,13 @@ class Segmenter:
         """Mean foreground probability ``(N, 1, H, W)`` over the models (and flips) for network inputs."""
         views = [slices, torch.flip(slices, dims=(-2,))] if self.flip_tta else [slices]
         total = None
-        for net in self.networks:
+        for net, weights in zip(self.networks, self.weights):
             for i, view in enumerate(views):
-                prob = torch.softmax(net(view).float(), dim=1)[:, 1:2]
+                logits = net(view).float()
+                if not torch.isfinite(logits).all():  # -inf logits give finite softmax: check before it
+                    raise NonFiniteOutputError(f"model: the network gave NaN or infinite output (weights {weights}); "
+                                               "no labelmap written: an empty one would look like 'nothing found'")
+                prob = torch.softmax(logits, dim=1)[:, 1:2]
                 if i:
                     prob = torch.flip(prob, dims=(-2,))
                 total = prob if total is None else total + prob

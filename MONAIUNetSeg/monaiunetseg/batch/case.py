@@ -18,6 +18,7 @@ from monaiunetseg.batch.discover import Case
 from monaiunetseg.batch.naming import OutputPaths
 from monaiunetseg.batch.report import FAILED, CaseResult
 from monaiunetseg.batch.resume import NO_SEG_FOR_NIFTI, base_result, content_digest, source_record
+from monaiunetseg.errors import describe
 from monaiunetseg.files import StagedFiles
 from monaiunetseg.geometry import GeometryError, voxel_volume_ml
 from monaiunetseg.io.dicom_series import DicomSeriesError, load_series_volume
@@ -102,13 +103,6 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
     return res
 
 
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, MemoryError):
-        return f"out of memory ({exc.__class__.__name__}{': ' + str(exc) if str(exc) else ''}): the image needs " \
-               "more memory than is free; free memory or use a machine with more"
-    return f"{exc.__class__.__name__}: {str(exc) or 'no details given'}"
-
-
 def failure_result(case: Case, exc: Exception) -> CaseResult:
     """The failed row of ``case`` for ``exc``: the input, the step (when known) and the problem."""
     res = base_result(case)
@@ -122,7 +116,7 @@ def failure_result(case: Case, exc: Exception) -> CaseResult:
     elif isinstance(exc, PLAIN_MESSAGE):
         res.error = f"{where}: {at}{exc}"
     else:
-        res.error = f"{where}: {at}{_message(exc)}"
+        res.error = f"{where}: {at}{describe(exc)}"
     return res
 
 

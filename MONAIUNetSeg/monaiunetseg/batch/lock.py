@@ -154,7 +154,11 @@ class OutputLock:
                 waited = True
                 time.sleep(WAIT_POLL_S)
             if lock.exclusive:
-                lock.write_info()
+                try:
+                    lock.write_info()
+                except OSError:  # e.g. a full disk: give the folder back before reporting it
+                    self.release()
+                    raise
         return self
 
     def release(self) -> None:

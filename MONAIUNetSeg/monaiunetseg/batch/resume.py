@@ -19,7 +19,7 @@ from monaiunetseg.batch.discover import Case
 from monaiunetseg.batch.naming import OutputPaths
 from monaiunetseg.batch.report import FAILED, CaseResult
 from monaiunetseg.geometry import voxel_volume_ml
-from monaiunetseg.io.nifti import read_source_record
+from monaiunetseg.io.nifti import is_our_labelmap, read_source_record
 
 if TYPE_CHECKING:
     from monaiunetseg.batch.run import BatchOptions
@@ -81,8 +81,8 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
     this input, with the same content, as its source), a failed row when the labelmap's name is taken by the
     result of another input (never written over without ``--overwrite``), or else why the case has to be
     (re)done: "" when there is no earlier output, else a note for the row."""
-    if not os.path.lexists(paths.labelmap):
-        return ""
+    if not os.path.lexists(paths.labelmap) or not is_our_labelmap(paths.labelmap):
+        return ""  # nothing there, or a file the tool did not write (the run refuses to replace it)
     try:
         record = read_source_record(paths.labelmap)
     except Exception:  # not a readable NIfTI: not ours to replace either

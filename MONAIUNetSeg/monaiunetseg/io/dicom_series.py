@@ -23,6 +23,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from monaiunetseg.errors import describe
 from monaiunetseg.geometry import check_affine
 from monaiunetseg.io.guard import ReadLimitExceeded, open_header, voxel_budget_problem
 
@@ -161,7 +162,7 @@ def read_header(path: str | os.PathLike, force: bool = False) -> DicomFile:
             raise DicomSeriesError(str(exc)) from exc
         raise InvalidDicomError(str(exc)) from exc  # no preamble and no header in the first MiBs: not DICOM
     except Exception as exc:  # truncated or garbled: pydicom raises many types
-        raise DicomSeriesError(f"{path}: corrupt DICOM file ({exc.__class__.__name__}: {exc})") from exc
+        raise DicomSeriesError(f"{path}: corrupt DICOM file ({describe(exc)})") from exc
 
 
 def _header_record(path: Path, ds: pydicom.Dataset, force: bool) -> DicomFile:
@@ -354,7 +355,7 @@ def load_series_volume(series: DicomSeries) -> SeriesVolume:
             ds = pydicom.dcmread(f.path, force=True)  # as scanned: files without the preamble are DICOM too
             pixels = apply_modality_lut(ds.pixel_array, ds)
         except Exception as exc:  # truncated pixel data, unsupported compression, ...
-            raise DicomSeriesError(f"{f.path}: cannot read pixel data ({exc.__class__.__name__}: {exc})") from exc
+            raise DicomSeriesError(f"{f.path}: cannot read pixel data ({describe(exc)})") from exc
         if pixels.shape != (first.rows, first.columns):
             raise DicomSeriesError(f"{f.path}: pixel array shape {pixels.shape}, expected {(first.rows, first.columns)}")
         array[:, :, k] = pixels.T

@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from monaiunetseg.errors import describe
 from monaiunetseg.files import atomic_path
 from monaiunetseg.geometry import check_affine
 from monaiunetseg.io.guard import voxel_budget_problem
@@ -65,7 +66,7 @@ def _open(path: Path) -> nib.Nifti1Image:
     try:
         img = nib.load(path)
     except Exception as exc:  # nibabel, gzip and zlib raise many types for corrupt files
-        raise NiftiInputError(f"{path}: cannot read as NIfTI ({exc.__class__.__name__}: {exc})") from exc
+        raise NiftiInputError(f"{path}: cannot read as NIfTI ({describe(exc)})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise NiftiInputError(f"{path}: not a NIfTI image (read as {type(img).__name__})")
     return img
@@ -125,9 +126,9 @@ def check_header(img: nib.Nifti1Image, path: Path) -> None:
     present = _data_bytes_present(path, needed)
     if present < needed:
         dims = " x ".join(str(d) for d in img.shape)
-        raise NiftiInputError(f"{path}: cannot read voxel data: truncated or inconsistent file: the header describes {dims} {dtype} voxels "
-                              f"({needed - offset} bytes of data after byte {offset}) but the file holds only "
-                              f"{max(present - offset, 0)} (uncompressed)")
+        raise NiftiInputError(f"{path}: cannot read voxel data: truncated or inconsistent file: the header "
+                              f"describes {dims} {dtype} voxels ({needed - offset} bytes of data after byte {offset}) "
+                              f"but the file holds only {max(present - offset, 0)} (uncompressed)")
 
 
 def read_nifti_volume(path: str | os.PathLike) -> NiftiVolume:
@@ -140,7 +141,7 @@ def read_nifti_volume(path: str | os.PathLike) -> NiftiVolume:
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged")).reshape(shape)
     except Exception as exc:  # truncated data, RGB/complex types
-        raise NiftiInputError(f"{path}: cannot read voxel data ({exc.__class__.__name__}: {exc})") from exc
+        raise NiftiInputError(f"{path}: cannot read voxel data ({describe(exc)})") from exc
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise NiftiInputError(f"{path}: {bad} NaN or infinite voxel(s) of {data.size}; fix or mask them first")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from monaiunetseg.errors import describe
+
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 WEIGHTS = Path("models") / "model.pt"
 ENV_VAR = "MONAIUNETSEG_BUNDLE"
@@ -143,8 +145,7 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # garbage, truncated or pickled code: UnpicklingError, RuntimeError, EOFError, ...
-        raise ValueError(f"{path}: not a readable PyTorch state_dict ({exc.__class__.__name__}: "
-                         f"{str(exc) or 'no details'})") from exc
+        raise ValueError(f"{path}: not a readable PyTorch state_dict ({describe(exc)})") from exc
     if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
         state = state["network"]  # a full training checkpoint
     if not isinstance(state, dict):

@@ -120,7 +120,7 @@ class Segmenter:
             for i, view in enumerate(views):
                 logits = net(view).float()
                 if not torch.isfinite(logits).all():  # -inf logits give finite softmax: check before it
-                    raise NonFiniteOutputError(f"model: the network gave NaN or infinite output (weights {weights}); "
+                    raise NonFiniteOutputError(f"the network gave NaN or infinite output (weights {weights}); "
                                                "no labelmap written: an empty one would look like 'nothing found'")
                 prob = torch.softmax(logits, dim=1)[:, 1:2]
                 if i:

@@ -16,8 +16,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monaiunetseg.batch.lock import LOCK_NAME, OutputLock
-from monaiunetseg.batch.outdir import OutputFolderError
 from monaiunetseg.batch.run import BatchOptions, run_batch
 from monaiunetseg.cli import main as cli_main
 
@@ -65,6 +63,8 @@ def private_tmpfs(folder: Path, options: str, then: str, timeout: int = 300) -> 
 def test_second_run_into_a_held_folder_stops_or_waits(scans, tmp_path: Path):
     """Point 1: a run holding -o (here: this test process, through the same lock) turns a second run away
     with exit code 2 naming the holder; two --wait runs racing for it then both finish, no row lost."""
+    from monaiunetseg.batch.lock import LOCK_NAME, OutputLock
+
     out = tmp_path / "out"
     out.mkdir()
     holder = OutputLock(out).acquire()
@@ -97,6 +97,9 @@ def test_second_run_into_a_held_folder_stops_or_waits(scans, tmp_path: Path):
 def test_shards_share_a_folder_but_not_with_a_whole_run(tmp_path: Path):
     """Point 1 for shards: shards of one batch run side by side; the same shard twice, or a whole run while
     shards hold the folder, is refused."""
+    from monaiunetseg.batch.lock import OutputLock
+    from monaiunetseg.batch.outdir import OutputFolderError
+
     zero, one = OutputLock(tmp_path, 2, 0).acquire(), OutputLock(tmp_path, 2, 1).acquire()
     try:
         with pytest.raises(OutputFolderError, match=r"in use by another monaiunetseg run \(PID \d+"):

@@ -121,7 +121,7 @@ def check_header(img: nib.Nifti1Image, path: Path) -> None:
                               "magnitude (not the complex data) as the input")
     if dtype.fields is not None or dtype.kind not in "biuf":
         raise NiftiInputError(f"{path}: voxel type {dtype} (e.g. RGB): expected a single real-valued channel")
-    offset = int(img.header.get_data_offset())
+    offset = int(getattr(img.dataobj, "offset", 0))  # the file's (the image's header copy has it reset)
     needed = offset + int(np.prod(img.shape, dtype=np.int64)) * dtype.itemsize
     present = _data_bytes_present(path, needed)
     if present < needed:

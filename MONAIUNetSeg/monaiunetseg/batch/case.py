@@ -62,7 +62,10 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
     with step("read"):
         digest = content_digest(case)  # before reading: a change after this is seen by the next resume
         t_hash = time.perf_counter()
-        volume = read_nifti_volume(case.source) if case.kind == "nifti" else load_series_volume(case.series)  # type: ignore[arg-type]
+        if case.kind == "nifti":
+            volume = read_nifti_volume(case.source)
+        else:
+            volume = load_series_volume(case.series)  # type: ignore[arg-type]
         array, affine = volume.array, volume.affine
     t_read = time.perf_counter()
     with step("segment"):
@@ -81,7 +84,8 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
             from monaiunetseg.io.overlay import write_overlay
 
             with step("overlay"):
-                write_overlay(array, labels, affine, staged.path(paths.overlay), title=f"{case.name} (research use only)")
+                title = f"{case.name} (research use only)"
+                write_overlay(array, labels, affine, staged.path(paths.overlay), title=title)
             res.overlay = str(paths.overlay)
         t_extras = time.perf_counter()
         with step("labelmap"):  # staged last: committed last, so its presence means the case is complete

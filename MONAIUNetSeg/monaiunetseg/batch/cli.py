@@ -10,7 +10,6 @@ from monaiunetseg.batch.discover import shard
 from monaiunetseg.batch.report import FAILED
 from monaiunetseg.batch.run import BatchOptions, run_batch
 
-
 BUNDLE_TRUST = ("Segmenting reads only plain values (network parameters, weights file names, post-processing) "
                 "from the bundle's configs/inference.json and loads weights with torch.load(weights_only=True): no "
                 "config expression ($...) is run. The monai.bundle commands (train, evaluate, run) do run a "
@@ -87,7 +86,7 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="NIfTI file, DICOM folder or folder tree")
     p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="OUTDIR",
-                   help="output folder (must not be inside an input folder)")
+                   help="output folder (must not be inside an input folder; one run at a time writes into it)")
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG per DICOM input (<name>_seg.dcm)")
     p.add_argument("--overlay", action="store_true",
                    help="also write <name>_overlay.png: the middle slice of the finding with its outline")

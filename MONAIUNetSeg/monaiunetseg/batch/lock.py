@@ -130,14 +130,13 @@ class OutputLock:
             self._locks = [own] if fcntl is None else [folder, own]
         self.exclusive = not sharded  # whether the whole folder is this run's (e.g. all stale temp files)
 
-    def _busy_message(self, lock: _FileLock) -> str:
+    def _holder(self, lock: _FileLock) -> str:
+        """Who holds what ``lock`` waits for: the folder's holder, or the shards holding it shared."""
         if lock.exclusive and lock.path.name == LOCK_NAME:
             holders = [describe_holder(p) for p in sorted(self.out_dir.glob(".monaiunetseg.shard*.lock"))]
-            holder = "; ".join(holders) if holders else describe_holder(lock.path)
-        else:
-            holder = describe_holder(lock.path)
-        return (f"output folder {self.out_dir} is in use by another monaiunetseg run ({holder}); wait for it to "
-                "finish (or rerun with --wait), or choose another -o")
+            if holders:
+                return "; ".join(holders)
+        return describe_holder(lock.path)
 
     def acquire(self) -> OutputLock:
         for lock in self._locks:
@@ -146,11 +145,13 @@ class OutputLock:
                 if time.monotonic() < grace_until:
                     time.sleep(0.05)
                     continue
+                busy = f"output folder {self.out_dir} is in use by another monaiunetseg run ({self._holder(lock)})"
                 if not self.wait:
                     self.release()
-                    raise OutputFolderError(self._busy_message(lock))
+                    raise OutputFolderError(f"{busy}; wait for it to finish (or rerun with --wait), or choose "
+                                            "another -o")
                 if not waited and self.on_wait:
-                    self.on_wait(self._busy_message(lock).split(" (", 1)[0] + ": waiting (--wait)")
+                    self.on_wait(f"{busy}: waiting (--wait)")
                 waited = True
                 time.sleep(WAIT_POLL_S)
             if lock.exclusive:

@@ -47,7 +47,8 @@ def prepare_out_dir(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputFolderError(f"cannot create the output folder {out_dir} ({exc.strerror or exc}); {CHOOSE_ANOTHER}") from exc
+        raise OutputFolderError(f"cannot create the output folder {out_dir} ({exc.strerror or exc}); "
+                                f"{CHOOSE_ANOTHER}") from exc
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputFolderError(f"output folder {out_dir} is not writable (no write permission, or a read-only file "
                                 f"system); {CHOOSE_ANOTHER}")

@@ -22,8 +22,7 @@ from monaiunetseg.batch.case import CaseStepError, failure_result, is_non_finite
 from monaiunetseg.batch.discover import Case, discover_cases, shard
 from monaiunetseg.batch.lock import OutputLock
 from monaiunetseg.batch.naming import LABELMAP_SUFFIX, OVERLAY_SUFFIX, SEG_SUFFIX, OutputPaths, output_paths
-from monaiunetseg.batch.outdir import (  # noqa: F401  (check_out_dir: also used by segment-case)
-    OutputFolderError,
+from monaiunetseg.batch.outdir import (
     check_out_dir,
     folder_error,
     foreign_files,
@@ -220,7 +219,8 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
         results.append(res)
         todo.append((len(results) - 1, case, paths, existing))
     if not options.overwrite:
-        refuse_foreign(foreign_files(c for _, case, paths, _ in todo for c in _output_candidates(paths, case, options)))
+        candidates = [pair for _, case, paths, _ in todo for pair in _output_candidates(paths, case, options)]
+        refuse_foreign(foreign_files(candidates))
 
     if todo and segmenter is None:  # before any report is written: a bad model or device is a command error
         from monaiunetseg.model.predictor import Segmenter

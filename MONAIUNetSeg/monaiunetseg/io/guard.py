@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-from pathlib import Path
 from typing import BinaryIO
 
 # Bytes a header scan may read from one file (values skipped by seeking do not count): real DICOM headers are
@@ -108,7 +107,3 @@ def voxel_budget_problem(shape: tuple[int, ...]) -> str | None:
     dims = " x ".join(str(int(d)) for d in shape)
     return (f"the header describes {dims} = {n:.3g} voxels, more than the limit of {limit} "
             f"(about {n * 4 / 2**30:.1f} GiB as float32); raise ${MAX_VOXELS_ENV} if this image is real")
-
-
-def file_size(path: str | os.PathLike) -> int:
-    return Path(path).stat().st_size

@@ -166,7 +166,8 @@ def load_networks(spec: BundleSpec, weights: list[str | os.PathLike]) -> list[to
             net.load_state_dict(state)
         except RuntimeError as exc:  # wrong architecture: shapes/keys do not match the bundle's network
             raise ValueError(f"{w}: weights do not fit the bundle's network ({str(exc).splitlines()[0]})") from exc
-        bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = [k for k, v in state.items()
+               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:  # such a network outputs NaN: every case would be "nothing found"
             raise ValueError(f"{w}: the weights hold NaN or infinite values ({len(bad)} tensor(s), e.g. {bad[0]}); "
                              "a broken checkpoint (e.g. from a diverged training)")

@@ -73,6 +73,10 @@ def test_second_run_into_a_held_folder_stops_or_waits(scans, tmp_path: Path):
         assert f"output folder {out} is in use by another monaiunetseg run (PID {os.getpid()} on" in err
         assert "--wait" in err and "Traceback" not in err
         assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written by the refused run
+        result = tmp_path / "case.json"  # segment-case (the Slicer module's job) holds the folder the same way
+        code, _, err = finish(cli(["segment-case", scans["a"] / "scan0.nii.gz", "-o", out, "--result-json", result]))
+        assert code == 2 and json.loads(result.read_text())["status"] == "failed"
+        assert f"is in use by another monaiunetseg run (PID {os.getpid()} on" in json.loads(result.read_text())["error"]
 
         logs = [tmp_path / f"{k}.err" for k in ("a", "b")]
         racers = [cli(["segment", scans[k], "-o", out, "--quiet", "--wait", "--device", "cpu"], stderr=log.open("w"))

@@ -81,7 +81,8 @@ for path in sys.argv[1:]:
         out[path] = ["read", 0]
     except Exception as exc:
         out[path] = [f"{type(exc).__name__}: {exc}", time.perf_counter() - t0]
-out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# this process's peak RSS (VmHWM: ru_maxrss would include the parent's, kept across exec)
+out["maxrss_mb"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 print(json.dumps(out))
 """
 

@@ -1,8 +1,8 @@
 """3D Slicer module: FLAIR abnormality (lower-grade glioma) segmentation with the project's MONAI U-Net.
 
-GUI wiring only. Everything that computes lives beside this file: in MONAIUNetSegLib ``mrml`` (MRML nodes <->
-arrays/files, segmentation node, volume), ``jobs`` (the background job queue the Logic owns) and ``dependencies``
-(dependency check), and in the Slicer-free core package ``monaiunetseg``. Research use only, not for clinical use.
+GUI wiring only. Everything that computes lives beside this file: in MONAIUNetSegLib ``mrml`` (volume nodes <->
+arrays/files), ``segmentations`` (segmentation node, volume, checks), ``jobs`` (the background job queue the Logic
+owns) and ``dependencies`` (dependency check), and in the Slicer-free core package ``monaiunetseg``. Research use only, not for clinical use.
 """
 
 import logging
@@ -31,7 +31,7 @@ _MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if _MODULE_DIR not in sys.path:
     sys.path.insert(0, _MODULE_DIR)
 
-from MONAIUNetSegLib import dependencies as deps, jobs as background, mrml as slicer_mrml  # noqa: E402
+from MONAIUNetSegLib import dependencies, jobs, mrml, segmentations  # noqa: E402
 
 DEVICES = ["auto", "cuda", "cpu"]
 POLL_INTERVAL_MS = 250
@@ -133,7 +133,7 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            latest = slicer_mrml.latest_scalar_volume(slicer.mrmlScene)
+            latest = mrml.latest_scalar_volume(slicer.mrmlScene)
             if latest:
                 self._parameterNode.inputVolume = latest
 
@@ -151,7 +151,7 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         busy = self.logic.isBusy()
         hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.segmentButton.enabled = hasInput and not busy
-        self.ui.segmentAllButton.enabled = not busy and bool(slicer_mrml.scalar_volume_nodes(slicer.mrmlScene))
+        self.ui.segmentAllButton.enabled = not busy and bool(mrml.scalar_volume_nodes(slicer.mrmlScene))
         self.ui.cancelButton.enabled = busy
         self.ui.inputsCollapsibleButton.enabled = not busy
         self.ui.outputsCollapsibleButton.enabled = not busy
@@ -165,18 +165,18 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- dependencies --------------------------------------------------------------------------------------
 
     def _ensureDependencies(self):
-        missing = deps.missing()
+        missing = dependencies.missing()
         if not missing:
             return True
         torchNote = ""
         if any(d.module == "torch" for d in missing):
             torchNote = ("\n\nPyTorch will be installed with the PyTorch extension's installer (the right CUDA or CPU build)."
-                         if deps.pytorch_utils_available() else
+                         if dependencies.pytorch_utils_available() else
                          "\n\nThe PyTorch extension is not installed, so PyTorch will come from PyPI (default build). "
                          "For a specific CUDA build, cancel, install the 'PyTorch' extension from the Extensions Manager, "
                          "restart Slicer and try again.")
         text = ("MONAIUNetSeg needs these Python packages, which are missing from Slicer's Python:\n\n"
-                + deps.describe(missing) + torchNote
+                + dependencies.describe(missing) + torchNote
                 + "\n\nSlicer's own numpy and SimpleITK are kept as they are. Install now? (PyTorch can take several GB.)")
         if not slicer.util.confirmOkCancelDisplay(text, windowTitle="MONAIUNetSeg: missing Python packages"):
             self._log("Missing Python packages not installed: " + ", ".join(d.requirement for d in missing))
@@ -188,9 +188,9 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as error:  # already shown by tryWithErrorDisplay
             self._log(f"Installing the Python packages failed: {error}")
             return False
-        still = deps.missing()
+        still = dependencies.missing()
         if still:
-            slicer.util.errorDisplay("Still missing after installation:\n\n" + deps.describe(still)
+            slicer.util.errorDisplay("Still missing after installation:\n\n" + dependencies.describe(still)
                                      + "\n\nRestart Slicer and try again, or install them from the Python console.",
                                      windowTitle="MONAIUNetSeg")
             return False
@@ -207,7 +207,7 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._enqueue([volumeNode], self._parameterNode.outputSegmentation)
 
     def onSegmentAll(self):
-        volumeNodes = slicer_mrml.scalar_volume_nodes(slicer.mrmlScene)
+        volumeNodes = mrml.scalar_volume_nodes(slicer.mrmlScene)
         if not volumeNodes:
             slicer.util.errorDisplay("No scalar volumes are loaded.", windowTitle="MONAIUNetSeg")
             return
@@ -286,7 +286,7 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.jobs = background.JobQueue(self.startJob, self.finishJob)
+        self.jobs = jobs.JobQueue(self.startJob, self.finishJob)
 
     def getParameterNode(self):
         return MONAIUNetSegParameterNode(super().getParameterNode())
@@ -308,7 +308,7 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
         if volumeNode is None:
             raise ValueError("no input volume")
         if inProcess:
-            result = slicer_mrml.segment_volume_node(volumeNode, self.getSegmenter(device), segmentationNode, createLabelmap)
+            result = segmentations.segment_volume_node(volumeNode, self.getSegmenter(device), segmentationNode, createLabelmap)
         else:
             (result,) = self.runJobs([volumeNode], device, segmentationNode, createLabelmap, timeout)
         logging.info("MONAIUNetSeg: FLAIR abnormality in '%s': %.1f mL", volumeNode.GetName(), result.volumeMl)
@@ -316,7 +316,7 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
 
     def segmentAll(self, device="auto", inProcess=True, createLabelmap=False, timeout=None):
         """Segment every loaded scalar volume, each into its own new segmentation node."""
-        volumeNodes = slicer_mrml.scalar_volume_nodes(slicer.mrmlScene)
+        volumeNodes = mrml.scalar_volume_nodes(slicer.mrmlScene)
         if inProcess:
             return [self.segment(v, device, None, createLabelmap) for v in volumeNodes]
         return [result.segmentationNode for result in self.runJobs(volumeNodes, device, None, createLabelmap, timeout)]
@@ -332,7 +332,7 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
         if len(failures) == 1 and len(outcomes) == 1:
             raise failures[0].error
         if failures:
-            raise background.BackgroundError(f"segmentation failed for {len(failures)} of {len(outcomes)} scan(s): "
+            raise jobs.BackgroundError(f"segmentation failed for {len(failures)} of {len(outcomes)} scan(s): "
                                              + "; ".join(f"{o.request.name}: {o.error}" for o in failures))
         return [o.result for o in outcomes]
 
@@ -340,7 +340,7 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
         """Queue a background job per volume, into a new segmentation node each (or ``segmentationNode``, meant
         for a single volume); returns how many. They start, one at a time, from ``pollJobs``."""
         segmentationNodeID = segmentationNode.GetID() if segmentationNode else None
-        return self.jobs.enqueue(background.JobRequest(volumeNode.GetID(), volumeNode.GetName(), device,
+        return self.jobs.enqueue(jobs.JobRequest(volumeNode.GetID(), volumeNode.GetName(), device,
                                                        segmentationNodeID, createLabelmap) for volumeNode in volumeNodes)
 
     def pollJobs(self):
@@ -359,15 +359,15 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
             base = slicer.util.startupEnvironment()  # PythonSlicer sets up Slicer's own paths itself
         except AttributeError:  # headless (no slicer.app): this process's environment
             base = None
-        return background.child_environment(base)
+        return jobs.child_environment(base)
 
     def startJob(self, request):
         """The queue's ``start``: write the volume to a temporary NIfTI and start ``segment-case`` on it."""
         volumeNode = self._requestedVolume(request)
         workDir = tempfile.mkdtemp(prefix="MONAIUNetSeg-")
         try:
-            inputPath = slicer_mrml.prepare_background_input(volumeNode, workDir)
-            return background.start_job(request, inputPath, workDir, env=self.childEnvironment())
+            inputPath = segmentations.prepare_background_input(volumeNode, workDir)
+            return jobs.start_job(request, inputPath, workDir, env=self.childEnvironment())
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
@@ -378,7 +378,7 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
         volumeNode = self._requestedVolume(job.request)
         segmentationID = job.request.segmentationNodeID
         segmentationNode = slicer.mrmlScene.GetNodeByID(segmentationID) if segmentationID else None
-        return slicer_mrml.import_background_result(result.output, volumeNode, segmentationNode,
+        return segmentations.import_background_result(result.output, volumeNode, segmentationNode,
                                                     job.request.createLabelmap, job.started)
 
     @staticmethod
@@ -391,19 +391,19 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
     def installDependencies(self, missing):
         """torch through the PyTorch extension when present (right CUDA/CPU build), the rest with pip, all under
         a constraints file pinning Slicer's numpy and SimpleITK (and an installed torch)."""
-        constraintsPath = deps.write_constraints(os.path.join(tempfile.gettempdir(), "MONAIUNetSeg-constraints.txt"))
+        constraintsPath = dependencies.write_constraints(os.path.join(tempfile.gettempdir(), "MONAIUNetSeg-constraints.txt"))
         if any(d.module == "torch" for d in missing):
-            if deps.pytorch_utils_available():
+            if dependencies.pytorch_utils_available():
                 import PyTorchUtils
 
                 torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=True, torchVersionRequirement=deps.TORCH_VERSION_REQUIREMENT)
+                    askConfirmation=True, torchVersionRequirement=dependencies.TORCH_VERSION_REQUIREMENT)
                 if torch is None:
                     raise RuntimeError("PyTorch was not installed")
             else:
-                slicer.util.pip_install(deps.torch_pip_arguments(constraintsPath))
-            constraintsPath = deps.write_constraints(constraintsPath)  # now also pins the torch just installed
-        arguments = deps.pip_arguments(deps.missing(), constraintsPath)
+                slicer.util.pip_install(dependencies.torch_pip_arguments(constraintsPath))
+            constraintsPath = dependencies.write_constraints(constraintsPath)  # now also pins the torch just installed
+        arguments = dependencies.pip_arguments(dependencies.missing(), constraintsPath)
         if arguments:
             slicer.util.pip_install(arguments)
 
@@ -423,15 +423,15 @@ class MONAIUNetSegTest(ScriptedLoadableModuleTest):
         self.test_sample_background_process()
 
     def _loadSample(self):
-        flairPath, labelPath = slicer_mrml.sample_paths()
+        flairPath, labelPath = mrml.sample_paths()
         return slicer.util.loadVolume(str(flairPath)), slicer.util.loadLabelVolume(str(labelPath))
 
     def _check(self, result, volumeNode, referenceNode):
-        segmentId = slicer_mrml.find_segment_id(result.segmentationNode)
+        segmentId = segmentations.find_segment_id(result.segmentationNode)
         self.assertIsNotNone(segmentId, "no 'FLAIR abnormality' segment")
         self.assertEqual(segmentId, result.segmentId)
-        self.assertTrue(slicer_mrml.reference_geometry_matches(result.segmentationNode, volumeNode))
-        dice = slicer_mrml.dice_with_labelmap(result.segmentationNode, segmentId, volumeNode, referenceNode)
+        self.assertTrue(segmentations.reference_geometry_matches(result.segmentationNode, volumeNode))
+        dice = segmentations.dice_with_labelmap(result.segmentationNode, segmentId, volumeNode, referenceNode)
         self.delayDisplay(f"Dice {dice:.3f} against the reference mask, {result.volumeMl:.1f} mL")
         self.assertGreaterEqual(dice, self.MIN_DICE)
         return dice

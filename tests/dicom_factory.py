@@ -91,3 +91,43 @@ def write_series(volume: np.ndarray, affine_ras: np.ndarray, folder: Path, *, de
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return {"study_uid": study_uid, "series_uid": series_uid, "paths": paths}
+
+
+def write_enhanced(paths: list[Path], target: Path, *, series_number: int = 7, description: str | None = None) -> dict:
+    """Convert a classic series (``write_series``'s files, in the scrambled order given) into one Legacy Converted
+    Enhanced MR Image with highdicom: per-frame plane positions, shared orientation and pixel measures."""
+    import highdicom as hd
+
+    datasets = [pydicom.dcmread(p) for p in paths]
+    image = hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy_datasets=datasets, series_instance_uid=generate_uid(), series_number=series_number,
+        sop_instance_uid=generate_uid(), instance_number=1)
+    if description is not None:
+        image.SeriesDescription = description
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save_as(target)
+    return {"series_uid": image.SeriesInstanceUID, "sop_uid": image.SOPInstanceUID, "path": target,
+            "n_frames": int(image.NumberOfFrames)}
+
+
+def write_time_series(enhanced: Path, target: Path, n_times: int = 2) -> Path:
+    """``enhanced``'s frames repeated at ``n_times`` temporal positions (TemporalPositionIndex 1..n in each
+    frame's Frame Content): a 4D enhanced image, as a dynamic or perfusion acquisition stores one."""
+    import copy
+
+    ds = pydicom.dcmread(enhanced)
+    n = int(ds.NumberOfFrames)
+    items = []
+    for t in range(n_times):
+        for item in ds.PerFrameFunctionalGroupsSequence:
+            item = copy.deepcopy(item)
+            item.FrameContentSequence[0].TemporalPositionIndex = t + 1
+            items.append(item)
+    ds.PerFrameFunctionalGroupsSequence = items
+    ds.NumberOfFrames = n * n_times
+    ds.PixelData = ds.PixelData * n_times
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target)
+    return target

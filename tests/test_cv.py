@@ -22,6 +22,7 @@ from monaiunetseg.model.postprocess import PostProcessing
 from monaiunetseg.model.predictor import Segmenter, SliceBatchInferer
 from monaiunetseg.model.transforms import SlicesToChannelsd, neighbour_stack
 from monaiunetseg.training.cv import RECORD, fold_finished, read_record
+from monaiunetseg.training.datalist import latest_checkpoint
 from monaiunetseg.training.oof import CANDIDATES, CSV_COLUMNS, evaluate_oof, predict_oof
 
 from conftest import BUNDLE_DIR, SAMPLE_FLAIR
@@ -131,7 +132,10 @@ def test_train_cv_resumes_an_interrupted_fold_and_skips_a_finished_one(prepared_
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = max(int(p.stem.split("=")[-1]) for p in ckpts.glob("*epoch=*.pt"))
+    # The kill often lands while the newest checkpoint is being written: resume must pass over a truncated one.
+    resume_from = latest_checkpoint(ckpts)
+    assert resume_from, sorted(p.name for p in ckpts.iterdir())
+    killed_at = int(resume_from.rsplit("=", 1)[-1][:-3])
     assert killed_at < epochs, "the fold finished before it could be interrupted"
     assert not fold_finished(out, 0) and read_record(out, 0)["status"] == "running"
 
@@ -142,7 +146,9 @@ def test_train_cv_resumes_an_interrupted_fold_and_skips_a_finished_one(prepared_
     record = read_record(out, 0)
     assert record["status"] == "done" and fold_finished(out, 0, epochs)
     assert len(record["runs"]) == 2 and "returncode" not in record["runs"][0] and record["runs"][1]["returncode"] == 0
-    trainer = torch.load(ckpts / f"checkpoint_epoch={epochs}.pt", map_location="cpu", weights_only=True)["trainer"]
+    last = latest_checkpoint(ckpts)
+    assert last and last.endswith(f"epoch={epochs}.pt"), last
+    trainer = torch.load(last, map_location="cpu", weights_only=True)["trainer"]
     assert trainer["iteration"] == epochs * trainer["epoch_length"]  # no epoch trained twice
 
     again = subprocess.run(_train_cv_cmd(prepared_small, out, epochs), capture_output=True, text=True, timeout=300)
@@ -164,8 +170,8 @@ def test_out_of_fold_evaluation_on_a_small_set(prepared_small: Path, tmp_path: P
     assert {k: p.stat().st_mtime_ns for k, p in predict_oof(cv, prepared_small, tmp_path / "probs", device="cpu",
                                                            log=lambda *_: None).items()} == stamps
 
-    docs = tmp_path / "docs"
-    summary = evaluate_oof(probs, prepared_small, docs, log=lambda *_: None)
+    docs, pictures = tmp_path / "docs", tmp_path / "pictures"
+    summary = evaluate_oof(probs, prepared_small, docs, log=lambda *_: None, pictures_dir=pictures)
     with open(docs / "oof_metrics_per_patient.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         assert reader.fieldnames == CSV_COLUMNS
@@ -183,3 +189,10 @@ def test_out_of_fold_evaluation_on_a_small_set(prepared_small: Path, tmp_path: P
     assert len(table) == len(CANDIDATES) and table[0]["postprocessing"] == "none"
     assert summary["all"]["mean"] >= float(table[0]["mean"]) - 1e-4  # the chosen one is the best mean
     assert json.loads((docs / "oof_summary.json").read_text())["n_patients"] == 3
+    # The pictures go where asked, not among the tables: a panel per patient, the summary and the index, worst first.
+    assert sorted(p.name for p in docs.iterdir()) == ["oof_metrics_per_patient.csv", "oof_postprocessing.csv", "oof_summary.json"]
+    assert sorted(p.stem for p in (pictures / "panels").glob("*.png")) == sorted(r["patient"] for r in rows)
+    page = (pictures / "index.html").read_text()
+    worst_first = [r["patient"] for r in sorted(rows, key=lambda r: (float(r["dice"]), r["patient"]))]
+    assert sorted(worst_first, key=lambda p: page.index(f'<section id="{p}"')) == worst_first
+    assert (pictures / "summary.png").stat().st_size > 10_000

@@ -176,6 +176,31 @@ def test_degenerate_geometry_and_odd_voxels_fail_their_own_case(flair, segmenter
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["good_seg.nii.gz"]
 
 
+def _nrrd_header(directions: str, data_file: str | None = None) -> bytes:
+    return ("NRRD0004\ntype: float\ndimension: 3\nspace: left-posterior-superior\nsizes: 8 8 4\n"
+            f"space directions: {directions}\nkinds: domain domain domain\nendian: little\nencoding: raw\n"
+            "space origin: (0,0,0)\n" + (f"data file: {data_file}\n" if data_file else "\n")).encode()
+
+
+def test_nrrd_inputs_pass_the_same_guards(segmenter, tmp_path: Path):
+    """The one geometry check and the regular-file rule hold for NRRD too: parallel axes fail the case, and a
+    detached header whose data file is a FIFO fails fast instead of blocking (hashing or reading)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    voxels = np.zeros((4, 8, 8), dtype="<f4").tobytes()
+    (inputs / "parallel.nrrd").write_bytes(_nrrd_header("(1,0,0) (2,0,0) (0,0,3)") + voxels)
+    (inputs / "piped.nhdr").write_bytes(_nrrd_header("(1,0,0) (0,1,0) (0,0,3)", data_file="piped.raw"))
+    os.mkfifo(inputs / "piped.raw")
+    result = run_batch([inputs / "parallel.nrrd", inputs / "piped.nhdr"], tmp_path / "out", BatchOptions(progress=False),
+                       segmenter=segmenter)
+    rows = {Path(r.input).name: r for r in result.results}
+    assert rows["parallel.nrrd"].status == "failed"
+    assert rows["parallel.nrrd"].error.startswith(f"{inputs / 'parallel.nrrd'}: invalid geometry: the affine is not "
+                                                  "invertible"), rows["parallel.nrrd"].error
+    assert rows["piped.nhdr"].status == "failed"
+    assert rows["piped.nhdr"].error == f"{inputs / 'piped.raw'}: a named pipe (FIFO), not a regular file: not read"
+
+
 def test_the_one_geometry_check():
     """Point 8: the check every reader calls (NIfTI, DICOM, later NRRD/MHA)."""
     from monaiunetseg.geometry import GeometryError, check_affine

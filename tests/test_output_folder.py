@@ -122,6 +122,7 @@ def test_files_the_tool_did_not_write_are_never_replaced(scans, segmenter, tmp_p
     """Point 2: a user's report.csv, labelmap-named or overlay-named file stops the run (exit 2) untouched."""
     scan = scans["a"] / "scan0.nii.gz"
     for name, content in [("report.csv", "patient,score\nA,1\n"), ("report.json", '{"mine": 1}'),
+                          ("run.json", '{"mine": 1}'),
                           ("scan0_seg.nii.gz", None), ("scan0_overlay.png", b"\x89PNG my own picture")]:
         out = tmp_path / name
         out.mkdir()
@@ -184,7 +185,7 @@ def test_full_disk_report_is_an_exit_2_error_and_a_failed_late_step_leaves_no_ou
     assert row["status"] == "failed" and row["output"] == "" and row["overlay"] == ""
     assert row["error"].startswith(f"{scan}: overlay: OSError: [Errno 28] No space left on device"), row["error"]
     assert set(lines[1:lines.index("input,output,status,error,volume_ml,seconds,series_uid,series_description,"
-                                   "dicom_seg,overlay,note")]) == {".monaiunetseg", "report.csv", "report.json"}
+                                   "dicom_seg,overlay,note")]) == {".monaiunetseg", "report.csv", "report.json", "run.json"}
 
 
 def test_temporary_files_of_a_killed_run_are_removed(scans, segmenter, tmp_path: Path):
@@ -226,7 +227,7 @@ def test_failing_dicom_seg_names_its_step_and_leaves_no_labelmap(kaggle_dir: Pat
     assert res.status == "failed" and res.output == "" and res.dicom_seg == ""
     assert f"{tmp_path / 'in' / 'study'}: series #5 'AX FLAIR'" in res.error
     assert "dicom-seg: ValueError: Unable to convert '2024-13-45' to 'DA' object" in res.error
-    assert sorted(p.name for p in out.iterdir()) == [".monaiunetseg", "report.csv", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".monaiunetseg", "report.csv", "report.json", "run.json"]
 
 
 def test_bad_weights_leave_no_report_of_pending_rows(scans, tmp_path: Path, capsys):

@@ -15,7 +15,7 @@ import tifffile
 
 from monaiunetseg.cli import main as cli_main
 from monaiunetseg.geometry import kaggle_affine
-from monaiunetseg.training.lgg import LGGPatientError, read_patient, slice_files
+from monaiunetseg.training.lgg import LGGPatientError, list_patients, read_patient, slice_files
 from monaiunetseg.training.prepare import assign_folds, prepare_lgg
 
 from conftest import SMALL_PATIENTS
@@ -164,3 +164,31 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path):
             tmp.write_bytes(b"half")
             raise RuntimeError("killed")
     assert os.listdir(tmp_path) == []
+
+
+def test_subset_prepares_only_the_first_patients_of_each_fold(small_kaggle_dir: Path, tmp_path: Path, capsys):
+    """``prepare-lgg --subset 1`` with 2 folds over the 3 small patients: one patient per fold, in the folds the
+    full preparation gives them, and nothing else read or written."""
+    _, full_path = prepare_lgg(small_kaggle_dir, tmp_path / "full", n_folds=2, progress=False)
+    full = {e["folder"]: e["fold"] for e in json.loads(full_path.read_text())["training"]}
+    assert sorted(full.values()) == [0, 0, 1]
+    out = tmp_path / "subset"
+    assert cli_main(["prepare-lgg", str(small_kaggle_dir), str(out), "--folds", "2", "--subset", "1", "--quiet"]) == 0
+    assert "2 patients ready" in capsys.readouterr().out
+    datalist = json.loads((out / "datalist.json").read_text())
+    entries = {e["folder"]: e["fold"] for e in datalist["training"]}
+    expected = {min(f for f, k in full.items() if k == fold): fold for fold in (0, 1)}
+    assert entries == expected and datalist["subset"] == {"n": 1, "val_fold": None}
+    assert sorted(p.name for p in (out / "labels").iterdir()) == sorted(f"{f}_label.nii.gz" for f in expected)
+
+
+def test_bundle_subset_prepares_a_raw_folder_only_for_its_patients(small_kaggle_dir: Path, tmp_path: Path):
+    """The bundle's ``--subset 1`` on a raw kaggle_3m folder (5 folds, 3 patients in folds 0-2): one validation
+    and one training patient prepared, the third never read."""
+    from monaiunetseg.training.datalist import load_split
+
+    train, val = load_split(small_kaggle_dir, val_fold=1, cache_dir=tmp_path / "cache", subset=1)
+    assert len(train) == len(val) == 1 and train[0]["fold"] != 1 and val[0]["fold"] == 1
+    labels = sorted(p.name for p in (tmp_path / "cache" / "labels").iterdir())
+    assert len(labels) == 2 and len(list_patients(small_kaggle_dir)) == 3  # the third patient was never prepared
+    assert {Path(i["label"]).name for i in train + val} == set(labels)

@@ -189,7 +189,8 @@ def test_bad_inputs_fail_their_own_case(data, tmp_path: Path, capsys):
         assert row["output"] == ""
     printed = capsys.readouterr()
     assert "9 failed" in printed.out and "1 ok" in printed.out
-    assert sorted(p.name for p in out.iterdir()) == [".monaiunetseg", "good_seg.nii.gz", "report.csv", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".monaiunetseg", "good_seg.nii.gz", "report.csv", "report.json",
+                                                     "run.json"]
 
 
 def test_resume_overwrite_and_output_folder_rules(data, segmenter, tmp_path: Path):

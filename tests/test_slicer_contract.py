@@ -36,7 +36,7 @@ MODULE_DIR = REPO / "MONAIUNetSeg"
 MODULE_FILE = MODULE_DIR / "MONAIUNetSeg.py"
 LIB_DIR = MODULE_DIR / "MONAIUNetSegLib"  # Slicer-only glue
 CORE_DIR = MODULE_DIR / "monaiunetseg"  # the Slicer-free core, loaded by the module and its background process
-SLICER_CALLING_FILES = (MODULE_FILE, LIB_DIR / "mrml.py")
+SLICER_CALLING_FILES = (MODULE_FILE, LIB_DIR / "mrml.py", LIB_DIR / "segmentations.py")
 
 # Declared C++ bases of the classes the module touches (JSON lists methods under the declaring class).
 BASES = {

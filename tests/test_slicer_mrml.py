@@ -33,7 +33,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
 import vtk  # noqa: E402  (comes with slicer-core)
 
 from conftest import REPO, SAMPLE_FLAIR, SAMPLE_LABEL  # noqa: E402
-from MONAIUNetSegLib import jobs as background, mrml as slicer_mrml  # noqa: E402
+from MONAIUNetSegLib import jobs, mrml, processes, segmentations  # noqa: E402
 from monaiunetseg.metrics import dice  # noqa: E402
 
 MODULE_FILE = REPO / "MONAIUNetSeg" / "MONAIUNetSeg.py"
@@ -120,7 +120,7 @@ def export_with_reference(segmentationNode, segmentId, volumeNode):
     ids.InsertNextValue(segmentId)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmapNode, volumeNode)
     mask = slicer.util.arrayFromVolume(labelmapNode).transpose(2, 1, 0).copy()
-    return mask, slicer_mrml.ijk_to_ras(labelmapNode), labelmapNode
+    return mask, mrml.ijk_to_ras(labelmapNode), labelmapNode
 
 
 class ThresholdSegmenter:
@@ -150,9 +150,9 @@ def variant_runs(variant_files, segmenter):
     scene = slicer.vtkMRMLScene()
     runs = {}
     for name, path in variant_files.items():
-        volumeNode = slicer_mrml.load_volume(path, scene)
+        volumeNode = mrml.load_volume(path, scene)
         t0 = time.perf_counter()
-        result = slicer_mrml.segment_volume_node(volumeNode, segmenter)
+        result = segmentations.segment_volume_node(volumeNode, segmenter)
         seconds = time.perf_counter() - t0
         mask, ijk_to_ras, _ = export_with_reference(result.segmentationNode, result.segmentId, volumeNode)
         runs[name] = dict(volume=volumeNode, result=result, mask=mask, ijk_to_ras=ijk_to_ras, seconds=seconds)
@@ -172,8 +172,8 @@ def reference():
 def test_volume_array_and_affine_match_the_file(variant_files, scene):
     for name, path in variant_files.items():
         img = nib.load(path)
-        volumeNode = slicer_mrml.load_volume(path, scene)
-        array, affine = slicer_mrml.volume_to_array_affine(volumeNode)
+        volumeNode = mrml.load_volume(path, scene)
+        array, affine = mrml.volume_to_array_affine(volumeNode)
         assert array.shape == tuple(volumeNode.GetImageData().GetDimensions())
         # Slicer may store a left-handed file re-oriented; world positions of voxel values must agree anyway.
         file_data = np.asarray(img.dataobj)
@@ -215,9 +215,9 @@ def test_axial_export_equals_the_core_output_exactly(variant_runs, segmenter):
     """No geometry drift anywhere between the core's labelmap and the exported segment."""
     _, runs = variant_runs
     r = runs["axial"]
-    array, affine = slicer_mrml.volume_to_array_affine(r["volume"])
+    array, affine = mrml.volume_to_array_affine(r["volume"])
     np.testing.assert_array_equal(r["mask"] > 0, segmenter.segment(array, affine) > 0)
-    np.testing.assert_allclose(r["ijk_to_ras"], slicer_mrml.ijk_to_ras(r["volume"]))
+    np.testing.assert_allclose(r["ijk_to_ras"], mrml.ijk_to_ras(r["volume"]))
 
 
 def test_tumour_volume_is_the_same_in_every_storage(variant_runs):
@@ -229,9 +229,9 @@ def test_tumour_volume_is_the_same_in_every_storage(variant_runs):
         tolerance = GRID512_VOLUME_REL_TOL * axial if name == "grid512" else 1e-6 * axial + 1e-9
         assert abs(ml - axial) <= tolerance, f"{name}: {ml:.3f} mL vs axial {axial:.3f} mL"
     for name, r in runs.items():  # the reported volume is the exported mask times the voxel volume
-        expected = r["mask"].astype(bool).sum() * slicer_mrml.voxel_volume_ml(r["volume"])
+        expected = r["mask"].astype(bool).sum() * mrml.voxel_volume_ml(r["volume"])
         assert r["result"].volumeMl == pytest.approx(expected)
-        assert float(r["result"].segmentationNode.GetAttribute(slicer_mrml.VOLUME_ATTRIBUTE)) == pytest.approx(expected, abs=1e-3)
+        assert float(r["result"].segmentationNode.GetAttribute(segmentations.VOLUME_ATTRIBUTE)) == pytest.approx(expected, abs=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -253,14 +253,14 @@ def test_segmentation_node_name_segment_colour_terminology(variant_runs):
         tag = slicer.vtkSegment.GetTerminologyEntryTagName()
         assert segment.HasTag(tag)
         entry = slicer.vtkSlicerTerminologyEntry()
-        assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(slicer_mrml.TERMINOLOGY_ENTRY, entry)
+        assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(segmentations.TERMINOLOGY_ENTRY, entry)
         codes = {part: (obj.GetCodingSchemeDesignator(), obj.GetCodeValue())
                  for part, obj in (("category", entry.GetCategoryObject()), ("type", entry.GetTypeObject()),
                                    ("region", entry.GetRegionObject()))}
         assert codes == {"category": ("SCT", "49755003"), "type": ("SCT", "4147007"), "region": ("SCT", "12738006")}
         stored = segment.GetTerminology() if hasattr(segment, "GetTerminology") else None
         if stored is not None:
-            assert stored == slicer_mrml.TERMINOLOGY_ENTRY
+            assert stored == segmentations.TERMINOLOGY_ENTRY
         assert node.GetDisplayNode() is not None and node.GetDisplayNode().GetVisibility()
         assert segmentation.ContainsRepresentation("Closed surface"), "3D surface not built"
 
@@ -271,44 +271,44 @@ def test_reference_geometry_is_the_input(variant_runs):
         volumeNode, node = r["volume"], r["result"].segmentationNode
         role = node.GetReferenceImageGeometryReferenceRole()
         assert node.GetNodeReference(role) is volumeNode or node.GetNodeReferenceID(role) == volumeNode.GetID()
-        assert slicer_mrml.reference_geometry_matches(node, volumeNode), name
+        assert segmentations.reference_geometry_matches(node, volumeNode), name
         assert tuple(volumeNode.GetImageData().GetDimensions()) == r["mask"].shape
-        np.testing.assert_allclose(r["ijk_to_ras"], slicer_mrml.ijk_to_ras(volumeNode), atol=1e-6)
+        np.testing.assert_allclose(r["ijk_to_ras"], mrml.ijk_to_ras(volumeNode), atol=1e-6)
         other = runs["axial" if name == "grid512" else "grid512"]["volume"]
-        assert not slicer_mrml.reference_geometry_matches(node, other)
+        assert not segmentations.reference_geometry_matches(node, other)
 
 
 def test_subject_hierarchy_under_the_input_study(scene, variant_files):
     shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     patient = shNode.CreateSubjectItem(shNode.GetSceneItemID(), "TCGA_DU_A5TR")
     study = shNode.CreateStudyItem(patient, "MR 1997-07-26")
-    volumeNode = slicer_mrml.load_volume(variant_files["axial"], scene)
+    volumeNode = mrml.load_volume(variant_files["axial"], scene)
     item = shNode.GetItemByDataNode(volumeNode)
     if item == shNode.GetInvalidItemID():
         item = shNode.CreateItem(study, volumeNode)
     else:
         shNode.SetItemParent(item, study)
-    result = slicer_mrml.segment_volume_node(volumeNode, ThresholdSegmenter(), createLabelmap=True)
+    result = segmentations.segment_volume_node(volumeNode, ThresholdSegmenter(), createLabelmap=True)
     segItem = shNode.GetItemByDataNode(result.segmentationNode)
     assert segItem != shNode.GetInvalidItemID()
     assert shNode.GetItemParent(segItem) == study
     assert shNode.GetItemParent(shNode.GetItemByDataNode(result.labelmapNode)) == study
     # An input outside any study (loaded from a file): the result goes beside it.
-    loose = slicer_mrml.load_volume(variant_files["sagittal"], scene)
-    result2 = slicer_mrml.segment_volume_node(loose, ThresholdSegmenter())
+    loose = mrml.load_volume(variant_files["sagittal"], scene)
+    result2 = segmentations.segment_volume_node(loose, ThresholdSegmenter())
     looseItem = shNode.GetItemByDataNode(loose)
     expected = shNode.GetSceneItemID() if looseItem == shNode.GetInvalidItemID() else shNode.GetItemParent(looseItem)
     assert shNode.GetItemParent(shNode.GetItemByDataNode(result2.segmentationNode)) == expected
 
 
 def test_existing_segmentation_keeps_other_segments(scene, variant_files):
-    volumeNode = slicer_mrml.load_volume(variant_files["axial"], scene)
-    first = slicer_mrml.segment_volume_node(volumeNode, ThresholdSegmenter())
+    volumeNode = mrml.load_volume(variant_files["axial"], scene)
+    first = segmentations.segment_volume_node(volumeNode, ThresholdSegmenter())
     node = first.segmentationNode
     node.SetName("my segmentation")
     otherId = node.GetSegmentation().AddEmptySegment("other", "Other", [0.1, 0.2, 0.9])
     assert otherId
-    second = slicer_mrml.segment_volume_node(volumeNode, ThresholdSegmenter(), segmentationNode=node)
+    second = segmentations.segment_volume_node(volumeNode, ThresholdSegmenter(), segmentationNode=node)
     assert second.segmentationNode is node and node.GetName() == "my segmentation"
     names = sorted(node.GetSegmentation().GetSegment(node.GetSegmentation().GetNthSegmentID(i)).GetName()
                    for i in range(node.GetSegmentation().GetNumberOfSegments()))
@@ -317,33 +317,33 @@ def test_existing_segmentation_keeps_other_segments(scene, variant_files):
 
 
 def test_empty_prediction_gives_an_empty_segment(scene, variant_files):
-    volumeNode = slicer_mrml.load_volume(variant_files["axial"], scene)
-    result = slicer_mrml.segment_volume_node(volumeNode, EmptySegmenter())
-    assert slicer_mrml.find_segment_id(result.segmentationNode) == result.segmentId
+    volumeNode = mrml.load_volume(variant_files["axial"], scene)
+    result = segmentations.segment_volume_node(volumeNode, EmptySegmenter())
+    assert segmentations.find_segment_id(result.segmentationNode) == result.segmentId
     assert result.volumeMl == 0.0
-    assert not slicer_mrml.segment_array_xyz(result.segmentationNode, result.segmentId, volumeNode).any()
+    assert not segmentations.segment_array_xyz(result.segmentationNode, result.segmentId, volumeNode).any()
 
 
 def test_optional_labelmap_on_the_input_grid(scene, variant_files):
-    volumeNode = slicer_mrml.load_volume(variant_files["sagittal"], scene)
+    volumeNode = mrml.load_volume(variant_files["sagittal"], scene)
     fake = ThresholdSegmenter()
-    result = slicer_mrml.segment_volume_node(volumeNode, fake, createLabelmap=True)
+    result = segmentations.segment_volume_node(volumeNode, fake, createLabelmap=True)
     labelmapNode = result.labelmapNode
     assert labelmapNode is not None and labelmapNode.IsA("vtkMRMLLabelMapVolumeNode")
     assert labelmapNode.GetScene() is scene
     assert tuple(labelmapNode.GetImageData().GetDimensions()) == tuple(volumeNode.GetImageData().GetDimensions())
-    np.testing.assert_allclose(slicer_mrml.ijk_to_ras(labelmapNode), slicer_mrml.ijk_to_ras(volumeNode), atol=1e-6)
-    array, affine = slicer_mrml.volume_to_array_affine(volumeNode)
+    np.testing.assert_allclose(mrml.ijk_to_ras(labelmapNode), mrml.ijk_to_ras(volumeNode), atol=1e-6)
+    array, affine = mrml.volume_to_array_affine(volumeNode)
     expected = fake.segment(array, affine)
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(labelmapNode).transpose(2, 1, 0) > 0, expected > 0)
     # without the option no labelmap node is left behind
     before = scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode")
-    slicer_mrml.segment_volume_node(volumeNode, fake)
+    segmentations.segment_volume_node(volumeNode, fake)
     assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == before
 
 
 def test_transformed_input_uses_world_geometry(scene, variant_files):
-    volumeNode = slicer_mrml.load_volume(variant_files["axial"], scene)
+    volumeNode = mrml.load_volume(variant_files["axial"], scene)
     transformNode = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
     matrix = vtk.vtkMatrix4x4()
     matrix.SetElement(0, 3, 12.0)
@@ -351,8 +351,8 @@ def test_transformed_input_uses_world_geometry(scene, variant_files):
     transformNode.SetMatrixTransformToParent(matrix)
     volumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
     fake = ThresholdSegmenter()
-    result = slicer_mrml.segment_volume_node(volumeNode, fake)
-    expected_affine = slicer_mrml.ijk_to_ras(volumeNode)
+    result = segmentations.segment_volume_node(volumeNode, fake)
+    expected_affine = mrml.ijk_to_ras(volumeNode)
     expected_affine[0, 3] += 12.0
     expected_affine[2, 3] -= 7.5
     np.testing.assert_allclose(fake.calls[-1][1], expected_affine)
@@ -361,24 +361,24 @@ def test_transformed_input_uses_world_geometry(scene, variant_files):
 
 
 def test_scalar_volume_nodes_and_latest(scene, variant_files):
-    assert slicer_mrml.latest_scalar_volume(scene) is None
-    a = slicer_mrml.load_volume(variant_files["axial"], scene)
-    slicer_mrml.load_volume(SAMPLE_LABEL, scene, labelmap=True)
-    b = slicer_mrml.load_volume(variant_files["flipped"], scene)
-    assert slicer_mrml.scalar_volume_nodes(scene) == [a, b]
-    assert slicer_mrml.latest_scalar_volume(scene) is b
+    assert mrml.latest_scalar_volume(scene) is None
+    a = mrml.load_volume(variant_files["axial"], scene)
+    mrml.load_volume(SAMPLE_LABEL, scene, labelmap=True)
+    b = mrml.load_volume(variant_files["flipped"], scene)
+    assert mrml.scalar_volume_nodes(scene) == [a, b]
+    assert mrml.latest_scalar_volume(scene) is b
 
 
 def test_nifti_round_trip_keeps_world_geometry(scene, variant_files, tmp_path):
     for name in ("sagittal", "lefthanded"):
-        volumeNode = slicer_mrml.load_volume(variant_files[name], scene)
-        path = slicer_mrml.prepare_background_input(volumeNode, tmp_path / name)
+        volumeNode = mrml.load_volume(variant_files[name], scene)
+        path = segmentations.prepare_background_input(volumeNode, tmp_path / name)
         img = nib.load(path)
-        np.testing.assert_allclose(img.affine, slicer_mrml.world_affine(volumeNode), atol=1e-4)
-        array, _ = slicer_mrml.volume_to_array_affine(volumeNode)
+        np.testing.assert_allclose(img.affine, mrml.world_affine(volumeNode), atol=1e-4)
+        array, _ = mrml.volume_to_array_affine(volumeNode)
         np.testing.assert_array_equal(np.asarray(img.dataobj), array)
-        back = slicer_mrml.read_labelmap_nifti(path, scene, name=f"{name} back")
-        np.testing.assert_allclose(slicer_mrml.ijk_to_ras(back), slicer_mrml.ijk_to_ras(volumeNode), atol=1e-4)
+        back = mrml.read_labelmap_nifti(path, scene, name=f"{name} back")
+        np.testing.assert_allclose(mrml.ijk_to_ras(back), mrml.ijk_to_ras(volumeNode), atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -425,32 +425,32 @@ def stand_in_command(monkeypatch, tmp_path):
         return [sys.executable, str(script), "segment-case", str(inputPath), "-o", str(outDir),
                 "--result-json", str(resultPath), "--device", device, mode]
 
-    monkeypatch.setattr(background, "segment_case_command", command)
+    monkeypatch.setattr(jobs, "segment_case_command", command)
     return state
 
 
 def test_background_job_result_matches_in_process(scene, variant_files, stand_in_command, module_logic):
     logic = module_logic.MONAIUNetSegLogic()
-    volumeNode = slicer_mrml.load_volume(variant_files["lefthanded"], scene)
+    volumeNode = mrml.load_volume(variant_files["lefthanded"], scene)
     module_logic.slicer.mrmlScene = scene
     result = logic.run(volumeNode, device="cpu", inProcess=False, timeout=120)
-    direct = slicer_mrml.segment_volume_node(volumeNode, ThresholdSegmenter())
-    a = slicer_mrml.segment_array_xyz(result.segmentationNode, result.segmentId, volumeNode)
-    b = slicer_mrml.segment_array_xyz(direct.segmentationNode, direct.segmentId, volumeNode)
+    direct = segmentations.segment_volume_node(volumeNode, ThresholdSegmenter())
+    a = segmentations.segment_array_xyz(result.segmentationNode, result.segmentId, volumeNode)
+    b = segmentations.segment_array_xyz(direct.segmentationNode, direct.segmentId, volumeNode)
     np.testing.assert_array_equal(a, b)
     assert a.any()
-    assert slicer_mrml.reference_geometry_matches(result.segmentationNode, volumeNode)
+    assert segmentations.reference_geometry_matches(result.segmentationNode, volumeNode)
 
 
 def test_background_job_errors_are_reported(scene, variant_files, stand_in_command, module_logic):
     logic = module_logic.MONAIUNetSegLogic()
-    volumeNode = slicer_mrml.load_volume(variant_files["axial"], scene)
+    volumeNode = mrml.load_volume(variant_files["axial"], scene)
     module_logic.slicer.mrmlScene = scene
     stand_in_command["mode"] = "fail"
-    with pytest.raises(background.BackgroundError, match="segmentation of 'sample_axial' failed: .*image contains NaN"):
+    with pytest.raises(jobs.BackgroundError, match="segmentation of 'sample_axial' failed: .*image contains NaN"):
         logic.run(volumeNode, inProcess=False, timeout=120)
     stand_in_command["mode"] = "crash"
-    with pytest.raises(background.BackgroundError, match=r"(?s)exited with code 3.*boom"):
+    with pytest.raises(jobs.BackgroundError, match=r"(?s)exited with code 3.*boom"):
         logic.run(volumeNode, inProcess=False, timeout=120)
 
 
@@ -460,7 +460,7 @@ def _segmentation_count(scene) -> int:
 
 def test_queue_runs_jobs_one_after_another_in_order(variant_files, stand_in_command, module_logic):
     scene = module_logic.slicer.mrmlScene
-    volumes = [slicer_mrml.load_volume(variant_files[n], scene) for n in ("sagittal", "axial")]
+    volumes = [mrml.load_volume(variant_files[n], scene) for n in ("sagittal", "axial")]
     logic = module_logic.MONAIUNetSegLogic()
     assert logic.enqueue(volumes, device="cpu") == 2 and logic.isBusy()
     assert logic.jobs.job is None, "nothing starts before the first poll"
@@ -486,7 +486,7 @@ def test_queue_runs_jobs_one_after_another_in_order(variant_files, stand_in_comm
 
 def test_queue_cancel_ends_the_running_job_and_drops_the_waiting(variant_files, stand_in_command, module_logic):
     scene = module_logic.slicer.mrmlScene
-    volumes = [slicer_mrml.load_volume(variant_files[n], scene) for n in ("axial", "flipped")]
+    volumes = [mrml.load_volume(variant_files[n], scene) for n in ("axial", "flipped")]
     stand_in_command["mode"] = "hang"
     logic = module_logic.MONAIUNetSegLogic()
     logic.enqueue(volumes)
@@ -508,7 +508,7 @@ def test_queue_cancel_ends_the_running_job_and_drops_the_waiting(variant_files, 
 def test_queue_failed_jobs_do_not_stop_the_next(variant_files, stand_in_command, module_logic):
     scene = module_logic.slicer.mrmlScene
     names = ("axial", "flipped", "sagittal", "lefthanded")
-    volumes = [slicer_mrml.load_volume(variant_files[n], scene) for n in names]
+    volumes = [mrml.load_volume(variant_files[n], scene) for n in names]
     stand_in_command["modes"] = {"sample_axial": "fail", "sample_flipped": "crash"}
     logic = module_logic.MONAIUNetSegLogic()
     logic.enqueue(volumes)
@@ -523,7 +523,7 @@ def test_queue_failed_jobs_do_not_stop_the_next(variant_files, stand_in_command,
     assert _segmentation_count(scene) == 1
     assert not list(Path(tempfile.gettempdir()).glob("MONAIUNetSeg-*/input")), "temporary files left behind"
     # waited for from a script: every job runs, then one error names each failed scan
-    with pytest.raises(background.BackgroundError, match=r"(?s)failed for 2 of 3 scan\(s\): sample_axial: .*; sample_flipped: "):
+    with pytest.raises(jobs.BackgroundError, match=r"(?s)failed for 2 of 3 scan\(s\): sample_axial: .*; sample_flipped: "):
         logic.segmentAll(inProcess=False, timeout=120)
     assert _segmentation_count(scene) == 2
 
@@ -548,8 +548,8 @@ def test_cancel_ends_the_whole_process_tree(tmp_path):
         print("child", child.pid, flush=True)
         time.sleep(120)
     """)
-    process = background.start_process([sys.executable, "-c", script], env=background.child_environment())
-    monitor = background.ProcessMonitor(process)
+    process = processes.start_process([sys.executable, "-c", script], env=jobs.child_environment())
+    monitor = processes.ProcessMonitor(process)
     child = None
     deadline = time.monotonic() + 30
     while child is None and time.monotonic() < deadline:
@@ -566,10 +566,10 @@ def test_cancel_ends_the_whole_process_tree(tmp_path):
     assert monitor.poll()[1] is not None
 
 
-def _json_job(tmp_path, cancelled=False) -> background.Job:
+def _json_job(tmp_path, cancelled=False) -> jobs.Job:
     """A finished job (no process; its output was "last line") whose result file is ``tmp_path/result.json``."""
     monitor = types.SimpleNamespace(cancelled=cancelled, tail=lambda n=40: "last line")
-    return background.Job(background.JobRequest("vtkMRMLScalarVolumeNode1", "scan"), tmp_path, tmp_path / "in.nii.gz",
+    return jobs.Job(jobs.JobRequest("vtkMRMLScalarVolumeNode1", "scan"), tmp_path, tmp_path / "in.nii.gz",
                           tmp_path / "result.json", monitor)
 
 
@@ -584,31 +584,31 @@ def test_read_result_and_job_result_messages(tmp_path):
 
     job.resultPath.write_text(json.dumps({"status": "failed", "input": "/in/scan.nii.gz", "output": "",
                                           "volume_ml": None, "seconds": None, "error": "/in/scan.nii.gz: unreadable"}))
-    assert background.read_result(job.resultPath).volume_ml is None
-    with pytest.raises(background.BackgroundError, match=r"^segmentation of 'scan' failed: /in/scan.nii.gz: unreadable$"):
+    assert jobs.read_result(job.resultPath).volume_ml is None
+    with pytest.raises(jobs.BackgroundError, match=r"^segmentation of 'scan' failed: /in/scan.nii.gz: unreadable$"):
         job.result(1)  # the case's own error, without the process's noise
 
     job.resultPath.write_text(json.dumps({"status": "ok", "output": str(tmp_path / "gone.nii.gz")}))
-    with pytest.raises(background.BackgroundError, match=r"(?s)gone.nii.gz' does not exist.*code 0.*last line"):
+    with pytest.raises(jobs.BackgroundError, match=r"(?s)gone.nii.gz' does not exist.*code 0.*last line"):
         job.result(0)
     job.resultPath.write_text("{not json")
-    with pytest.raises(background.BackgroundError, match=r"(?s)result .* is unreadable .*exited with code 1"):
+    with pytest.raises(jobs.BackgroundError, match=r"(?s)result .* is unreadable .*exited with code 1"):
         job.result(1)
     job.resultPath.write_text("[1, 2]")
-    with pytest.raises(background.BackgroundError, match="not a segment-case result"):
+    with pytest.raises(jobs.BackgroundError, match="not a segment-case result"):
         job.result(0)
     job.resultPath.unlink()
-    with pytest.raises(background.BackgroundError, match=r"^no result was written to \S+result.json \(the segmentation process exited with code 2\); "
+    with pytest.raises(jobs.BackgroundError, match=r"^no result was written to \S+result.json \(the segmentation process exited with code 2\); "
                                                              r"its last output:\nlast line$"):
         job.result(2)
-    with pytest.raises(background.BackgroundError, match="^cancelled$"):
+    with pytest.raises(jobs.BackgroundError, match="^cancelled$"):
         _json_job(tmp_path, cancelled=True).result(-9)
 
 
 def test_result_statuses_are_the_cores():
     from monaiunetseg.batch.report import Status
 
-    assert background.OK_STATUS == Status.OK.value
+    assert jobs.OK_STATUS == Status.OK.value
 
 
 def _core_has_segment_command() -> bool:
@@ -623,11 +623,11 @@ def test_real_background_command_matches_in_process(scene, variant_files, module
     module_logic.MONAIUNetSegLogic._segmenters["cpu"] = segmenter
     logic = module_logic.MONAIUNetSegLogic()
     module_logic.slicer.mrmlScene = scene
-    volumeNode = slicer_mrml.load_volume(variant_files["sagittal"], scene)
+    volumeNode = mrml.load_volume(variant_files["sagittal"], scene)
     background_result = logic.run(volumeNode, device="cpu", inProcess=False, timeout=600)
     direct = logic.run(volumeNode, device="cpu")
-    a = slicer_mrml.segment_array_xyz(background_result.segmentationNode, background_result.segmentId, volumeNode)
-    b = slicer_mrml.segment_array_xyz(direct.segmentationNode, direct.segmentId, volumeNode)
+    a = segmentations.segment_array_xyz(background_result.segmentationNode, background_result.segmentId, volumeNode)
+    b = segmentations.segment_array_xyz(direct.segmentationNode, direct.segmentId, volumeNode)
     assert dice(a, b) >= SAME_VOXELS_MIN_DICE
     assert background_result.volumeMl == pytest.approx(direct.volumeMl, rel=0.02)
     assert background_result.seconds > 0 and not logic.isBusy()
@@ -694,9 +694,9 @@ def module_logic(monkeypatch):
             monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
     monkeypatch.setattr(slicer.util, "loadVolume", lambda filename, properties={}, returnNode=False:
-                        slicer_mrml.load_volume(filename, slicer.mrmlScene), raising=False)
+                        mrml.load_volume(filename, slicer.mrmlScene), raising=False)
     monkeypatch.setattr(slicer.util, "loadLabelVolume", lambda filename, properties={}, returnNode=False:
-                        slicer_mrml.load_volume(filename, slicer.mrmlScene, labelmap=True), raising=False)
+                        mrml.load_volume(filename, slicer.mrmlScene, labelmap=True), raising=False)
     spec = importlib.util.spec_from_file_location("MONAIUNetSeg", MODULE_FILE)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "MONAIUNetSeg", module)
@@ -709,17 +709,17 @@ def module_logic(monkeypatch):
 def test_module_logic_segment_and_segment_all(module_logic, segmenter, variant_files):
     module_logic.MONAIUNetSegLogic._segmenters["cpu"] = segmenter  # the session's model, loaded once
     scene = module_logic.slicer.mrmlScene
-    volumes = [slicer_mrml.load_volume(variant_files[n], scene) for n in ("axial", "flipped")]
-    slicer_mrml.load_volume(SAMPLE_LABEL, scene, labelmap=True)  # a labelmap is not a scan
+    volumes = [mrml.load_volume(variant_files[n], scene) for n in ("axial", "flipped")]
+    mrml.load_volume(SAMPLE_LABEL, scene, labelmap=True)  # a labelmap is not a scan
     logic = module_logic.MONAIUNetSegLogic()
     node = logic.segment(volumes[0], device="cpu")
     assert node.IsA("vtkMRMLSegmentationNode") and node.GetScene() is scene
-    assert slicer_mrml.find_segment_id(node)
+    assert segmentations.find_segment_id(node)
     nodes = logic.segmentAll(device="cpu")
     assert [n.GetName() for n in nodes] == [v.GetName() + " FLAIR abnormality" for v in volumes]
     for n, v in zip(nodes, volumes):
-        assert slicer_mrml.reference_geometry_matches(n, v)
-    masks = [slicer_mrml.segment_array_xyz(n, slicer_mrml.find_segment_id(n), volumes[0]) for n in nodes]
+        assert segmentations.reference_geometry_matches(n, v)
+    masks = [segmentations.segment_array_xyz(n, segmentations.find_segment_id(n), volumes[0]) for n in nodes]
     assert dice(masks[0], masks[1]) >= SAME_VOXELS_MIN_DICE  # flipped storage, same world result
     with pytest.raises(ValueError):
         logic.segment(None)
@@ -805,8 +805,8 @@ def _drive(widget, timeout=120):
 
 def test_widget_segment_all_loaded_scans_in_the_background(headless_widget, module_logic, variant_files, stand_in_command):
     scene = module_logic.slicer.mrmlScene
-    volumes = [slicer_mrml.load_volume(variant_files[n], scene) for n in ("axial", "sagittal", "grid512")]
-    slicer_mrml.load_volume(SAMPLE_LABEL, scene, labelmap=True)
+    volumes = [mrml.load_volume(variant_files[n], scene) for n in ("axial", "sagittal", "grid512")]
+    mrml.load_volume(SAMPLE_LABEL, scene, labelmap=True)
     headless_widget.onSegmentAll()
     assert headless_widget.logic.isBusy() and headless_widget.ui.cancelButton.enabled
     assert not headless_widget.ui.segmentButton.enabled and not headless_widget.ui.segmentAllButton.enabled
@@ -816,7 +816,7 @@ def test_widget_segment_all_loaded_scans_in_the_background(headless_widget, modu
     assert sorted(n.GetName() for n in nodes) == sorted(v.GetName() + " FLAIR abnormality" for v in volumes)
     for volumeNode in volumes:
         node = next(n for n in nodes if n.GetName() == volumeNode.GetName() + " FLAIR abnormality")
-        assert slicer_mrml.reference_geometry_matches(node, volumeNode)
+        assert segmentations.reference_geometry_matches(node, volumeNode)
     log = "\n".join(headless_widget.ui.logTextEdit.lines)
     assert "stand-in: segmenting" in log and log.count("mL") == 3
     assert headless_widget.ui.statusLabel.text == "Done: 3 of 3 scan(s) segmented."
@@ -827,7 +827,7 @@ def test_widget_segment_all_loaded_scans_in_the_background(headless_widget, modu
 
 def test_widget_shows_errors_and_continues(headless_widget, module_logic, variant_files, stand_in_command):
     scene = module_logic.slicer.mrmlScene
-    volumeNode = slicer_mrml.load_volume(variant_files["axial"], scene)
+    volumeNode = mrml.load_volume(variant_files["axial"], scene)
     headless_widget._parameterNode.inputVolume = volumeNode
     stand_in_command["mode"] = "fail"
     headless_widget.onSegment()
@@ -840,8 +840,8 @@ def test_widget_shows_errors_and_continues(headless_widget, module_logic, varian
 
 def test_widget_cancel_ends_the_process(headless_widget, module_logic, variant_files, stand_in_command):
     scene = module_logic.slicer.mrmlScene
-    volumeNode = slicer_mrml.load_volume(variant_files["axial"], scene)
-    slicer_mrml.load_volume(variant_files["flipped"], scene)
+    volumeNode = mrml.load_volume(variant_files["axial"], scene)
+    mrml.load_volume(variant_files["flipped"], scene)
     headless_widget._parameterNode.inputVolume = volumeNode
     stand_in_command["mode"] = "hang"
     headless_widget.onSegmentAll()

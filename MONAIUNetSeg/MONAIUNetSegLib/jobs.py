@@ -2,7 +2,7 @@
 
 Slicer-free and Qt-free (standard library only). A :class:`JobQueue` (owned by the module's Logic) keeps the
 volumes waiting; each job runs the core's ``segment-case`` command on one already-written input in its own
-process, whose output is drained by a reader thread (:class:`ProcessMonitor`). The GUI calls
+process, whose output is drained by a reader thread (``processes.ProcessMonitor``). The GUI calls
 :meth:`JobQueue.poll` from a ``qt.QTimer``; :meth:`JobQueue.cancel` ends the whole process tree
 (``PythonSlicer`` is a launcher whose child is the real interpreter). The outcome of a job is the command's
 JSON result file (:func:`read_result`), not its console output.
@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from MONAIUNetSegLib.processes import ProcessMonitor, start_process
 
 CLI_MODULE = "monaiunetseg.cli"
 RESULT_NAME = "result.json"
@@ -55,130 +53,6 @@ def child_environment(base: dict | None = None, libParent: str = LIB_PARENT) -> 
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
-
-def start_process(command: list[str], env: dict | None = None, cwd: str | None = None) -> subprocess.Popen:
-    """Start ``command`` with stdout+stderr merged into one text pipe, in its own process group (so that the
-    whole tree can be ended) and, on Windows, without a console window."""
-    kwargs: dict = {}
-    if os.name == "nt":
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
-    else:
-        kwargs["start_new_session"] = True
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, cwd=cwd, text=True, encoding="utf-8", errors="replace", bufsize=1, **kwargs)
-
-
-def _descendants_posix(pid: int) -> list[int]:
-    """Child processes of ``pid``, recursively, from ``ps`` (Linux and macOS)."""
-    try:
-        out = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    children: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-            children.setdefault(int(parts[1]), []).append(int(parts[0]))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.append(child)
-                todo.append(child)
-    return found
-
-
-def kill_process_tree(pid: int, timeout: float = 5.0) -> None:
-    """End ``pid`` and every process below it."""
-    try:
-        import psutil  # not shipped with Slicer; used when present
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            parent = psutil.Process(pid)
-            procs = parent.children(recursive=True) + [parent]
-        except psutil.NoSuchProcess:
-            return
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=timeout)
-        return
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, timeout=timeout + 10)
-        return
-    victims = _descendants_posix(pid) + [pid]
-    try:  # the group started by start_process (the launcher and its interpreter)
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-    for victim in victims:  # anything that left the group
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
-
-
-class ProcessMonitor:
-    """Non-blocking view of a running process: a reader thread drains its output into a queue."""
-
-    def __init__(self, process: subprocess.Popen) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self.cancelled = False
-        self._queue: queue.Queue = queue.Queue()
-        self._reader = threading.Thread(target=self._read, name="MONAIUNetSeg-output", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        stream = self.process.stdout
-        if stream is None:
-            return
-        try:
-            for line in iter(stream.readline, ""):
-                self._queue.put(line.rstrip("\r\n"))
-        except (OSError, ValueError):  # pipe closed under us (cancel)
-            pass
-
-    def _drain(self) -> list[str]:
-        new = []
-        while True:
-            try:
-                new.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        self.lines.extend(new)
-        return new
-
-    def poll(self) -> tuple[list[str], int | None]:
-        """New output lines since the last call, and the exit code once the process has ended (else None)."""
-        returncode = self.process.poll()
-        if returncode is not None:
-            self._reader.join(timeout=2.0)
-        return self._drain(), returncode
-
-    def cancel(self) -> None:
-        """End the whole process tree (idempotent)."""
-        self.cancelled = True
-        if self.process.poll() is None:
-            kill_process_tree(self.process.pid)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        self._reader.join(timeout=2.0)
-        self._drain()
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.lines[-n:])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# One job: the segment-case process of one volume and its JSON result
-# ---------------------------------------------------------------------------------------------------------
 
 @dataclass
 class SegmentCaseResult:

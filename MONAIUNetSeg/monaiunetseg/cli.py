@@ -9,10 +9,10 @@ from pathlib import Path
 
 
 def _prepare_lgg(args: argparse.Namespace) -> int:
-    from monaiunetseg.training.prepare import prepare_lgg
+    from monaiunetseg.training.prepare import SUMMARY_PNG, prepare_lgg
 
     results, datalist = prepare_lgg(args.kaggle_dir, args.out_dir, n_folds=args.folds, seed=args.seed,
-                                    workers=args.workers, progress=not args.quiet)
+                                    workers=args.workers, progress=not args.quiet, subset=args.subset)
     failed = [r for r in results if r.error]
     for r in sorted(results, key=lambda r: r.folder):
         if r.error:
@@ -20,8 +20,9 @@ def _prepare_lgg(args: argparse.Namespace) -> int:
         else:
             print(f"{'skipped' if r.skipped else 'ok':7s} {r.folder}: {r.n_slices} slices")
     done = len(results) - len(failed)
+    summary = datalist.with_name(SUMMARY_PNG)
     print(f"prepare-lgg: {done} patients ready ({sum(r.skipped for r in results)} already done), "
-          f"{len(failed)} failed; datalist: {datalist}")
+          f"{len(failed)} failed; datalist: {datalist}" + (f"; summary: {summary}" if summary.is_file() else ""))
     return 1 if failed else 0
 
 
@@ -57,7 +58,10 @@ def _add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from monaiunetseg import __version__
+
     parser = argparse.ArgumentParser(prog="monaiunetseg", description="LGG FLAIR abnormality segmentation (research use only).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare-lgg", help="stack Kaggle LGG slice folders into NIfTI volumes + k-fold datalist")
@@ -66,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="number of patient-level folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: up to 2)")
+    p.add_argument("--subset", type=int, default=None, metavar="N",
+                   help="prepare only the first N patients of each fold (folds as for the full set): a small "
+                        "dataset for smoke tests, enough for the bundle's --subset N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_prepare_lgg)
 
@@ -77,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from monaiunetseg.console import quiet_third_party
+
+    quiet_third_party()  # once, before any command imports torch/MONAI/pydicom
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

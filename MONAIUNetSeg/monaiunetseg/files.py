@@ -8,6 +8,8 @@ that holds the output folder removes such files (:func:`stale_parts`).
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import re
 import tempfile
@@ -69,6 +71,16 @@ def write_text_atomic(target: str | os.PathLike, text: str, durable: bool = True
     """Write ``text`` to ``target`` atomically (UTF-8); ``durable`` as for :func:`atomic_path`."""
     with atomic_path(target, durable=durable) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_csv_atomic(target: str | os.PathLike, rows: Iterable[dict], columns: list[str]) -> None:
+    """Write ``rows`` (dicts; keys beyond ``columns`` ignored, floats with 4 decimals) as CSV, atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text_atomic(target, buf.getvalue())
 
 
 class StagedFiles:

@@ -17,19 +17,22 @@ import numpy as np
 from monaiunetseg.batch.discover import Case
 from monaiunetseg.batch.naming import OutputPaths
 from monaiunetseg.batch.report import FAILED, CaseResult
-from monaiunetseg.batch.resume import NO_SEG_FOR_NIFTI, base_result, content_digest, source_record
+from monaiunetseg.batch.resume import base_result, content_digest, no_seg_note, source_record
 from monaiunetseg.errors import describe
 from monaiunetseg.files import StagedFiles
 from monaiunetseg.geometry import GeometryError, voxel_volume_ml
-from monaiunetseg.io.dicom_series import DicomSeriesError, load_series_volume
-from monaiunetseg.io.nifti import NiftiInputError, read_nifti_volume, write_labelmap, write_labelmap_like
+from monaiunetseg.io.dicom_series import DicomSeriesError
+from monaiunetseg.io.itk_reader import ItkInputError
+from monaiunetseg.io.labelmap import write_labelmap
+from monaiunetseg.io.nifti import NiftiInputError
+from monaiunetseg.io.nrrd_mha import ImageInputError
 from monaiunetseg.model.errors import NonFiniteOutputError
 
 if TYPE_CHECKING:
     from monaiunetseg.batch.run import BatchOptions
 
 # Errors whose message already names the input and the problem; and those that need only the input named.
-SELF_DESCRIBING = (NiftiInputError, DicomSeriesError, GeometryError)
+SELF_DESCRIBING = (NiftiInputError, ImageInputError, ItkInputError, DicomSeriesError, GeometryError)
 PLAIN_MESSAGE = (NonFiniteOutputError,)
 
 
@@ -39,6 +42,25 @@ class CaseStepError(Exception):
     def __init__(self, step: str, error: Exception) -> None:
         super().__init__(f"{step}: {error}")
         self.step, self.error = step, error
+
+
+def read_volume(case: Case):
+    """The case's volume (``.array`` float32 (i, j, k), ``.affine`` RAS, plus what its writer needs), by kind."""
+    if case.kind == "nifti":
+        from monaiunetseg.io.nifti import read_nifti_volume
+
+        return read_nifti_volume(case.source)
+    if case.kind in ("nrrd", "metaimage"):
+        from monaiunetseg.io.nrrd_mha import read_image_volume
+
+        return read_image_volume(case.source)
+    if case.kind == "itk":
+        from monaiunetseg.io.itk_reader import read_itk_volume
+
+        return read_itk_volume(case.source)
+    from monaiunetseg.io.dicom_volume import load_volume
+
+    return load_volume(case.series)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -62,10 +84,7 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
     with step("read"):
         digest = content_digest(case)  # before reading: a change after this is seen by the next resume
         t_hash = time.perf_counter()
-        if case.kind == "nifti":
-            volume = read_nifti_volume(case.source)
-        else:
-            volume = load_series_volume(case.series)  # type: ignore[arg-type]
+        volume = read_volume(case)
         array, affine = volume.array, volume.affine
     t_read = time.perf_counter()
     with step("segment"):
@@ -76,10 +95,11 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
             from monaiunetseg.io.dicom_seg import write_dicom_seg
 
             with step("dicom-seg"):
-                write_dicom_seg(labels, volume.datasets, staged.path(paths.dicom_seg))  # type: ignore[union-attr]
+                write_dicom_seg(labels, volume.datasets, staged.path(paths.dicom_seg),  # type: ignore[union-attr]
+                                volume.frame_slices)  # type: ignore[union-attr]
             res.dicom_seg = str(paths.dicom_seg)
         elif options.dicom_seg:
-            res.note = NO_SEG_FOR_NIFTI
+            res.note = no_seg_note(case)
         if options.overlay:
             from monaiunetseg.io.overlay import write_overlay
 
@@ -89,11 +109,7 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
             res.overlay = str(paths.overlay)
         t_extras = time.perf_counter()
         with step("labelmap"):  # staged last: committed last, so its presence means the case is complete
-            source = source_record(case, digest)
-            if case.kind == "nifti":
-                write_labelmap_like(labels, volume, staged.path(paths.labelmap), source=source)
-            else:
-                write_labelmap(labels, affine, staged.path(paths.labelmap), source=source)
+            write_labelmap(labels, volume, staged.path(paths.labelmap), source=source_record(case, digest))
         with step("commit"):
             staged.commit()
     res.output = str(paths.labelmap)

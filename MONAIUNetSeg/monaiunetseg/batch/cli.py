@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from monaiunetseg.batch.discover import shard
+from monaiunetseg.batch.naming import OUTPUT_FORMATS
 from monaiunetseg.batch.report import FAILED
 from monaiunetseg.batch.run import BatchOptions, run_batch
 
@@ -45,11 +46,12 @@ def _segment(args: argparse.Namespace) -> int:
     options = BatchOptions(device=args.device, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                            all_series=args.all_series, overlay=args.overlay, num_shards=args.num_shards,
                            shard_id=args.shard_id, bundle=args.bundle, weights=args.weights, progress=not args.quiet,
-                           wait=args.wait)
+                           output_format=args.output_format, wait=args.wait)
     result = run_batch(args.inputs, args.out_dir, options)
-    for r in result.results:  # failures of cases that ran were already shown live unless --quiet
-        if r.status == FAILED and (args.quiet or r.seconds is None):
-            print(f"FAILED  {r.error}", file=sys.stderr)
+    if args.quiet:  # otherwise every case, failures included, was shown live
+        for r in result.results:
+            if r.status == FAILED:
+                print(r.line(), file=sys.stderr)
     print(result.summary())
     return result.exit_code
 
@@ -75,21 +77,26 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     """Register ``segment`` on the ``monaiunetseg`` subcommand parsers (called by ``cli.build_parser``)."""
     p = subparsers.add_parser(
         "segment",
-        help="segment FLAIR abnormality in NIfTI files and DICOM series (batch, resumable)",
+        help="segment FLAIR abnormality in NIfTI/NRRD/MetaImage files and DICOM series (batch, resumable)",
         description="Segment the FLAIR abnormality of lower-grade gliomas (research use only, not for diagnosis). "
-                    "INPUT: NIfTI files (.nii/.nii.gz), DICOM series folders or any folder tree (scanned "
-                    "recursively; DICOM files are grouped into series by SeriesInstanceUID). Writes "
-                    "<name>_seg.nii.gz labelmaps (0 background, 1 FLAIR abnormality) on each input's own voxel "
-                    "grid and OUTDIR/report.csv (+ report.json). Exit code 1 if any case failed, 2 for a command "
-                    "error (bad arguments, unusable model, output folder not writable, in use by another run, or "
-                    "holding files MONAIUNetSeg did not write under its output names). " + BUNDLE_TRUST,
+                    "INPUT: image files (NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, MetaImage .mha/.mhd; MINC, ITK "
+                    "HDF5, GIPL, VTK with the itk extra), DICOM series folders or any folder tree (scanned "
+                    "recursively; DICOM files, classic or enhanced multi-frame, are grouped into series by "
+                    "SeriesInstanceUID). Writes <name>_seg labelmaps (0 background, 1 FLAIR abnormality) on each "
+                    "input's own voxel grid, one line per case, and OUTDIR/report.csv (+ report.json, run.json). "
+                    "Exit code 1 if any case failed, 2 for a command error (bad arguments, unusable model, output "
+                    "folder not writable, in use by another run, or holding files MONAIUNetSeg did not write under "
+                    "its output names). " + BUNDLE_TRUST,
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="NIfTI file, DICOM folder or folder tree")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image file, DICOM folder or folder tree")
     p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="OUTDIR",
                    help="output folder (must not be inside an input folder; one run at a time writes into it)")
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG per DICOM input (<name>_seg.dcm)")
     p.add_argument("--overlay", action="store_true",
                    help="also write <name>_overlay.png: the middle slice of the finding with its outline")
+    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="same",
+                   help="labelmap format: same (default: the input's own, <name>_seg.nrrd for NRRD, _seg.mha for "
+                        "MetaImage, _seg.nii.gz for NIfTI and DICOM), nifti, nrrd or mha")
     p.add_argument("--overwrite", action="store_true",
                    help="redo cases whose outputs exist (default: skip those made from the same input content), "
                         "and replace files under output names that MONAIUNetSeg did not write (default: stop)")
@@ -100,6 +107,6 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the cases into N shards (default 1)")
     p.add_argument("--shard-id", type=int, default=0, metavar="K", help="run shard K of N (0-based, default 0)")
     add_model_options(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no line per case (failures still shown)")
     p.set_defaults(func=_segment)
     return p

@@ -1,5 +1,6 @@
-"""Finding the cases of a batch: NIfTI files and DICOM series (grouped by SeriesInstanceUID) in files and
-folder trees; problems found on the way become failed or skipped cases, never exceptions."""
+"""Finding the cases of a batch: image files (NIfTI, NRRD, MetaImage; other ITK formats with the itk extra) and
+DICOM series (grouped by SeriesInstanceUID; classic or enhanced multi-frame) in files and folder trees; problems
+found on the way become failed or skipped cases, never exceptions."""
 
 from __future__ import annotations
 
@@ -22,19 +23,33 @@ from monaiunetseg.io.dicom_series import (
     group_series,
     has_dicom_magic,
     is_image_series,
-    not_a_volume,
     read_header,
 )
+from monaiunetseg.io.dicom_volume import volume_problem
 from monaiunetseg.io.guard import not_regular, open_header
-from monaiunetseg.io.nifti import is_nifti_path, is_our_labelmap
+from monaiunetseg.io.itk_reader import itk_available, itk_format, missing_extra_message
+from monaiunetseg.io.labelmap import is_our_labelmap
+from monaiunetseg.io.nifti import is_nifti_path
+from monaiunetseg.io.nrrd_mha import image_format
+
+FILE_KINDS = ("nifti", "nrrd", "metaimage", "itk")  # one file, one case (the rest: "dicom", "problem")
+# Data files of detached headers (.nhdr, .mhd): read with their header, never cases of their own.
+DETACHED_DATA_SUFFIXES = (".raw", ".raw.gz", ".zraw")
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """The case kind of an image file from its name (``nifti``, ``nrrd``, ``metaimage``, ``itk``), else None."""
+    if is_nifti_path(path):
+        return "nifti"
+    return image_format(path) or ("itk" if itk_format(path) else None)
 
 
 @dataclass
 class Case:
     """One unit of work: a NIfTI file or a DICOM series; or a problem found while looking for them."""
 
-    kind: str  # "nifti", "dicom" or "problem"
-    source: Path  # NIfTI file, DICOM series folder, or the offending file/folder
+    kind: str  # one of FILE_KINDS, "dicom" or "problem"
+    source: Path  # image file, DICOM series folder, or the offending file/folder
     series: DicomSeries | None = None
     status: Status | None = None  # preset (failed/skipped) when discovery already decided
     problem: str = ""
@@ -44,6 +59,11 @@ class Case:
     def key(self) -> tuple[str, str]:
         """Sort/shard key: stable for the same inputs, whatever order the file system lists them in."""
         return (str(self.source), self.series.uid if self.series else "")
+
+    @property
+    def is_file(self) -> bool:
+        """One image file (NIfTI, NRRD, ...), as opposed to a DICOM series or a problem."""
+        return self.kind in FILE_KINDS
 
     @property
     def series_uid(self) -> str:
@@ -59,19 +79,25 @@ def _problem(path: Path, status: Status, message: str) -> Case:
 
 
 def _scan_file(path: Path, explicit: bool) -> Path | DicomFile | Case | None:
-    """Classify one file: a NIfTI path, a DICOM header, a problem case, or None (neither; ignored in folders).
+    """Classify one file: an image file's path, a DICOM header, a problem case, or None (neither; ignored in
+    folders).
 
     ``explicit``: the file was named on the command line, so "not an image" is a failure, not a skip.
     Only regular files are opened (``stat`` first): a FIFO would block and a device never end.
     """
-    kind = not_regular(path)
+    irregular = not_regular(path)
+    if irregular:
+        return _problem(path, FAILED if explicit else SKIPPED, f"{path}: {irregular}, not a regular file: not read")
+    kind = file_kind(path)
+    if kind == "itk" and not itk_available():
+        return _problem(path, FAILED if explicit else SKIPPED, missing_extra_message(path))
     if kind:
-        return _problem(path, FAILED if explicit else SKIPPED, f"{path}: {kind}, not a regular file: not read")
-    if is_nifti_path(path):
         if is_our_labelmap(path):
             return _problem(path, SKIPPED, f"{path}: a labelmap written by MONAIUNetSeg (an earlier output), not a scan")
         return path
     if path.name.upper() == "DICOMDIR":  # the media index, not an image
+        return None
+    if not explicit and path.name.lower().endswith(DETACHED_DATA_SUFFIXES):
         return None
     suffix_says_dicom = path.suffix.lower() in DICOM_SUFFIXES
     magic = has_dicom_magic(path)
@@ -90,7 +116,8 @@ def _scan_file(path: Path, explicit: bool) -> Path | DicomFile | Case | None:
         except Exception:  # anything unparseable is simply not DICOM
             pass
     if explicit:
-        return _problem(path, FAILED, f"{path}: not a NIfTI (.nii, .nii.gz) or DICOM file")
+        return _problem(path, FAILED, f"{path}: not a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, "
+                                      ".mhd) or DICOM file")
     return None
 
 
@@ -126,7 +153,7 @@ def _series_case(series: DicomSeries, all_series: bool, unreadable: list[str] | 
     if not flair and not all_series:
         return Case("problem", series.folder, series=series, status=SKIPPED,
                     problem=f"{series.label()}: not a FLAIR series (use --all-series to segment every 3D series)")
-    problem = not_a_volume(series)
+    problem = volume_problem(series)
     if problem:
         status = FAILED if flair else SKIPPED
         return Case("problem", series.folder, series=series, status=status, problem=f"{series.label()}: {problem}")
@@ -138,7 +165,7 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
 
     DICOM files from all inputs are grouped into series by SeriesInstanceUID; by default only FLAIR series
     are segmented (the others are reported as skipped). Problems (missing paths, unreadable files, empty
-    folders) become failed cases; files that are neither NIfTI nor DICOM inside a folder become one skipped
+    folders) become failed cases; files that are neither images nor DICOM inside a folder become one skipped
     case per folder.
     """
     cases: list[Case] = []
@@ -172,7 +199,7 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
         elif isinstance(item, Case):
             cases.append(item)
         else:
-            cases.append(Case("nifti", item))
+            cases.append(Case(file_kind(item) or "nifti", item))
 
     for raw in inputs:
         path = Path(os.path.abspath(raw))
@@ -190,11 +217,11 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
                 if os.path.realpath(path) not in seen:  # else the folder could not be listed: already reported
                     n_other = sum(len(v) for v in others.values())
                     extra = f" ({n_other} other file(s), e.g. {next(iter(others.values()))[0]})" if n_other else ""
-                    cases.append(_problem(path, FAILED, f"{path}: no DICOM or NIfTI files found{extra}"))
+                    cases.append(_problem(path, FAILED, f"{path}: no DICOM or NIfTI files found (nor NRRD/MetaImage){extra}"))
             else:
                 for folder, names in others.items():
-                    cases.append(_problem(folder, SKIPPED, f"{folder}: {len(names)} file(s) that are neither NIfTI nor "
-                                                           f"DICOM ignored (e.g. {names[0]})"))
+                    cases.append(_problem(folder, SKIPPED, f"{folder}: {len(names)} file(s) that are neither images "
+                                                           f"nor DICOM ignored (e.g. {names[0]})"))
         elif os.path.exists(path):  # a file, or a FIFO/device named on the command line (refused unread)
             add(scan(path, explicit=True))  # type: ignore[arg-type]  # explicit: never None
         else:

@@ -12,6 +12,10 @@ if TYPE_CHECKING:  # only for annotations: naming stays importable without the b
     from monaiunetseg.batch.discover import Case
 
 LABELMAP_SUFFIX, SEG_SUFFIX, OVERLAY_SUFFIX = "_seg.nii.gz", "_seg.dcm", "_overlay.png"
+OUTPUT_FORMATS = ("same", "nifti", "nrrd", "mha")  # --output-format; "same": the input's format family
+# Labelmap suffix per output format, and the format "same" gives each input kind (DICOM and other ITK formats: NIfTI).
+FORMAT_SUFFIX = {"nifti": LABELMAP_SUFFIX, "nrrd": "_seg.nrrd", "mha": "_seg.mha"}
+SAME_FORMAT = {"nifti": "nifti", "nrrd": "nrrd", "metaimage": "mha", "itk": "nifti", "dicom": "nifti"}
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
@@ -33,10 +37,15 @@ def safe_name(text: str, fallback: str = "case") -> str:
 
 
 def base_name(case: Case) -> str:
+    from monaiunetseg.io.itk_reader import itk_stem
     from monaiunetseg.io.nifti import nifti_stem
 
     if case.kind == "nifti":
         return safe_name(nifti_stem(case.source))
+    if case.kind == "itk":
+        return safe_name(itk_stem(case.source))
+    if case.is_file:
+        return safe_name(case.source.stem)
     f = case.series.first  # type: ignore[union-attr]
     parts = [f.patient_id, f.study_date, f"S{f.series_number}" if f.series_number else "", case.series_description]
     text = "_".join(p for p in parts if p)
@@ -46,7 +55,7 @@ def base_name(case: Case) -> str:
 def assign_names(cases: list[Case]) -> None:
     """Unique output stems: a clash (case-insensitively, for case-insensitive file systems) gets a short hash
     of the source path / series UID, which stays the same when the batch is rerun."""
-    runnable = [c for c in cases if c.kind in ("nifti", "dicom")]
+    runnable = [c for c in cases if c.is_file or c.kind == "dicom"]
     counts: dict[str, int] = {}
     for c in runnable:
         c.name = base_name(c)
@@ -57,6 +66,13 @@ def assign_names(cases: list[Case]) -> None:
             c.name = f"{c.name}_{digest}"
 
 
-def output_paths(out_dir: Path, case: Case) -> OutputPaths:
-    return OutputPaths(out_dir / f"{case.name}{LABELMAP_SUFFIX}", out_dir / f"{case.name}{SEG_SUFFIX}",
+def labelmap_suffix(case: Case, output_format: str = "same") -> str:
+    """``_seg.nii.gz``, ``_seg.nrrd`` or ``_seg.mha``: ``output_format``, or with ``same`` the input's family."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {output_format!r} (choose from {', '.join(OUTPUT_FORMATS)})")
+    return FORMAT_SUFFIX[SAME_FORMAT.get(case.kind, "nifti") if output_format == "same" else output_format]
+
+
+def output_paths(out_dir: Path, case: Case, output_format: str = "same") -> OutputPaths:
+    return OutputPaths(out_dir / f"{case.name}{labelmap_suffix(case, output_format)}", out_dir / f"{case.name}{SEG_SUFFIX}",
                        out_dir / f"{case.name}{OVERLAY_SUFFIX}")

@@ -3,8 +3,8 @@
 Rules: results are never written among the inputs; an output folder that cannot be created or written is a
 clear command error (exit code 2), not a traceback; and a file the tool did not write is never replaced
 (unless ``--overwrite``): a file under one of a run's output names is the tool's when its content says so
-(labelmap: header description; DICOM SEG: Manufacturer; overlay PNG: its Software text; report: the report
-schema), anything else is the user's.
+(labelmap: header description or field, in NIfTI, NRRD and MetaImage; DICOM SEG: Manufacturer; overlay PNG: its
+Software text; report: the report schema; run.json: the run record's), anything else is the user's.
 """
 
 from __future__ import annotations
@@ -85,16 +85,20 @@ def _is_our_png(path: Path) -> bool:
 
 
 def is_ours(path: Path, kind: str) -> bool:
-    """Whether the existing file ``path`` was written by this tool as output ``kind`` (labelmap, dicom_seg,
-    overlay)."""
+    """Whether the existing file ``path`` was written by this tool as output ``kind`` (labelmap in any output
+    format, dicom_seg, overlay, run_record)."""
     if kind == "labelmap":
-        from monaiunetseg.io.nifti import is_our_labelmap
+        from monaiunetseg.io.labelmap import is_our_labelmap
 
         return path.is_file() and is_our_labelmap(path)
     if kind == "dicom_seg":
         return path.is_file() and _is_our_seg(path)
     if kind == "overlay":
         return path.is_file() and _is_our_png(path)
+    if kind == "run_record":
+        from monaiunetseg.batch.record import is_our_record
+
+        return path.is_file() and is_our_record(path)
     raise ValueError(f"unknown output kind {kind!r}")
 
 

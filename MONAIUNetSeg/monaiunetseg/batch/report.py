@@ -64,6 +64,14 @@ class CaseResult:
     note: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
+    def line(self, name: str = "") -> str:
+        """One console line for the case: status, what it is, and the result or the reason."""
+        if self.status == OK:
+            done = "existing output kept" if self.seconds is None else f"{self.seconds:.1f} s"
+            volume = "" if self.volume_ml is None else f"{self.volume_ml:.2f} mL, "
+            return f"{'ok':8s}{name or self.input}: {volume}{done} -> {self.output}"
+        return f"{str(self.status).upper() if self.status == FAILED else str(self.status):8s}{self.error or self.input}"
+
     def data(self) -> dict:
         """The row's raw values (what ``report.json`` holds): text as it is, numbers or None."""
         values = {c: getattr(self, c) for c in REPORT_COLUMNS}

@@ -1,9 +1,10 @@
 """Resuming a batch: which earlier outputs are this input's finished result, which belong to another input (never
 taken over), and which are stale.
 
-Each labelmap records its source (NIfTI extension): the input's path or SeriesInstanceUID and a SHA-256 of the
-input's content (the NIfTI file; for a DICOM series, the sorted SHA-256s of its files). An input replaced by
-another scan, even on the same grid, no longer matches and is redone, with the reason in the row's note.
+Each labelmap records its source (NIfTI extension, NRRD/MetaImage header field): the input's path or
+SeriesInstanceUID and a SHA-256 of the input's content (the image file; for a DICOM series, the sorted SHA-256s of
+its files). An input replaced by another scan, even on the same grid, no longer matches and is redone, with the
+reason in the row's note.
 """
 
 from __future__ import annotations
@@ -12,21 +13,25 @@ import hashlib
 import os
 from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
 from monaiunetseg.batch.discover import Case
 from monaiunetseg.batch.naming import OutputPaths
 from monaiunetseg.batch.report import FAILED, CaseResult
 from monaiunetseg.geometry import voxel_volume_ml
-from monaiunetseg.io.nifti import is_our_labelmap, read_source_record
+from monaiunetseg.io.labelmap import grid_of, is_our_labelmap, read_labels, read_source_record
 
 if TYPE_CHECKING:
     from monaiunetseg.batch.run import BatchOptions
 
-NO_SEG_FOR_NIFTI = "DICOM SEG not written: it needs a DICOM source series (this input is NIfTI)"
 KEPT = "existing output kept (--overwrite redoes it)"
 DIGEST_KEY = "sha256"
+FORMAT_NAMES = {"nifti": "NIfTI", "nrrd": "NRRD", "metaimage": "MetaImage", "itk": "an ITK image file"}
+
+
+def no_seg_note(case: Case) -> str:
+    """The report note of a file input when ``--dicom-seg`` was asked for."""
+    return f"DICOM SEG not written: it needs a DICOM source series (this input is {FORMAT_NAMES.get(case.kind, case.kind)})"
 
 
 def base_result(case: Case) -> CaseResult:
@@ -42,19 +47,27 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def content_digest(case: Case) -> str:
-    """SHA-256 of the input's content: the NIfTI file's, or for a DICOM series the SHA-256 of its files'
-    SHA-256s (sorted, one per line), so renaming or moving files changes nothing and changing one does."""
-    if case.kind == "nifti":
-        return file_sha256(case.source)
-    files = sorted(file_sha256(f.path) for f in case.series.files)  # type: ignore[union-attr]
+    """SHA-256 of the input's content: an image file's (with the data file of a detached .nhdr/.mhd header), or
+    for a DICOM series the SHA-256 of its files' SHA-256s (sorted, one per line), so renaming or moving files
+    changes nothing and changing one does."""
+    if case.is_file:
+        from monaiunetseg.io.nrrd_mha import input_files
+
+        paths = input_files(case.source)  # regular files only: hashing a FIFO would block
+        if len(paths) == 1:
+            return file_sha256(case.source)
+        files = [file_sha256(f) for f in paths]  # header first, then its data
+    else:
+        files = sorted(file_sha256(f.path) for f in case.series.files)  # type: ignore[union-attr]
     return hashlib.sha256("\n".join(files).encode("ascii")).hexdigest()
 
 
 def source_record(case: Case, digest: str | None = None) -> dict[str, str]:
-    """What a labelmap records as its source: the resolved NIfTI path, or the DICOM SeriesInstanceUID (with
-    the series folder, for messages); with ``digest`` (:func:`content_digest`) the content it was made from."""
-    if case.kind == "nifti":
-        record = {"kind": "nifti", "input": os.path.realpath(case.source)}
+    """What a labelmap records as its source: the input file's kind and resolved path, or the DICOM
+    SeriesInstanceUID (with the series folder, for messages); with ``digest`` (:func:`content_digest`) the
+    content it was made from."""
+    if case.is_file:
+        record = {"kind": case.kind, "input": os.path.realpath(case.source)}
     else:
         record = {"kind": "dicom", "series_uid": case.series_uid, "input": str(case.source)}
     if digest:
@@ -64,7 +77,7 @@ def source_record(case: Case, digest: str | None = None) -> dict[str, str]:
 
 def _is_source(record: dict | None, case: Case) -> bool:
     mine = source_record(case)
-    key = "input" if case.kind == "nifti" else "series_uid"
+    key = "input" if case.is_file else "series_uid"
     return record is not None and record.get("kind") == mine["kind"] and record.get(key) == mine[key]
 
 
@@ -85,7 +98,7 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
         return ""  # nothing there, or a file the tool did not write (the run refuses to replace it)
     try:
         record = read_source_record(paths.labelmap)
-    except Exception:  # not a readable NIfTI: not ours to replace either
+    except Exception:  # not a readable labelmap: not ours to replace either
         record = None
     if not _is_source(record, case):
         res = base_result(case)
@@ -104,22 +117,22 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
         return "earlier output has no content hash of its input (an older version wrote it): redone"
     try:
         digest = content_digest(case)
-    except OSError as exc:
-        return f"input not readable for the resume check ({exc.strerror or exc}): redone"
+    except (OSError, ValueError) as exc:  # ValueError: a data file that is no regular file (reading says so)
+        return f"input not readable for the resume check ({getattr(exc, 'strerror', None) or exc}): redone"
     if digest != record[DIGEST_KEY]:  # type: ignore[index]
         return (f"input changed since the earlier output (content SHA-256 {digest[:12]}..., was "
                 f"{str(record[DIGEST_KEY])[:12]}...): redone")  # type: ignore[index]
     try:
-        img = nib.load(paths.labelmap)
-        labels = np.asarray(img.dataobj)
+        _, affine = grid_of(paths.labelmap)
+        labels = read_labels(paths.labelmap)
     except Exception:
         return "earlier output unreadable: redone"
     res = base_result(case)
     res.output = str(paths.labelmap)
-    res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(img.affine)
+    res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
     res.dicom_seg = str(paths.dicom_seg) if paths.dicom_seg.is_file() and case.kind == "dicom" else ""
     res.overlay = str(paths.overlay) if paths.overlay.is_file() else ""
     res.note = KEPT
-    if options.dicom_seg and case.kind == "nifti":
-        res.note += "; " + NO_SEG_FOR_NIFTI
+    if options.dicom_seg and case.is_file:
+        res.note += "; " + no_seg_note(case)
     return res

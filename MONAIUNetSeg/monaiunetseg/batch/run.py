@@ -5,12 +5,13 @@ are written together or not at all (``batch.case``); a rerun skips cases whose o
 from the same input content (each labelmap records its source and a hash of it), so a killed batch resumes
 where it stopped and a replaced scan is redone; the output folder is held by one run at a time
 (``batch.lock``), and files the tool did not write are never replaced (``batch.outdir``); the report is
-rebuilt from per-case records (``batch.records``) after every case; the model is loaded once and per-case
-arrays are freed.
+rebuilt from per-case records (``batch.records``) after every case, and ``run.json`` (``batch.record``) says
+what produced the results; the model is loaded once and per-case arrays are freed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -18,10 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from monaiunetseg.batch.case import CaseStepError, failure_result, is_non_finite, segment_case  # noqa: F401
+from monaiunetseg.batch.case import (  # noqa: F401  (re-exported: segment_case, failure_result, read_volume)
+    CaseStepError,
+    failure_result,
+    is_non_finite,
+    read_volume,
+    segment_case,
+)
 from monaiunetseg.batch.discover import Case, discover_cases, shard
 from monaiunetseg.batch.lock import OutputLock
-from monaiunetseg.batch.naming import LABELMAP_SUFFIX, OVERLAY_SUFFIX, SEG_SUFFIX, OutputPaths, output_paths
+from monaiunetseg.batch.naming import OutputPaths, output_paths
 from monaiunetseg.batch.outdir import (
     check_out_dir,
     folder_error,
@@ -29,6 +36,7 @@ from monaiunetseg.batch.outdir import (
     prepare_out_dir,
     refuse_foreign,
 )
+from monaiunetseg.batch.record import RunRecord, record_path
 from monaiunetseg.batch.records import CaseRecords
 from monaiunetseg.batch.report import (
     FAILED,
@@ -86,6 +94,7 @@ class BatchOptions:
     bundle: str | None = None
     weights: str | None = None
     progress: bool = True
+    output_format: str = "same"  # labelmap format: same (as the input; NIfTI for DICOM), nifti, nrrd or mha
     wait: bool = False  # wait for another run holding the output folder instead of stopping
 
 
@@ -190,16 +199,17 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
     all_cases = discover_cases(inputs, all_series=options.all_series)
     cases = shard(all_cases, options.num_shards, options.shard_id)
     report = report_path(out_dir, options.num_shards, options.shard_id)
+    run_json = record_path(out_dir, options.num_shards, options.shard_id)
     mine = None  # whose temporary files a killed run may have left: all of them, or only this shard's
     if not whole_folder:
-        mine = {report.name, json_path(report).name}
-        mine |= {f"{c.name}{suffix}" for c in cases for suffix in (LABELMAP_SUFFIX, SEG_SUFFIX, OVERLAY_SUFFIX)}
+        mine = {report.name, json_path(report).name, run_json.name}
+        mine |= {p.name for c in cases for p in dataclasses.astuple(output_paths(out_dir, c, options.output_format))}
     for part in stale_parts(out_dir, mine):  # no one else writes these now: the folder (or shard) is held
         part.unlink()
     foreign = foreign_reports(report)
     if not options.overwrite:
-        refuse_foreign(foreign)
-    input_files = frozenset(os.path.realpath(c.source) for c in all_cases if c.kind == "nifti")
+        refuse_foreign(foreign + foreign_files([(run_json, "run_record")]))
+    input_files = frozenset(os.path.realpath(c.source) for c in all_cases if c.is_file)
 
     results: list[CaseResult] = []
     todo: list[tuple[int, Case, OutputPaths, str]] = []
@@ -209,7 +219,7 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
             res.status, res.error = case.status, case.problem
             results.append(res)
             continue
-        paths = output_paths(out_dir, case)
+        paths = output_paths(out_dir, case, options.output_format)
         existing = "" if options.overwrite else existing_result(case, paths, options)
         if isinstance(existing, CaseResult):
             results.append(existing)
@@ -228,14 +238,34 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
         segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights)
     book = _Report(out_dir, report, inputs, legacy=report.exists() and report not in foreign)
     book.put(results, range(len(results)))
-    _segment_all(todo, results, book, segmenter, options, input_files)
+    try:
+        record = RunRecord.start(out_dir, options, inputs, started)  # run.json: what produced these results
+    except OSError as exc:
+        raise folder_error(exc, f"the run record {run_json}") from exc
+    for case, res in zip(cases, results):
+        if res.status != PENDING:
+            _show(res, case, options)
+    try:
+        _segment_all(todo, results, book, segmenter, options, input_files)
+    finally:  # a batch stopped for a broken model is recorded too
+        try:
+            record.finish(cases, results, segmenter if todo else None)
+        except OSError as exc:
+            raise folder_error(exc, f"the run record {run_json}") from exc
     return BatchResult(results, report, len(all_cases), time.perf_counter() - started)
+
+
+def _show(result: CaseResult, case: Case, options: BatchOptions) -> None:
+    """One line per case, live, so that a long batch reads as it goes (failures on stderr)."""
+    if options.progress:
+        tqdm.write(result.line(case.name), file=sys.stderr if result.status == FAILED else sys.stdout)
 
 
 def _segment_all(todo: list[tuple[int, Case, OutputPaths, str]], results: list[CaseResult], book: _Report,
                  segmenter, options: BatchOptions, input_files: frozenset[str]) -> None:
     """Segment the ``todo`` cases in order, recording each; stop when the model itself is broken."""
-    bar = tqdm(todo, desc="segment", unit="case", disable=not options.progress or not todo)
+    # The bar (stderr) only where it can redraw: disable=None lets tqdm turn it off when stderr is no terminal.
+    bar = tqdm(todo, desc="segment", unit="case", disable=True if not options.progress or not todo else None)
     model_ok = non_finite = 0
     for n, (index, case, paths, reason) in enumerate(bar):
         bar.set_postfix_str(case.name[-40:])
@@ -250,10 +280,9 @@ def _segment_all(todo: list[tuple[int, Case, OutputPaths, str]], results: list[C
                 non_finite += 1
             elif isinstance(exc, CaseStepError) and exc.step not in ("read", "segment"):
                 model_ok += 1
-            if options.progress:  # live, so that a long batch shows problems as they happen
-                tqdm.write(f"FAILED  {res.error}", file=sys.stderr)
         res.note = "; ".join(t for t in (reason, res.note) if t)
         results[index] = res
+        _show(res, case, options)
         book.put(results, [index])
         if non_finite and not model_ok and (non_finite >= ABORT_AFTER_NON_FINITE or n == len(todo) - 1):
             bar.close()

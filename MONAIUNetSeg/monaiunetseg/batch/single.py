@@ -20,7 +20,7 @@ from monaiunetseg.batch.case import failure_result, segment_case
 from monaiunetseg.batch.cli import add_model_options, check_model_options
 from monaiunetseg.batch.discover import Case, discover_cases
 from monaiunetseg.batch.lock import OutputLock
-from monaiunetseg.batch.naming import output_paths
+from monaiunetseg.batch.naming import OUTPUT_FORMATS, output_paths
 from monaiunetseg.batch.outdir import check_out_dir, folder_error, foreign_files, prepare_out_dir, refuse_foreign
 from monaiunetseg.batch.report import FAILED, OK, CaseResult
 from monaiunetseg.batch.resume import existing_result
@@ -57,7 +57,7 @@ def single_case(input_path: str | os.PathLike) -> Case | CaseResult:
 
 def segment_single(input_path: str | os.PathLike, out_dir: str | os.PathLike, options: BatchOptions | None = None,
                    segmenter=None) -> CaseResult:
-    """Segment one NIfTI file or DICOM series folder into ``out_dir``; a bad input gives a failed result.
+    """Segment one image file or DICOM series folder into ``out_dir``; a bad input gives a failed result.
 
     Raises only for what is wrong with the request rather than the input (output folder among the inputs, not
     writable or in use, a file MONAIUNetSeg did not write under the output's name, unknown device, unusable
@@ -83,7 +83,7 @@ def segment_single(input_path: str | os.PathLike, out_dir: str | os.PathLike, op
 
 
 def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -> CaseResult:
-    paths = output_paths(out_dir, case)
+    paths = output_paths(out_dir, case, options.output_format)
     for part in stale_parts(out_dir, [paths.labelmap.name]):  # left by a killed run
         part.unlink()
     existing = "" if options.overwrite else existing_result(case, paths, options)
@@ -95,7 +95,7 @@ def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -
         from monaiunetseg.model.predictor import Segmenter
 
         segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights)
-    input_files = frozenset([os.path.realpath(case.source)] if case.kind == "nifti" else [])
+    input_files = frozenset([os.path.realpath(case.source)] if case.is_file else [])
     t0 = time.perf_counter()
     try:
         result = segment_case(case, paths, segmenter, options, input_files)
@@ -115,7 +115,7 @@ def result_json(result: CaseResult) -> str:
 
 def _segment_case(args: argparse.Namespace) -> int:
     options = BatchOptions(device=args.device, overwrite=args.overwrite, bundle=args.bundle, weights=args.weights,
-                           progress=False, wait=args.wait)
+                           progress=False, output_format=args.output_format, wait=args.wait)
     try:
         check_model_options(args)  # fail before any work, as ``segment`` does
         result = segment_single(args.input, args.out_dir, options)
@@ -136,10 +136,10 @@ def add_segment_case_parser(subparsers: argparse._SubParsersAction) -> argparse.
     """Register ``segment-case`` on the ``monaiunetseg`` subcommand parsers (called by ``cli.build_parser``)."""
     p = subparsers.add_parser(
         "segment-case",
-        help="segment one NIfTI file or DICOM series folder and write its result as JSON",
+        help="segment one image file or DICOM series folder and write its result as JSON",
         description="Segment the FLAIR abnormality in exactly one input (research use only, not for diagnosis): "
-                    "a NIfTI file or a folder holding one 3D DICOM series (any series: no FLAIR check). Writes "
-                    "<name>_seg.nii.gz into OUTDIR (kept when it already holds this input's result, unless "
+                    "an image file (NIfTI, NRRD, MetaImage, ...) or a folder holding one 3D DICOM series (any series: no FLAIR check). Writes "
+                    "<name>_seg.nii.gz (or the input's format) into OUTDIR (kept when it already holds this input's result, unless "
                     "--overwrite) and the result JSON (status ok/failed, input, output, volume_ml, seconds, "
                     "error, ...). Exit code 0 ok, 1 failed case (JSON written), 2 bad request.",
     )
@@ -149,6 +149,8 @@ def add_segment_case_parser(subparsers: argparse._SubParsersAction) -> argparse.
     p.add_argument("--result-json", dest="result_json", type=Path, required=True, metavar="PATH",
                    help="where to write the JSON result (atomically)")
     add_model_options(p)
+    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="same",
+                   help="labelmap format: same (default: the input's own; NIfTI for DICOM), nifti, nrrd or mha")
     p.add_argument("--overwrite", action="store_true",
                    help="redo the case when its output exists; replace a file MONAIUNetSeg did not write there")
     p.add_argument("--wait", action="store_true", help="if another run holds OUTDIR, wait for it (default: exit 2)")

@@ -42,15 +42,21 @@ def segment_description() -> hd.seg.SegmentDescription:
     )
 
 
-def write_dicom_seg(labels: np.ndarray, source_datasets: list[pydicom.Dataset], target: str | os.PathLike) -> Path:
-    """Write a BINARY SEG of ``labels`` (column, row, slice), slice k on ``source_datasets[k]``, atomically.
+def write_dicom_seg(labels: np.ndarray, source_datasets: list[pydicom.Dataset], target: str | os.PathLike,
+                    frame_slices: list[int] | None = None) -> Path:
+    """Write a BINARY SEG of ``labels`` (column, row, slice), atomically, one frame per source image frame.
 
-    ``source_datasets`` are the series' headers in slice order (pixel data not needed).
+    ``source_datasets`` are the source headers (pixel data not needed): one per slice in slice order, or, with
+    ``frame_slices`` (the slice index of each of its frames), the one multi-frame image the volume came from.
     """
     labels = np.asarray(labels, dtype=np.uint8)
-    if labels.ndim != 3 or labels.shape[2] != len(source_datasets):
+    if frame_slices is not None:
+        if len(source_datasets) != 1 or int(source_datasets[0].get("NumberOfFrames", 1) or 1) != len(frame_slices):
+            raise ValueError(f"{len(frame_slices)} frame slices do not match the multi-frame source image")
+        labels = labels[:, :, list(frame_slices)]  # SEG frame i lies on source frame i
+    elif labels.ndim != 3 or labels.shape[2] != len(source_datasets):
         raise ValueError(f"labelmap shape {labels.shape} does not match {len(source_datasets)} source images")
-    frames = np.ascontiguousarray(labels.transpose(2, 1, 0))  # (slice, row, column) as the source frames
+    frames = np.ascontiguousarray(labels.transpose(2, 1, 0))  # (frame, row, column) as the source frames
     try:
         series_number = int(source_datasets[0].get("SeriesNumber") or 0) + SEG_SERIES_NUMBER_OFFSET
     except (TypeError, ValueError):

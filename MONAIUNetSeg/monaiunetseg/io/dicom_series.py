@@ -115,6 +115,8 @@ class SeriesVolume:
     array: np.ndarray
     affine: np.ndarray
     datasets: list[pydicom.Dataset]  # headers (PixelData dropped) in slice order, e.g. as DICOM SEG sources
+    # Multi-frame source (one dataset): the slice index of each of its frames, in frame order (None: one file per slice)
+    frame_slices: list[int] | None = None
 
 
 def has_dicom_magic(path: Path) -> bool:
@@ -246,7 +248,7 @@ def not_a_volume(series: DicomSeries) -> str | None:
     if "LOCALIZER" in f.image_type:
         return "localizer/scout series, not a 3D volume"
     if any(x.n_frames > 1 for x in series.files):
-        return "multi-frame (enhanced) DICOM is not supported; export the series as single-frame images"
+        return "multi-frame file(s): read with monaiunetseg.io.dicom_volume, not as a stack of single-frame slices"
     if f.samples_per_pixel != 1:
         return f"colour images (SamplesPerPixel {f.samples_per_pixel}), not a greyscale 3D volume"
     if n < 2:

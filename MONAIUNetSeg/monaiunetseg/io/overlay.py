@@ -4,7 +4,9 @@ Meant for checking a batch at a glance (did it find the lesion, is the outline o
 reading. The volume is first reoriented to LPS without interpolation so that every image is shown the same way
 (radiological: patient right on the image left; axial anterior up, sagittal/coronal superior up), and the slice
 is taken along the voxel axis the scan was acquired along, at the middle of the predicted abnormality's extent
-(the middle slice when nothing was found).
+(the middle slice when nothing was found). Orientation letters on the edges, the slice number (in the input's
+own slice order) and the finding's volume in mL are drawn on the image, and the same text is stored in the
+PNG's Description, so nobody has to guess which side is left or which slice this is.
 """
 
 from __future__ import annotations
@@ -17,10 +19,27 @@ import numpy as np
 
 from monaiunetseg import TOOL_NAME, __version__
 from monaiunetseg.files import atomic_path
+from monaiunetseg.geometry import voxel_volume_ml
+
+PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}
+# Patient directions at the (left, right, top, bottom) edges of the displayed image, per LPS slice axis.
+EDGE_MARKS = {2: ("R", "L", "A", "P"), 1: ("R", "L", "S", "I"), 0: ("A", "P", "S", "I")}
 
 
-def _to_lps(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Array reoriented to LPS voxel axes, its spacing and where the original slice axis went."""
+def orientation_marks(axis: int) -> tuple[str, str, str, str]:
+    """Patient direction at the left, right, top and bottom edge of the image shown for LPS slice ``axis``."""
+    return EDGE_MARKS[axis]
+
+
+def caption(labels: np.ndarray, affine: np.ndarray, slice_number: int, n_slices: int, axis: int) -> str:
+    """``slice 5/8 (axial), FLAIR abnormality 12.3 mL``: what the image shows, in words."""
+    volume = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
+    return f"slice {slice_number}/{n_slices} ({PLANES[axis]}), FLAIR abnormality {volume:.1f} mL"
+
+
+def to_lps(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """Array reoriented to LPS voxel axes, its spacing, where the original slice axis went and whether it was
+    reversed on the way."""
     ornt = nib.orientations.io_orientation(affine)
     transform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(("L", "P", "S")))
     out = nib.orientations.apply_orientation(array, transform)
@@ -29,7 +48,7 @@ def _to_lps(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarr
     for old_axis, (new_axis, _) in enumerate(transform.astype(int)):
         new_spacing[new_axis] = spacing[old_axis]
     slice_axis = int(transform[2, 0])
-    return out, new_spacing, slice_axis
+    return out, new_spacing, slice_axis, bool(transform[2, 1] < 0)
 
 
 def pick_slice(labels: np.ndarray, axis: int) -> int:
@@ -41,7 +60,7 @@ def pick_slice(labels: np.ndarray, axis: int) -> int:
     return int((present[0] + present[-1]) // 2)
 
 
-def _display(plane_lps: np.ndarray, axis: int) -> np.ndarray:
+def display_plane(plane_lps: np.ndarray, axis: int) -> np.ndarray:
     """2D LPS plane (the two remaining axes in order) -> image rows/columns in radiological display."""
     if axis == 2:  # axial: rows = P (anterior up), columns = L (patient right on the left)
         return plane_lps.T
@@ -56,27 +75,39 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    img_lps, spacing, axis = _to_lps(np.asarray(image, dtype=np.float32), affine)
-    lab_lps, _, _ = _to_lps(np.asarray(labels, dtype=np.uint8), affine)
+    img_lps, spacing, axis, reversed_slices = to_lps(np.asarray(image, dtype=np.float32), affine)
+    lab_lps = to_lps(np.asarray(labels, dtype=np.uint8), affine)[0]
     k = pick_slice(lab_lps, axis)
-    img2d = _display(np.take(img_lps, k, axis=axis), axis)
-    lab2d = _display(np.take(lab_lps, k, axis=axis), axis)
+    n_slices = lab_lps.shape[axis]
+    input_k = n_slices - 1 - k if reversed_slices else k  # the slice number as the input counts its slices
+    text = caption(labels, affine, input_k + 1, n_slices, axis)
+    img2d = display_plane(np.take(img_lps, k, axis=axis), axis)
+    lab2d = display_plane(np.take(lab_lps, k, axis=axis), axis)
     in_plane = [s for a, s in enumerate(spacing) if a != axis]  # (columns, rows) of the displayed image
     lo, hi = np.percentile(img2d, (1, 99)) if img2d.size else (0.0, 1.0)
     rows, cols = img2d.shape
     height_mm, width_mm = rows * in_plane[1], cols * in_plane[0]
     scale = 512.0 / max(height_mm, width_mm)
-    fig = Figure(figsize=(width_mm * scale / 100, height_mm * scale / 100 + (0.3 if title else 0)), dpi=100)
-    ax = fig.add_axes((0, 0, 1, height_mm * scale / (height_mm * scale + (30 if title else 0))))
+    header_px = 44 if title else 26
+    fig = Figure(figsize=(width_mm * scale / 100, (height_mm * scale + header_px) / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, height_mm * scale / (height_mm * scale + header_px)))
     ax.imshow(img2d, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest",
               aspect=in_plane[1] / in_plane[0])
     if lab2d.any():
         ax.contour(lab2d, levels=[0.5], colors="red", linewidths=1.0)
     ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=8, y=0.995, color="white")
+    mark = {"color": "yellow", "fontsize": 11, "fontweight": "bold", "transform": ax.transAxes}
+    left, right, top, bottom = orientation_marks(axis)
+    ax.text(0.01, 0.5, left, ha="left", va="center", **mark)
+    ax.text(0.99, 0.5, right, ha="right", va="center", **mark)
+    ax.text(0.5, 0.99, top, ha="center", va="top", **mark)
+    ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **mark)
+    fig.text(0.5, 1.0 - 4 / fig.bbox.height, "\n".join(t for t in (title, text) if t), ha="center", va="top",
+             fontsize=8, color="white")
     target = Path(target)
     with atomic_path(target) as tmp:
         # the Software text is how a later run knows this PNG is its own (batch.outdir)
-        fig.savefig(tmp, format="png", facecolor="black", metadata={"Software": f"{TOOL_NAME} {__version__}"})
+        fig.savefig(tmp, format="png", facecolor="black",
+                    metadata={"Description": text, "Software": f"{TOOL_NAME} {__version__}",
+                              "Disclaimer": "research use only"})
     return target

@@ -25,7 +25,7 @@ def _evaluate_oof(args: argparse.Namespace) -> int:
     probs_dir = args.cv_dir / ("oof_probs_tta" if args.flip_tta else "oof_probs")
     probs = predict_oof(args.cv_dir, args.dataset_dir, probs_dir, folds=args.folds, bundle=args.bundle,
                         device=args.device, flip_tta=args.flip_tta)
-    evaluate_oof(probs, args.dataset_dir, args.docs_dir, prefix=args.prefix)
+    evaluate_oof(probs, args.dataset_dir, args.docs_dir, prefix=args.prefix, pictures_dir=args.pictures)
     return 0
 
 
@@ -61,6 +61,8 @@ def add_training_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dataset_dir", type=Path, help="prepare-lgg output the CV was trained on")
     p.add_argument("--docs-dir", type=Path, default=Path("monai_bundle/docs"), help="where the tables go")
     p.add_argument("--prefix", default="oof", help="file-name prefix of the tables (default: oof)")
+    p.add_argument("--pictures", type=Path, default=None, metavar="DIR",
+                   help="also write a panel per patient, summary.png and index.html into DIR")
     p.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds (default: all)")
     p.add_argument("--flip-tta", action="store_true", help="average over left-right flips (test-time augmentation)")
     _bundle_and_device(p)

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 from monaiunetseg.training.lgg import list_patients
+from monaiunetseg.training.logs import is_rank0
 from monaiunetseg.training.prepare import DATALIST_NAME, prepare_lgg
 
 
-def resolve_dataset(dataset_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+def resolve_dataset(dataset_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                    subset: int | None = None, val_fold: int | None = None) -> Path:
     """Path of ``datalist.json`` for ``dataset_dir``: a ``prepare-lgg`` output, or a raw ``kaggle_3m`` folder
-    that is prepared once into ``cache_dir`` (never next to the input data)."""
+    that is prepared into ``cache_dir`` (never next to the input data; patients already there are kept). With
+    ``subset`` only the patients a ``subset`` run uses are prepared (the first N of ``val_fold`` and of the
+    other folds)."""
     dataset_dir = Path(dataset_dir)
     if (dataset_dir / DATALIST_NAME).is_file():
         return dataset_dir / DATALIST_NAME
@@ -25,7 +30,7 @@ def resolve_dataset(dataset_dir: str | os.PathLike, cache_dir: str | os.PathLike
         raise FileNotFoundError(f"{dataset_dir}: neither a prepare-lgg output ({DATALIST_NAME}) nor a kaggle_3m folder")
     if cache_dir is None:
         raise ValueError(f"{dataset_dir} is a raw kaggle_3m folder: give a cache directory to prepare it into")
-    results, datalist = prepare_lgg(dataset_dir, cache_dir, progress=False)
+    results, datalist = prepare_lgg(dataset_dir, cache_dir, progress=is_rank0(), subset=subset, val_fold=val_fold)
     return datalist
 
 
@@ -33,9 +38,10 @@ def load_split(dataset_dir: str | os.PathLike, val_fold: int = 0, cache_dir: str
                subset: int | None = None) -> tuple[list[dict], list[dict]]:
     """(training, validation) items with absolute paths; validation is fold ``val_fold``.
 
-    ``subset`` keeps only the first N patients of each list (quick smoke runs and tests).
+    ``subset`` keeps only the first N patients of each list (quick smoke runs and tests); a raw folder is then
+    prepared for those patients only.
     """
-    path = resolve_dataset(dataset_dir, cache_dir)
+    path = resolve_dataset(dataset_dir, cache_dir, subset, val_fold)
     datalist = json.loads(path.read_text())
     root = path.parent
     # Only fields every entry has: clinical fields are optional and would break batch collation.
@@ -56,7 +62,12 @@ def load_split(dataset_dir: str | os.PathLike, val_fold: int = 0, cache_dir: str
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
     """Highest-epoch ``<prefix>_*epoch=N.pt`` in ``ckpt_dir`` to resume from, or None for a fresh run.
 
-    Chosen by the epoch in the name, not the file time, so copied or restored folders resume correctly.
+    Matches the names the bundle writes (``checkpoint_epoch=N.pt``) and those of runs started before that
+    (``checkpoint_checkpoint_epoch=N.pt``: CheckpointSaver's own "checkpoint" after a "checkpoint" prefix), so an
+    interrupted older run still resumes. Chosen by the epoch in the name, not the file time, so copied or restored
+    folders resume correctly. A file that is not a complete checkpoint (``torch.save`` writes a zip archive;
+    MONAI's saver writes in place, so a run killed while saving leaves a truncated one) is passed over for the one
+    before it.
     """
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
@@ -67,4 +78,5 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
         return int(match.group(1)) if match else -1
 
     found = sorted(ckpt_dir.glob(f"{prefix}_*.pt"), key=lambda p: (epoch(p), p.stat().st_mtime))
-    return str(found[-1]) if found else None
+    complete = [p for p in found if zipfile.is_zipfile(p)]
+    return str(complete[-1]) if complete else None

@@ -1,4 +1,4 @@
-"""Ignite handlers the bundle's evaluator uses: per-patient metric CSV and summary."""
+"""Ignite handlers the bundle's evaluator uses: per-patient metric CSV and summary, and the pictures beside them."""
 
 from __future__ import annotations
 
@@ -24,14 +24,19 @@ def _spacing(meta) -> tuple[float, float, float]:
 
 
 class PerPatientMetricsWriter:
-    """After each validation run write ``<output_dir>/metrics_per_patient.csv`` and ``metrics_summary.json``.
+    """After each validation run write ``<output_dir>/metrics_per_patient.csv`` and ``metrics_summary.json``;
+    with ``pictures`` (default) also a panel per patient, ``summary.png`` and ``index.html`` there
+    (:mod:`monaiunetseg.visual.evaluation`), because a segmentation is judged by looking at it.
 
-    Expects one volume per batch with ``pred`` and ``label`` as one-hot or single-channel tensors.
+    Expects one volume per batch with ``pred`` and ``label`` as one-hot or single-channel tensors on the grid of
+    the input file (inverted), and the input file's name in the image's metadata (``filename_or_obj``): the
+    panels show that file's FLAIR (channel 1 of a 3-channel file).
     """
 
-    def __init__(self, output_dir: str | os.PathLike, id_key: str = "patient") -> None:
+    def __init__(self, output_dir: str | os.PathLike, id_key: str = "patient", pictures: bool = True) -> None:
         self.output_dir = Path(output_dir)
         self.id_key = id_key
+        self.pictures = pictures
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
@@ -50,8 +55,31 @@ class PerPatientMetricsWriter:
             label = item["label"]
             ident = batch[i].get(self.id_key) if i < len(batch) else None
             row = {"patient": str(ident if ident is not None else f"case{len(self.rows)}")}
-            row.update(case_metrics(self._binary(item["pred"]), self._binary(label), _spacing(label)))
+            pred, ref = self._binary(item["pred"]), self._binary(label)
+            row.update(case_metrics(pred, ref, _spacing(label)))
             self.rows.append(row)
+            if self.pictures:
+                self._panel(row, pred, ref, batch[i] if i < len(batch) else {})
+
+    def _panel(self, row: dict, pred: np.ndarray, label: np.ndarray, item: dict) -> None:
+        """Draw the patient's panel from the input file; a picture that cannot be drawn is logged, not raised."""
+        import nibabel as nib
+
+        from monaiunetseg.training.lgg import FLAIR_CHANNEL
+        from monaiunetseg.visual.evaluation import write_case_panel
+
+        meta = getattr(item.get("image"), "meta", {})
+        source = meta.get("filename_or_obj")
+        try:
+            img = nib.load(str(source))
+            image = img.get_fdata(dtype=np.float32)
+            if image.ndim == 4:
+                image = image[..., FLAIR_CHANNEL]
+            if image.shape != pred.shape:
+                raise ValueError(f"image {image.shape} and prediction {pred.shape} are not on one grid")
+            write_case_panel(self.output_dir, row["patient"], image, label, pred, img.affine, row)
+        except Exception as exc:  # the metrics matter more than a picture
+            logger.warning("no panel for %s (%s): %s", row["patient"], source, exc)
 
     def _write(self, engine: Engine) -> None:
         if not self.rows:
@@ -70,3 +98,8 @@ class PerPatientMetricsWriter:
                 f"{summary['dice_lcc_mean']:.4f}, HD95 {summary['hd95_mm_lcc_mean']:.2f} mm")
         logger.info(line)
         print(line, flush=True)
+        if self.pictures:
+            from monaiunetseg.visual.evaluation import write_evaluation_pictures
+
+            index = write_evaluation_pictures(self.output_dir, self.rows, f"Evaluation: {len(self.rows)} patients")
+            print(f"pictures: {index}", flush=True)

@@ -8,8 +8,6 @@ without the networks.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -17,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from monaiunetseg.files import atomic_path, write_text_atomic
+from monaiunetseg.files import atomic_path, write_csv_atomic, write_text_atomic
 from monaiunetseg.geometry import voxel_volume_ml
 from monaiunetseg.metrics import dice, hd95
 from monaiunetseg.model.postprocess import PostProcessing
@@ -73,7 +72,7 @@ def predict_oof(cv_root: str | os.PathLike, dataset_dir: str | os.PathLike, prob
         weights = fold_dir(cv_root, fold) / "model.pt"
         context = int((read_record(cv_root, fold).get("overrides") or {}).get("context", 0))
         segmenter = Segmenter(bundle, device=device, weights=weights, flip_tta=flip_tta, context=context)
-        for c in todo:
+        for c in tqdm(todo, desc=f"evaluate-oof fold {fold}", unit="patient", disable=None):
             img = nib.load(c.image)
             prob = segmenter.probabilities(img.get_fdata(dtype=np.float32), img.affine)
             with atomic_path(probs_dir / f"{c.patient}.npz") as tmp:
@@ -128,10 +127,13 @@ def summarise_dice(rows: list[dict]) -> dict:
 
 
 def evaluate_oof(probs: dict[str, Path], dataset_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                 candidates: list[PostProcessing] | None = None, prefix: str = "oof", log=print) -> dict:
+                 candidates: list[PostProcessing] | None = None, prefix: str = "oof", log=print,
+                 pictures_dir: str | os.PathLike | None = None) -> dict:
     """Score every candidate post-processing on the OOF probabilities (Dice), choose the best mean Dice, and
     write for it ``<prefix>_metrics_per_patient.csv`` (columns :data:`CSV_COLUMNS`), ``<prefix>_summary.json``
-    and the candidates' table ``<prefix>_postprocessing.csv`` into ``out_dir``."""
+    and the candidates' table ``<prefix>_postprocessing.csv`` into ``out_dir``; with ``pictures_dir``, also the
+    evaluation pictures there (:func:`write_oof_pictures`; kept apart from ``out_dir``, often the model card's
+    folder, as they are many)."""
     candidates = candidates or CANDIDATES
     cases = [c for c in oof_cases(dataset_dir) if c.patient in probs]
     if not cases:
@@ -152,19 +154,32 @@ def evaluate_oof(probs: dict[str, Path], dataset_dir: str | os.PathLike, out_dir
                     "dice_mean_without_postprocessing": table[0]["mean"], "n_patients": len(rows)})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / f"{prefix}_metrics_per_patient.csv", _csv(sorted(rows, key=lambda r: r["patient"]), CSV_COLUMNS))
-    write_text_atomic(out_dir / f"{prefix}_postprocessing.csv", _csv(table, list(table[0])))
+    write_csv_atomic(out_dir / f"{prefix}_metrics_per_patient.csv", sorted(rows, key=lambda r: r["patient"]), CSV_COLUMNS)
+    write_csv_atomic(out_dir / f"{prefix}_postprocessing.csv", table, list(table[0]))
     write_text_atomic(out_dir / f"{prefix}_summary.json", json.dumps(summary, indent=1))
     a = summary["all"]
     log(f"OOF ({len(rows)} patients, post-processing: {chosen.name}): Dice mean {a['mean']:.4f} +- {a['std']:.4f}, "
         f"median {a['median']:.4f}, min {a['min']:.4f} (without post-processing {table[0]['mean']:.4f})")
+    if pictures_dir is not None:
+        index = write_oof_pictures(cases, loaded, chosen, rows, pictures_dir,
+                                   f"Out-of-fold evaluation: {len(rows)} patients, post-processing: {chosen.name}")
+        log(f"pictures: {index}")
     return summary
 
 
-def _csv(rows: list[dict], columns: list[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
-    return buf.getvalue()
+def write_oof_pictures(cases: list[OOFCase], loaded: dict[str, tuple[np.ndarray, np.ndarray]], pp: PostProcessing,
+                       rows: list[dict], out_dir: str | os.PathLike, title: str) -> Path:
+    """A panel per patient of its out-of-fold prediction (post-processed with ``pp``), the summary figure and
+    ``index.html`` in ``out_dir`` (:mod:`monaiunetseg.visual.evaluation`); returns the index."""
+    import nibabel as nib
+
+    from monaiunetseg.visual.evaluation import write_case_panel, write_evaluation_pictures
+
+    by_patient = {r["patient"]: r for r in rows}
+    for c in cases:
+        prob, _ = loaded[c.patient]
+        img = nib.load(c.image)
+        label = np.asanyarray(nib.load(c.label).dataobj) > 0
+        write_case_panel(out_dir, c.patient, img.get_fdata(dtype=np.float32), label, pp(prob > 0.5, prob),
+                         img.affine, by_patient[c.patient])
+    return write_evaluation_pictures(out_dir, rows, title)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -188,7 +189,8 @@ def test_bad_inputs_fail_their_own_case(data, tmp_path: Path, capsys):
         assert row["output"] == ""
     printed = capsys.readouterr()
     assert "9 failed" in printed.out and "1 ok" in printed.out
-    assert sorted(p.name for p in out.iterdir()) == ["good_seg.nii.gz", "report.csv", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".monaiunetseg", "good_seg.nii.gz", "report.csv", "report.json",
+                                                     "run.json"]
 
 
 def test_resume_overwrite_and_output_folder_rules(data, segmenter, tmp_path: Path):
@@ -212,7 +214,7 @@ def test_resume_overwrite_and_output_folder_rules(data, segmenter, tmp_path: Pat
     rows = read_report(out / "report.csv")
     assert [r["status"] for r in rows] == ["ok"] * 3 and all(r["volume_ml"] for r in rows)
     assert sum("existing output" in r["note"] for r in rows) == 2
-    assert not list(out.glob(".*"))  # no temporary files left
+    assert [p.name for p in out.glob(".*")] == [".monaiunetseg"]  # no temporary files or lock left
     third = run_batch([inputs], out, BatchOptions(progress=False, overwrite=True), segmenter=segmenter)
     assert third.n_existing == 0
     assert all(p.stat().st_mtime_ns > mtimes.get(p.name, 0) for p in outputs)
@@ -314,7 +316,8 @@ def test_output_of_another_input_is_never_reused_or_overwritten(data, segmenter,
     opts = BatchOptions(progress=False)
 
     assert run_batch([a], out, opts, segmenter=segmenter).exit_code == 0
-    assert read_source_record(labelmap) == {"kind": "nifti", "input": str(a.resolve())}
+    assert read_source_record(labelmap) == {"kind": "nifti", "input": str(a.resolve()),
+                                            "sha256": hashlib.sha256(a.read_bytes()).hexdigest()}
     owned_by_a = labelmap.read_bytes()
     for other in (b, c):  # same grid: once reported as A's result; other grid: once silently overwritten
         result = run_batch([other], out, opts, segmenter=segmenter)
@@ -375,7 +378,7 @@ def test_report_keeps_rows_of_earlier_runs(data, segmenter, tmp_path: Path):
     rows = read_report(out / "report.csv")
     assert [Path(r["input"]).name for r in rows] == ["y.nii.gz", "missing.nii.gz", "x.nii.gz"]
     assert "existing output kept" in rows[-1]["note"]
-    assert not list(out.glob(".*"))
+    assert [p.name for p in out.glob(".*")] == [".monaiunetseg"]
 
 
 def _corrupt_rows(path: Path) -> None:

@@ -6,3 +6,6 @@ module share one implementation. Importing the package is cheap: subpackages (``
 """
 
 __version__ = "0.2.0"
+# The name every output carries (DICOM SEG Manufacturer, overlay PNG Software, report.json "tool"): how a
+# later run tells its own files from the user's.
+TOOL_NAME = "MONAIUNetSeg"

@@ -1,4 +1,9 @@
-"""Atomic file writes: a killed process never leaves a half-written output behind."""
+"""Atomic file writes: a killed process never leaves a half-written output behind.
+
+Every output is first written to a hidden temporary file beside its target (``.<name>.<random>.part<suffix>``)
+and renamed onto it only when complete. A process killed meanwhile leaves that temporary file; a later run
+that holds the output folder removes such files (:func:`stale_parts`).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,13 @@ import contextlib
 import csv
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
+
+# mkstemp names: prefix ".<target name>.", 8 random characters, suffix ".part<target suffix>"
+_PART = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.part(\.[A-Za-z0-9]+)*$")
 
 
 def _current_umask() -> int:
@@ -20,35 +29,48 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it onto ``target`` only if the block succeeds.
+def _temp_beside(target: Path, suffix: str | None = None) -> Path:
+    """A new empty temporary file next to ``target`` (same folder, so the final rename is atomic).
 
-    The temporary file keeps the target's suffix (``.nii.gz`` included) so that writers which pick the
-    format from the file name still work.
+    It keeps the target's suffix (``.nii.gz`` included) so that writers which pick the format from the file
+    name still work.
     """
-    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".nii.gz") else target.suffix
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
     os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the permissions of a normal write
+    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the permissions of a normal write
+    return Path(tmp_name)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` only if the block succeeds.
+
+    ``durable``: flush the data to disk before the rename (outputs); off for small state that can be rebuilt.
+    """
+    target = Path(target)
+    tmp = _temp_beside(target, suffix)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def write_text_atomic(target: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``target`` atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(text)
+def write_text_atomic(target: str | os.PathLike, text: str, durable: bool = True) -> None:
+    """Write ``text`` to ``target`` atomically (UTF-8); ``durable`` as for :func:`atomic_path`."""
+    with atomic_path(target, durable=durable) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_csv_atomic(target: str | os.PathLike, rows: Iterable[dict], columns: list[str]) -> None:
@@ -59,3 +81,72 @@ def write_csv_atomic(target: str | os.PathLike, rows: Iterable[dict], columns: l
     for r in rows:
         writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
     write_text_atomic(target, buf.getvalue())
+
+
+class StagedFiles:
+    """Several outputs that appear together or not at all.
+
+    :meth:`path` gives a temporary path per target; :meth:`commit` renames them all onto their targets in the
+    order they were staged (stage the file whose presence means "done" last); leaving the ``with`` block by an
+    exception removes every temporary file, so nothing of a failed attempt is left.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def path(self, target: str | os.PathLike) -> Path:
+        tmp = _temp_beside(Path(target))
+        self._staged.append((tmp, Path(target)))
+        return tmp
+
+    def commit(self) -> None:
+        for tmp, _ in self._staged:
+            _fsync(tmp)
+        done: list[Path] = []
+        try:
+            for tmp, target in self._staged:
+                os.replace(tmp, target)
+                done.append(target)
+        except OSError:
+            for target in done:  # a half-committed case would look finished to a resume: take it back
+                with contextlib.suppress(OSError):
+                    target.unlink()
+            raise
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self._staged = []
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+def part_target(name: str) -> str | None:
+    """The target file name of a temporary file name written by this module, else None."""
+    match = _PART.match(name)
+    return match.group("target") if match else None
+
+
+def stale_parts(folder: str | os.PathLike, targets: Iterable[str] | None = None) -> list[Path]:
+    """Temporary files left in ``folder`` by killed writers: all of them, or those of the given target names.
+
+    Only call this while holding the folder (see ``batch.lock``): a running writer's files look the same.
+    """
+    wanted = None if targets is None else set(targets)
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        target = part_target(entry.name)
+        if target is not None and (wanted is None or target in wanted) and entry.is_file(follow_symlinks=False):
+            found.append(Path(entry.path))
+    return sorted(found)

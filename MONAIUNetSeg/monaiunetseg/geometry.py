@@ -31,6 +31,48 @@ def voxel_volume_ml(affine: np.ndarray) -> float:
     return abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
 
 
+# A grid whose 3x3 block is this close to singular (|det| relative to the product of the voxel sizes, i.e. the
+# sine-like "volume" of the three axis directions) is degenerate: two axes (nearly) parallel.
+MIN_AXIS_INDEPENDENCE = 1e-6
+
+
+class GeometryError(ValueError):
+    """An image whose voxel-to-world geometry cannot place it in space; the message says where and why."""
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Length of each voxel axis in millimetres (the column norms of the affine's 3x3 block)."""
+    return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+
+
+def check_affine(affine: np.ndarray, where: str) -> np.ndarray:
+    """``affine`` as a float 4x4 array if it describes a usable grid, else :class:`GeometryError`.
+
+    The one geometry check for every input format (NIfTI, DICOM, and any later reader): a zero, negative or
+    non-finite voxel size, or axes that are (nearly) parallel, would make volumes 0 mL and resampling
+    meaningless, so such an input fails its case with a message saying so. ``where`` names the input.
+    """
+    a = np.asarray(affine, dtype=float)
+    if a.shape != (4, 4):
+        raise GeometryError(f"{where}: invalid geometry: affine of shape {a.shape}, expected 4x4")
+    if not np.isfinite(a).all():
+        raise GeometryError(f"{where}: invalid geometry: the affine holds NaN or infinite values "
+                            f"({np.array2string(a[:3], precision=4, separator=', ')})")
+    sizes = voxel_sizes(a)
+    if (sizes <= 0).any():
+        raise GeometryError(f"{where}: invalid geometry: voxel size {_mm(sizes)} mm has a zero axis "
+                            "(e.g. an all-zero sform/qform or PixelSpacing 0)")
+    independence = abs(float(np.linalg.det(a[:3, :3]))) / float(np.prod(sizes))
+    if independence < MIN_AXIS_INDEPENDENCE:
+        raise GeometryError(f"{where}: invalid geometry: the affine is not invertible (its voxel axes are "
+                            f"parallel; voxel size {_mm(sizes)} mm), so positions and volumes are undefined")
+    return a
+
+
+def _mm(sizes: np.ndarray) -> str:
+    return " x ".join(f"{s:.4g}" for s in sizes)
+
+
 def kaggle_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float] = KAGGLE_SPACING) -> np.ndarray:
     """NIfTI (RAS) affine of a prepared Kaggle volume of ``shape`` (columns, rows, slices), centred on 0."""
     spacing_arr = np.asarray(spacing, dtype=float)

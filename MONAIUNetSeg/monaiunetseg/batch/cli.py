@@ -11,16 +11,42 @@ from monaiunetseg.batch.naming import OUTPUT_FORMATS
 from monaiunetseg.batch.report import FAILED
 from monaiunetseg.batch.run import BatchOptions, run_batch
 
+BUNDLE_TRUST = ("Segmenting reads only plain values (network parameters, weights file names, post-processing) "
+                "from the bundle's configs/inference.json and loads weights with torch.load(weights_only=True): no "
+                "config expression ($...) is run. The monai.bundle commands (train, evaluate, run) do run a "
+                "bundle's config expressions: use them only with bundles you trust.")
 
-def _segment(args: argparse.Namespace) -> int:
+
+def bundle_warning(bundle: str | None) -> str | None:
+    """The one-line warning for a bundle that did not come with this installation (``--bundle`` or
+    ``$MONAIUNETSEG_BUNDLE``), else None. Raises as ``bundle_root`` does for a folder that is no bundle."""
+    from monaiunetseg.model.bundle import bundle_root, is_shipped
+
+    root = bundle_root(bundle)
+    if is_shipped(root):
+        return None
+    return (f"warning: bundle {root} is not the installed one; segment reads only plain values from it, but its "
+            "configs can run code when used with 'python -m monai.bundle': run those only if you trust it")
+
+
+def check_model_options(args: argparse.Namespace) -> None:
+    """Fail before any work on a bad ``--device`` (``cuda`` without CUDA is an error, not a fallback); warn
+    about a bundle from outside the installation."""
     from monaiunetseg.model.predictor import device_name
 
-    device_name(args.device)  # fail before any work: --device cuda without CUDA is an error, not a fallback
+    device_name(args.device)  # a string: torch is imported only where CUDA may be there
+    warning = bundle_warning(args.bundle)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    check_model_options(args)
     shard([], args.num_shards, args.shard_id)  # validates N and K
     options = BatchOptions(device=args.device, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                            all_series=args.all_series, overlay=args.overlay, num_shards=args.num_shards,
                            shard_id=args.shard_id, bundle=args.bundle, weights=args.weights, progress=not args.quiet,
-                           output_format=args.output_format)
+                           output_format=args.output_format, wait=args.wait)
     result = run_batch(args.inputs, args.out_dir, options)
     if args.quiet:  # otherwise every case, failures included, was shown live
         for r in result.results:
@@ -30,10 +56,20 @@ def _segment(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def device_name(text: str) -> str:
+    """``--device`` values: a non-empty name (``auto``, ``cpu``, ``cuda``, ``cuda:N``); checked further later."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty device name: use auto, cuda, cuda:N or cpu")
+    return text.strip()
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """``--device``, ``--bundle``, ``--weights``: the same model choice for every inference command."""
-    p.add_argument("--device", default="auto", help="auto (CUDA with AMP when present, else CPU), cuda or cpu")
-    p.add_argument("--bundle", default=None, help="MONAI bundle folder (default: the installed/shipped one)")
+    p.add_argument("--device", default="auto", type=device_name,
+                   help="auto (CUDA with AMP when present, else CPU), cuda, cuda:N or cpu")
+    p.add_argument("--bundle", default=None,
+                   help="MONAI bundle folder (default: the installed/shipped one, or $MONAIUNETSEG_BUNDLE). "
+                        "Only plain values of its configs/inference.json are read: no config code runs here")
     p.add_argument("--weights", default=None, help="model weights (default: the bundle's models/model.pt)")
 
 
@@ -47,18 +83,25 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                     "HDF5, GIPL, VTK with the itk extra), DICOM series folders or any folder tree (scanned "
                     "recursively; DICOM files, classic or enhanced multi-frame, are grouped into series by "
                     "SeriesInstanceUID). Writes <name>_seg labelmaps (0 background, 1 FLAIR abnormality) on each "
-                    "input's own voxel grid, one line per case, and OUTDIR/report.csv. Exit code 1 if any case failed.",
+                    "input's own voxel grid, one line per case, and OUTDIR/report.csv (+ report.json, run.json). "
+                    "Exit code 1 if any case failed, 2 for a command error (bad arguments, unusable model, output "
+                    "folder not writable, in use by another run, or holding files MONAIUNetSeg did not write under "
+                    "its output names). " + BUNDLE_TRUST,
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image file, DICOM folder or folder tree")
     p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="OUTDIR",
-                   help="output folder (must not be inside an input folder)")
+                   help="output folder (must not be inside an input folder; one run at a time writes into it)")
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG per DICOM input (<name>_seg.dcm)")
     p.add_argument("--overlay", action="store_true",
                    help="also write <name>_overlay.png: the middle slice of the finding with its outline")
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="same",
                    help="labelmap format: same (default: the input's own, <name>_seg.nrrd for NRRD, _seg.mha for "
                         "MetaImage, _seg.nii.gz for NIfTI and DICOM), nifti, nrrd or mha")
-    p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist (default: skip them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo cases whose outputs exist (default: skip those made from the same input content), "
+                        "and replace files under output names that MONAIUNetSeg did not write (default: stop)")
+    p.add_argument("--wait", action="store_true",
+                   help="if another run holds OUTDIR, wait for it to finish (default: stop with exit code 2)")
     p.add_argument("--all-series", action="store_true",
                    help="segment every 3D DICOM series, not only FLAIR ones (NIfTI files are always segmented)")
     p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the cases into N shards (default 1)")

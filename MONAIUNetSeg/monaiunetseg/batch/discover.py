@@ -26,6 +26,7 @@ from monaiunetseg.io.dicom_series import (
     read_header,
 )
 from monaiunetseg.io.dicom_volume import volume_problem
+from monaiunetseg.io.guard import not_regular, open_header
 from monaiunetseg.io.itk_reader import itk_available, itk_format, missing_extra_message
 from monaiunetseg.io.labelmap import is_our_labelmap
 from monaiunetseg.io.nifti import is_nifti_path
@@ -82,7 +83,11 @@ def _scan_file(path: Path, explicit: bool) -> Path | DicomFile | Case | None:
     folders).
 
     ``explicit``: the file was named on the command line, so "not an image" is a failure, not a skip.
+    Only regular files are opened (``stat`` first): a FIFO would block and a device never end.
     """
+    irregular = not_regular(path)
+    if irregular:
+        return _problem(path, FAILED if explicit else SKIPPED, f"{path}: {irregular}, not a regular file: not read")
     kind = file_kind(path)
     if kind == "itk" and not itk_available():
         return _problem(path, FAILED if explicit else SKIPPED, missing_extra_message(path))
@@ -129,8 +134,9 @@ def _walk(folder: Path, onerror=None) -> Iterable[Path]:
 def _series_uid_of_unreadable(path: Path) -> str:
     """SeriesInstanceUID of a file whose full header failed to read, if that one element still reads, else ''."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True)
-        return str(ds.get("SeriesInstanceUID", "") or "")
+        with open_header(path) as fh:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True)
+            return str(ds.get("SeriesInstanceUID", "") or "")
     except Exception:
         return ""
 
@@ -172,7 +178,7 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
             item = _scan_file(file, explicit)
         except Exception as exc:  # one unreadable file never stops the batch
             item = _problem(file, FAILED, f"{file}: cannot be read ({exc.__class__.__name__}: {exc})")
-        if isinstance(item, Case) and item.status == FAILED:  # remember which series it would have belonged to
+        if isinstance(item, Case) and item.status == FAILED and not not_regular(file):  # which series it was of
             uid = _series_uid_of_unreadable(file)
             if uid:
                 unreadable.setdefault(uid, []).append(str(file))
@@ -197,9 +203,7 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
 
     for raw in inputs:
         path = Path(os.path.abspath(raw))
-        if path.is_file():
-            add(scan(path, explicit=True))  # type: ignore[arg-type]  # explicit: never None
-        elif path.is_dir():
+        if path.is_dir():
             found = 0
             others: dict[Path, list[str]] = {}
             for f in _walk(path, onerror=unreadable_folder):
@@ -218,6 +222,8 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
                 for folder, names in others.items():
                     cases.append(_problem(folder, SKIPPED, f"{folder}: {len(names)} file(s) that are neither images "
                                                            f"nor DICOM ignored (e.g. {names[0]})"))
+        elif os.path.exists(path):  # a file, or a FIFO/device named on the command line (refused unread)
+            add(scan(path, explicit=True))  # type: ignore[arg-type]  # explicit: never None
         else:
             cases.append(_problem(path, FAILED, f"{path}: no such file or folder"))
     cases.extend(_series_case(s, all_series, unreadable.get(s.uid)) for s in group_series(dicom_files))

@@ -12,7 +12,6 @@ folder write one file each (``run.shardKofN.json``), as they do reports. A run i
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ from typing import Iterable
 import monaiunetseg
 from monaiunetseg.batch.discover import Case
 from monaiunetseg.batch.report import OK, CaseResult
+from monaiunetseg.batch.resume import content_digest, file_sha256
 from monaiunetseg.files import write_text_atomic
 
 RECORD_NAME = "run.json"
@@ -39,26 +39,26 @@ def record_path(out_dir: Path, num_shards: int = 1, shard_id: int = 0) -> Path:
     return out_dir / (RECORD_NAME if num_shards == 1 else f"run.shard{shard_id}of{num_shards}.json")
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_sha256(case: Case) -> str | None:
-    """Content hash of a case's input: the file's SHA-256 for NIfTI; for a DICOM series the SHA-256 of its files'
-    sorted SHA-256 digests (independent of file names and order). None when there is nothing to hash."""
-    try:
-        if case.kind == "nifti":
-            return sha256_file(case.source)
-        if case.kind == "dicom" and case.series is not None:
-            digests = sorted(sha256_file(f.path) for f in case.series.files)
-            return hashlib.sha256("\n".join(digests).encode()).hexdigest()
-    except OSError:
+    """Content hash of a case's input, as its labelmap's source record holds it (``resume.content_digest``: the
+    file's SHA-256; for a DICOM series the SHA-256 of its files' sorted SHA-256 digests, independent of file names
+    and order). None when there is nothing to hash."""
+    if not (case.is_file or (case.kind == "dicom" and case.series is not None)):
         return None
-    return None
+    try:
+        return content_digest(case)
+    except (OSError, ValueError):  # unreadable, or a data file that is no regular file
+        return None
+
+
+def is_our_record(path: Path) -> bool:
+    """Whether ``path`` is a run record (or a file that is no JSON at all: an unreadable record is moved aside
+    by :class:`RunRecord`, never overwritten); False for another program's JSON under the name."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return isinstance(document, dict) and "schema_version" in document and isinstance(document.get("runs"), list)
 
 
 def versions() -> dict[str, str | None]:
@@ -115,7 +115,7 @@ def cpu_name() -> str:
 def weights_of(segmenter) -> list[dict[str, object]]:
     """Path, size and SHA-256 of every weights file the model was loaded from."""
     files = [Path(w) for w in getattr(segmenter, "weights", None) or []]
-    return [{"path": str(w.resolve()), "bytes": w.stat().st_size, "sha256": sha256_file(w)} for w in files]
+    return [{"path": str(w.resolve()), "bytes": w.stat().st_size, "sha256": file_sha256(w)} for w in files]
 
 
 def case_entry(case: Case, result: CaseResult) -> dict[str, object]:

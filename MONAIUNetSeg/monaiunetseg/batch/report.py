@@ -1,14 +1,24 @@
-"""The batch report: one schema (statuses, columns, row formatting) and the one writer of ``report.csv``."""
+"""The batch report: one schema (statuses, columns, values) and the one writer of ``report.csv`` and
+``report.json``.
+
+Both files are written from the same rows. ``report.json`` keeps every value as it is (numbers as numbers);
+``report.csv`` is for spreadsheets, which run a cell beginning with ``=``, ``+``, ``-`` or ``@`` as a formula:
+DICOM text (a SeriesDescription of ``=HYPERLINK(...)``) would run there. So its text cells lose control
+characters and get a leading ``'`` when they begin like a formula (OWASP's CSV-injection advice); numeric
+columns are written as plain numbers.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Iterable
 
+from monaiunetseg import TOOL_NAME, __version__
 from monaiunetseg.files import write_text_atomic
 
 REPORT_NAME = "report.csv"
@@ -32,6 +42,9 @@ class Status(str, Enum):
 OK, FAILED, SKIPPED, PENDING = Status.OK, Status.FAILED, Status.SKIPPED, Status.PENDING
 REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "seconds", "series_uid", "series_description",
                   "dicom_seg", "overlay", "note"]
+NUMERIC_COLUMNS = ("volume_ml", "seconds")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -59,38 +72,105 @@ class CaseResult:
             return f"{'ok':8s}{name or self.input}: {volume}{done} -> {self.output}"
         return f"{str(self.status).upper() if self.status == FAILED else str(self.status):8s}{self.error or self.input}"
 
-    def row(self) -> dict[str, str]:
+    def data(self) -> dict:
+        """The row's raw values (what ``report.json`` holds): text as it is, numbers or None."""
         values = {c: getattr(self, c) for c in REPORT_COLUMNS}
-        values["volume_ml"] = "" if self.volume_ml is None else f"{self.volume_ml:.3f}"
-        values["seconds"] = "" if self.seconds is None else f"{self.seconds:.3f}"
-        return {k: str(v) for k, v in values.items()}
+        values["status"] = str(self.status)
+        return values
+
+    @classmethod
+    def from_data(cls, data: dict) -> CaseResult:
+        """The inverse of :meth:`data`; unknown keys are ignored, numbers may be given as text (from a CSV)."""
+        values: dict = {"input": ""}
+        for c in REPORT_COLUMNS:
+            value = data.get(c)
+            if value is None or value == "":
+                continue
+            if c in NUMERIC_COLUMNS:
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    continue
+            elif c == "status":
+                value = Status(value) if value in Status._value2member_map_ else str(value)
+            else:
+                value = str(value)
+            values[c] = value
+        return cls(**values)
+
+    def row(self) -> dict[str, str]:
+        """The row as ``report.csv`` writes it."""
+        return csv_row(self.data())
 
 
-def earlier_rows(path: Path, inputs: set[str]) -> list[dict[str, str]]:
-    """Rows of an existing report whose ``input`` is not one of ``inputs`` (this batch's): the results of
-    earlier runs on other inputs; none when there is no readable report."""
+def csv_text(value: str) -> str:
+    """A text cell made safe for spreadsheets: control characters removed, a formula-like start quoted."""
+    text = _CONTROL.sub("", str(value))
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def csv_row(data: dict) -> dict[str, str]:
+    """Raw row values (see :meth:`CaseResult.data`) as CSV cells: numbers with 3 decimals, text made safe."""
+    row = {}
+    for c in REPORT_COLUMNS:
+        value = data.get(c)
+        if c in NUMERIC_COLUMNS:
+            row[c] = "" if value is None or value == "" else f"{float(value):.3f}"
+        else:
+            row[c] = csv_text("" if value is None else value)
+    return row
+
+
+def json_path(csv_path: Path) -> Path:
+    """``report.json`` beside ``report.csv`` (``report.shardKofN.json`` beside a shard's CSV)."""
+    return csv_path.with_suffix(".json")
+
+
+def write_report(rows: list[dict], path: Path) -> Path:
+    """Write ``rows`` (raw values) as ``path`` (CSV) and its JSON twin, each atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for data in rows:
+        writer.writerow(csv_row(data))
+    document = {"tool": TOOL_NAME, "version": __version__, "columns": REPORT_COLUMNS,
+                "rows": [{c: data.get(c) for c in REPORT_COLUMNS} for data in rows]}
+    write_text_atomic(json_path(path), json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(path, buf.getvalue())
+    return path
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    """The rows of a ``report.csv`` this tool wrote, as raw values (numbers parsed); [] when unreadable."""
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
-    return [r for r in rows if r.get("input") not in inputs]
+    return [CaseResult.from_data(r).data() for r in rows]
 
 
-def write_report(results: list[CaseResult], path: Path, earlier: Iterable[dict[str, str]] = ()) -> Path:
-    """``earlier`` rows (see :func:`earlier_rows`) first, then this batch's; an earlier row naming an output
-    that this batch reports as its own is left out (``--overwrite`` gave that file to another input)."""
-    outputs = {r.output for r in results if r.output}
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS, lineterminator="\n", restval="", extrasaction="ignore")
-    writer.writeheader()
-    for row in earlier:
-        if row.get("output") not in outputs:
-            writer.writerow(row)
-    for r in results:
-        writer.writerow(r.row())
-    write_text_atomic(path, buf.getvalue())
-    return path
+def foreign_reports(path: Path) -> list[Path]:
+    """The report files at ``path`` (CSV) and its JSON twin that exist but were not written by this tool: a CSV
+    whose header is not the report's, a JSON that is not a report of ``TOOL_NAME``."""
+    found = []
+    if path.exists():
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), None)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            header = None
+        if header != REPORT_COLUMNS:
+            found.append(path)
+    twin = json_path(path)
+    if twin.exists():
+        try:
+            document = json.loads(twin.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            document = None
+        if not (isinstance(document, dict) and document.get("tool") == TOOL_NAME):
+            found.append(twin)
+    return found
 
 
 def report_path(out_dir: Path, num_shards: int = 1, shard_id: int = 0) -> Path:

@@ -1,8 +1,15 @@
-"""Resuming a batch: which earlier outputs are this input's finished result (each labelmap records its source),
-which belong to another input (never taken over), and which are stale."""
+"""Resuming a batch: which earlier outputs are this input's finished result, which belong to another input (never
+taken over), and which are stale.
+
+Each labelmap records its source (NIfTI extension, NRRD/MetaImage header field): the input's path or
+SeriesInstanceUID and a SHA-256 of the input's content (the image file; for a DICOM series, the sorted SHA-256s of
+its files). An input replaced by another scan, even on the same grid, no longer matches and is redone, with the
+reason in the row's note.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import TYPE_CHECKING
 
@@ -12,12 +19,13 @@ from monaiunetseg.batch.discover import Case
 from monaiunetseg.batch.naming import OutputPaths
 from monaiunetseg.batch.report import FAILED, CaseResult
 from monaiunetseg.geometry import voxel_volume_ml
-from monaiunetseg.io.dicom_volume import volume_grid
-from monaiunetseg.io.labelmap import grid_of, read_labels, read_source_record
+from monaiunetseg.io.labelmap import grid_of, is_our_labelmap, read_labels, read_source_record
 
 if TYPE_CHECKING:
     from monaiunetseg.batch.run import BatchOptions
 
+KEPT = "existing output kept (--overwrite redoes it)"
+DIGEST_KEY = "sha256"
 FORMAT_NAMES = {"nifti": "NIfTI", "nrrd": "NRRD", "metaimage": "MetaImage", "itk": "an ITK image file"}
 
 
@@ -30,12 +38,41 @@ def base_result(case: Case) -> CaseResult:
     return CaseResult(input=str(case.source), series_uid=case.series_uid, series_description=case.series_description)
 
 
-def source_record(case: Case) -> dict[str, str]:
-    """What a labelmap records as its source: the input file's kind and resolved path, or the DICOM
-    SeriesInstanceUID (with the series folder, for messages)."""
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_digest(case: Case) -> str:
+    """SHA-256 of the input's content: an image file's (with the data file of a detached .nhdr/.mhd header), or
+    for a DICOM series the SHA-256 of its files' SHA-256s (sorted, one per line), so renaming or moving files
+    changes nothing and changing one does."""
     if case.is_file:
-        return {"kind": case.kind, "input": os.path.realpath(case.source)}
-    return {"kind": "dicom", "series_uid": case.series_uid, "input": str(case.source)}
+        from monaiunetseg.io.nrrd_mha import input_files
+
+        paths = input_files(case.source)  # regular files only: hashing a FIFO would block
+        if len(paths) == 1:
+            return file_sha256(case.source)
+        files = [file_sha256(f) for f in paths]  # header first, then its data
+    else:
+        files = sorted(file_sha256(f.path) for f in case.series.files)  # type: ignore[union-attr]
+    return hashlib.sha256("\n".join(files).encode("ascii")).hexdigest()
+
+
+def source_record(case: Case, digest: str | None = None) -> dict[str, str]:
+    """What a labelmap records as its source: the input file's kind and resolved path, or the DICOM
+    SeriesInstanceUID (with the series folder, for messages); with ``digest`` (:func:`content_digest`) the
+    content it was made from."""
+    if case.is_file:
+        record = {"kind": case.kind, "input": os.path.realpath(case.source)}
+    else:
+        record = {"kind": "dicom", "series_uid": case.series_uid, "input": str(case.source)}
+    if digest:
+        record[DIGEST_KEY] = digest
+    return record
 
 
 def _is_source(record: dict | None, case: Case) -> bool:
@@ -52,54 +89,50 @@ def _describe_source(record: dict | None) -> str:
     return str(record.get("input"))
 
 
-def input_grid(case: Case) -> tuple[tuple[int, ...], np.ndarray]:
-    """(shape, RAS affine) the input will be segmented on, from its headers where the format allows."""
-    if case.kind == "dicom":
-        return volume_grid(case.series)  # type: ignore[arg-type]
-    if case.kind == "itk":
-        from monaiunetseg.io.itk_reader import grid_of as itk_grid_of
-
-        return itk_grid_of(case.source)
-    return grid_of(case.source)
-
-
-def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> CaseResult | None:
+def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> CaseResult | str:
     """The row of a case finished by an earlier run (all requested outputs present, the labelmap recording
-    this input as its source and on the input's grid), a failed row when the labelmap's name is taken by the
-    result of another input (never written over without ``--overwrite``), or None if it has to be (re)done."""
-    if os.path.lexists(paths.labelmap):
-        try:
-            record = read_source_record(paths.labelmap)
-        except Exception:  # not a readable NIfTI: not ours to replace either
-            record = None
-        if not _is_source(record, case):
-            res = base_result(case)
-            res.status = FAILED
-            where = case.series.label() if case.series else str(case.source)
-            res.error = (f"{where}: {paths.labelmap} already holds the result of {_describe_source(record)}; "
-                         "use another -o or --overwrite")
-            return res
-    wanted = [paths.labelmap]
-    if options.dicom_seg and case.kind == "dicom":
-        wanted.append(paths.dicom_seg)
-    if options.overlay:
-        wanted.append(paths.overlay)
-    if not all(p.is_file() for p in wanted):
-        return None
+    this input, with the same content, as its source), a failed row when the labelmap's name is taken by the
+    result of another input (never written over without ``--overwrite``), or else why the case has to be
+    (re)done: "" when there is no earlier output, else a note for the row."""
+    if not os.path.lexists(paths.labelmap) or not is_our_labelmap(paths.labelmap):
+        return ""  # nothing there, or a file the tool did not write (the run refuses to replace it)
     try:
-        shape, affine = grid_of(paths.labelmap)
-        expected_shape, expected_affine = input_grid(case)
-        if tuple(shape) != tuple(expected_shape) or not np.allclose(affine, expected_affine, atol=1e-3):
-            return None  # stale: the input changed since
+        record = read_source_record(paths.labelmap)
+    except Exception:  # not a readable labelmap: not ours to replace either
+        record = None
+    if not _is_source(record, case):
+        res = base_result(case)
+        res.status = FAILED
+        where = case.series.label() if case.series else str(case.source)
+        res.error = (f"{where}: {paths.labelmap} already holds the result of {_describe_source(record)}; "
+                     "use another -o or --overwrite")
+        return res
+    wanted = {"DICOM SEG": paths.dicom_seg} if options.dicom_seg and case.kind == "dicom" else {}
+    if options.overlay:
+        wanted["overlay"] = paths.overlay
+    missing = [name for name, p in wanted.items() if not p.is_file()]
+    if missing:
+        return f"earlier output incomplete (no {' or '.join(missing)}): redone"
+    if not record.get(DIGEST_KEY):  # type: ignore[union-attr]
+        return "earlier output has no content hash of its input (an older version wrote it): redone"
+    try:
+        digest = content_digest(case)
+    except (OSError, ValueError) as exc:  # ValueError: a data file that is no regular file (reading says so)
+        return f"input not readable for the resume check ({getattr(exc, 'strerror', None) or exc}): redone"
+    if digest != record[DIGEST_KEY]:  # type: ignore[index]
+        return (f"input changed since the earlier output (content SHA-256 {digest[:12]}..., was "
+                f"{str(record[DIGEST_KEY])[:12]}...): redone")  # type: ignore[index]
+    try:
+        _, affine = grid_of(paths.labelmap)
         labels = read_labels(paths.labelmap)
     except Exception:
-        return None  # unreadable or input now broken: redo, and let that report the problem
+        return "earlier output unreadable: redone"
     res = base_result(case)
     res.output = str(paths.labelmap)
     res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
     res.dicom_seg = str(paths.dicom_seg) if paths.dicom_seg.is_file() and case.kind == "dicom" else ""
     res.overlay = str(paths.overlay) if paths.overlay.is_file() else ""
-    res.note = "existing output kept (--overwrite redoes it)"
+    res.note = KEPT
     if options.dicom_seg and case.is_file:
         res.note += "; " + no_seg_note(case)
     return res

@@ -1,14 +1,17 @@
 """Batch inference: find cases in the inputs, shard them, segment each once, and keep a report.
 
-Designed for long unattended runs: one bad file fails its own case and the batch goes on; every output is
-written atomically and a rerun skips cases whose outputs exist (each labelmap records which input it is the
-result of, so another input's result is never taken for or written over this one's), so a killed batch resumes
-where it stopped; the report is rewritten (atomically) after every case; the model is loaded once and per-case
-arrays are freed.
+Designed for long unattended runs: one bad file fails its own case and the batch goes on; a case's outputs
+are written together or not at all (``batch.case``); a rerun skips cases whose outputs exist and were made
+from the same input content (each labelmap records its source and a hash of it), so a killed batch resumes
+where it stopped and a replaced scan is redone; the output folder is held by one run at a time
+(``batch.lock``), and files the tool did not write are never replaced (``batch.outdir``); the report is
+rebuilt from per-case records (``batch.records``) after every case, and ``run.json`` (``batch.record``) says
+what produced the results; the model is loaded once and per-case arrays are freed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -16,11 +19,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
-
+from monaiunetseg.batch.case import (  # noqa: F401  (re-exported: segment_case, failure_result, read_volume)
+    CaseStepError,
+    failure_result,
+    is_non_finite,
+    read_volume,
+    segment_case,
+)
 from monaiunetseg.batch.discover import Case, discover_cases, shard
+from monaiunetseg.batch.lock import OutputLock
 from monaiunetseg.batch.naming import OutputPaths, output_paths
-from monaiunetseg.batch.record import RunRecord
+from monaiunetseg.batch.outdir import (
+    check_out_dir,
+    folder_error,
+    foreign_files,
+    prepare_out_dir,
+    refuse_foreign,
+)
+from monaiunetseg.batch.record import RunRecord, record_path
+from monaiunetseg.batch.records import CaseRecords
 from monaiunetseg.batch.report import (
     FAILED,
     OK,
@@ -28,20 +45,16 @@ from monaiunetseg.batch.report import (
     SKIPPED,
     CaseResult,
     Status,
-    earlier_rows,
+    foreign_reports,
+    json_path,
     report_path,
     write_report,
 )
-from monaiunetseg.batch.resume import base_result, existing_result, no_seg_note, source_record
-from monaiunetseg.geometry import voxel_volume_ml
-from monaiunetseg.io.dicom_series import DicomSeriesError
-from monaiunetseg.io.itk_reader import ItkInputError
-from monaiunetseg.io.labelmap import write_labelmap
-from monaiunetseg.io.nifti import NiftiInputError
-from monaiunetseg.io.nrrd_mha import ImageInputError
+from monaiunetseg.batch.resume import base_result, existing_result
+from monaiunetseg.files import stale_parts
 
-# Input errors whose message already names the file and the problem (reported as they are).
-INPUT_ERRORS = (NiftiInputError, ImageInputError, ItkInputError, DicomSeriesError)
+# A model whose output is NaN/infinite on each of its first cases is broken, not the cases: stop the batch.
+ABORT_AFTER_NON_FINITE = 3
 
 try:
     from tqdm import tqdm
@@ -82,6 +95,7 @@ class BatchOptions:
     weights: str | None = None
     progress: bool = True
     output_format: str = "same"  # labelmap format: same (as the input; NIfTI for DICOM), nifti, nrrd or mha
+    wait: bool = False  # wait for another run holding the output folder instead of stopping
 
 
 @dataclass
@@ -108,88 +122,8 @@ class BatchResult:
                 f"{self.count(FAILED)} failed, {self.count(SKIPPED)} skipped in {self.seconds:.1f} s; report: {self.report}")
 
 
-def check_out_dir(inputs: Iterable[str | os.PathLike], out_dir: Path) -> None:
-    """Refuse an output folder inside an input folder or equal to an input file's folder: results are never
-    written among the inputs (and a later scan of the inputs would pick them up)."""
-    out = Path(out_dir).resolve()
-    for raw in inputs:
-        p = Path(raw)
-        if not p.exists():
-            continue
-        real = p.resolve()
-        if real.is_dir() and (out == real or real in out.parents):
-            raise ValueError(f"output folder {out_dir} is inside the input folder {p}; choose an output folder "
-                             "outside the inputs")
-        if real.is_file() and out == real.parent:
-            raise ValueError(f"output folder {out_dir} is the folder of the input {p}; choose another output folder "
-                             "so that results are not written next to the inputs")
-
-
-def read_volume(case: Case):
-    """The case's volume (``.array`` float32 (i, j, k), ``.affine`` RAS, plus what its writer needs), by kind."""
-    if case.kind == "nifti":
-        from monaiunetseg.io.nifti import read_nifti_volume
-
-        return read_nifti_volume(case.source)
-    if case.kind in ("nrrd", "metaimage"):
-        from monaiunetseg.io.nrrd_mha import read_image_volume
-
-        return read_image_volume(case.source)
-    if case.kind == "itk":
-        from monaiunetseg.io.itk_reader import read_itk_volume
-
-        return read_itk_volume(case.source)
-    from monaiunetseg.io.dicom_volume import load_volume
-
-    return load_volume(case.series)  # type: ignore[arg-type]
-
-
-def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOptions,
-                 input_files: frozenset[str] = frozenset()) -> CaseResult:
-    """Read, segment and write one case; raises on any problem (the caller turns it into a failed row)."""
-    for p in (paths.labelmap, paths.dicom_seg, paths.overlay):
-        if os.path.realpath(p) in input_files:
-            raise ValueError(f"{p}: output would overwrite an input file")
-    res = base_result(case)
-    t0 = time.perf_counter()
-    volume = read_volume(case)
-    array, affine = volume.array, volume.affine
-    t_read = time.perf_counter()
-    labels = segmenter.segment(array, affine)
-    t_seg = time.perf_counter()
-    write_labelmap(labels, volume, paths.labelmap, source=source_record(case))
-    res.output = str(paths.labelmap)
-    t_write = time.perf_counter()
-    if options.dicom_seg:
-        if case.kind == "dicom":
-            from monaiunetseg.io.dicom_seg import write_dicom_seg
-
-            res.dicom_seg = str(write_dicom_seg(labels, volume.datasets, paths.dicom_seg, volume.frame_slices))
-        else:
-            res.note = no_seg_note(case)
-    if options.overlay:
-        from monaiunetseg.io.overlay import write_overlay
-
-        res.overlay = str(write_overlay(array, labels, affine, paths.overlay, title=f"{case.name} (research use only)"))
-    t_end = time.perf_counter()
-    res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
-    res.seconds = t_end - t0
-    st = segmenter.timings
-    res.timings = {"read": t_read - t0, "preprocess": st.preprocess, "model": st.model, "invert": st.postprocess,
-                   "segment": t_seg - t_read, "write": t_write - t_seg, "extras": t_end - t_write, "total": t_end - t0}
-    return res
-
-
-def failure_result(case: Case, exc: Exception) -> CaseResult:
-    res = base_result(case)
-    res.status = FAILED
-    message = str(exc) or exc.__class__.__name__
-    if isinstance(exc, INPUT_ERRORS):
-        res.error = message
-    else:
-        where = case.series.label() if case.series else str(case.source)
-        res.error = f"{where}: {exc.__class__.__name__}: {message}"
-    return res
+class ModelOutputError(RuntimeError):
+    """The model gave non-finite output on every case it ran: the batch stopped (exit code 2)."""
 
 
 def require_inputs(files: list[str], folder: str | os.PathLike) -> list[str]:
@@ -199,26 +133,86 @@ def require_inputs(files: list[str], folder: str | os.PathLike) -> list[str]:
     return files
 
 
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _output_candidates(paths: OutputPaths, case: Case, options: BatchOptions) -> list[tuple[Path, str]]:
+    """The files a case may write, with their kinds (what ``outdir.is_ours`` checks them as)."""
+    found = [(paths.labelmap, "labelmap")]
+    if options.dicom_seg and case.kind == "dicom":
+        found.append((paths.dicom_seg, "dicom_seg"))
+    if options.overlay:
+        found.append((paths.overlay, "overlay"))
+    return found
+
+
+class _Report:
+    """This run's rows, their records and the report files rebuilt from them; write errors are exit-2 errors."""
+
+    def __init__(self, out_dir: Path, path: Path, inputs: list[Path], legacy: bool) -> None:
+        self.path = path
+        self.records = CaseRecords(out_dir, path.name)
+        try:
+            self.records.start(inputs, legacy_report=path if legacy else None)
+        except OSError as exc:
+            raise folder_error(exc, f"the case records in {out_dir}") from exc
+
+    def put(self, results: list[CaseResult], indices: Iterable[int]) -> None:
+        try:
+            for i in indices:
+                self.records.put(results[i], i)
+            write_report(self.records.rows(), self.path)
+        except OSError as exc:
+            raise folder_error(exc, f"the report {self.path}") from exc
+
+
 def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, options: BatchOptions | None = None,
               segmenter=None) -> BatchResult:
     """Segment every case of this shard of ``inputs`` into ``out_dir``; never raises for a bad case.
 
-    ``segmenter`` (an :class:`~monaiunetseg.model.predictor.Segmenter`) is created on first need when not given.
+    Raises :class:`~monaiunetseg.batch.outdir.OutputFolderError` (and ``ValueError`` for outputs among the
+    inputs) before any work when the output folder cannot be used. ``segmenter`` (an
+    :class:`~monaiunetseg.model.predictor.Segmenter`) is created on first need when not given.
     """
     options = options or BatchOptions()
     started = time.perf_counter()
     inputs = [Path(p) for p in inputs]
     out_dir = Path(out_dir)
     check_out_dir(inputs, out_dir)
+    shard([], options.num_shards, options.shard_id)  # validates N and K before anything is created
+    prepare_out_dir(out_dir)
+    lock = OutputLock(out_dir, options.num_shards, options.shard_id, wait=options.wait, on_wait=_say)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise folder_error(exc, f"the lock file in {out_dir}") from exc
+    try:
+        return _run_held(inputs, out_dir, options, segmenter, lock.exclusive, started)
+    finally:
+        lock.release()
+
+
+def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmenter, whole_folder: bool,
+              started: float) -> BatchResult:
+    """:func:`run_batch` once the output folder is held (``whole_folder``: not just this shard's part)."""
     all_cases = discover_cases(inputs, all_series=options.all_series)
     cases = shard(all_cases, options.num_shards, options.shard_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = report_path(out_dir, options.num_shards, options.shard_id)
+    run_json = record_path(out_dir, options.num_shards, options.shard_id)
+    mine = None  # whose temporary files a killed run may have left: all of them, or only this shard's
+    if not whole_folder:
+        mine = {report.name, json_path(report).name, run_json.name}
+        mine |= {p.name for c in cases for p in dataclasses.astuple(output_paths(out_dir, c, options.output_format))}
+    for part in stale_parts(out_dir, mine):  # no one else writes these now: the folder (or shard) is held
+        part.unlink()
+    foreign = foreign_reports(report)
+    if not options.overwrite:
+        refuse_foreign(foreign + foreign_files([(run_json, "run_record")]))
     input_files = frozenset(os.path.realpath(c.source) for c in all_cases if c.is_file)
 
-    earlier = earlier_rows(report, {str(c.source) for c in cases})  # a rerun with other inputs adds rows
     results: list[CaseResult] = []
-    todo: list[tuple[int, Case, OutputPaths]] = []
+    todo: list[tuple[int, Case, OutputPaths, str]] = []
     for case in cases:
         if case.status:  # decided at discovery
             res = base_result(case)
@@ -226,39 +220,86 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
             results.append(res)
             continue
         paths = output_paths(out_dir, case, options.output_format)
-        existing = None if options.overwrite else existing_result(case, paths, options)
-        if existing is None:
-            existing = base_result(case)
-            existing.status = PENDING
-        results.append(existing)
-        if existing.status == PENDING:
-            todo.append((len(results) - 1, case, paths))
-    write_report(results, report, earlier)
-    record = RunRecord.start(out_dir, options, inputs, started)  # run.json: what produced these results
+        existing = "" if options.overwrite else existing_result(case, paths, options)
+        if isinstance(existing, CaseResult):
+            results.append(existing)
+            continue
+        res = base_result(case)
+        res.status = PENDING
+        results.append(res)
+        todo.append((len(results) - 1, case, paths, existing))
+    if not options.overwrite:
+        candidates = [pair for _, case, paths, _ in todo for pair in _output_candidates(paths, case, options)]
+        refuse_foreign(foreign_files(candidates))
 
-    def show(result: CaseResult, case: Case) -> None:  # one line per case, live, so a long batch reads as it goes
-        if options.progress:
-            tqdm.write(result.line(case.name), file=sys.stderr if result.status == FAILED else sys.stdout)
-
-    for case, result in zip(cases, results):
-        if result.status != PENDING:
-            show(result, case)
-    if todo and segmenter is None:  # once per batch; a missing model or device is a batch error, not per case
+    if todo and segmenter is None:  # before any report is written: a bad model or device is a command error
         from monaiunetseg.model.predictor import Segmenter
 
         segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights)
+    book = _Report(out_dir, report, inputs, legacy=report.exists() and report not in foreign)
+    book.put(results, range(len(results)))
+    try:
+        record = RunRecord.start(out_dir, options, inputs, started)  # run.json: what produced these results
+    except OSError as exc:
+        raise folder_error(exc, f"the run record {run_json}") from exc
+    for case, res in zip(cases, results):
+        if res.status != PENDING:
+            _show(res, case, options)
+    try:
+        _segment_all(todo, results, book, segmenter, options, input_files)
+    finally:  # a batch stopped for a broken model is recorded too
+        try:
+            record.finish(cases, results, segmenter if todo else None)
+        except OSError as exc:
+            raise folder_error(exc, f"the run record {run_json}") from exc
+    return BatchResult(results, report, len(all_cases), time.perf_counter() - started)
+
+
+def _show(result: CaseResult, case: Case, options: BatchOptions) -> None:
+    """One line per case, live, so that a long batch reads as it goes (failures on stderr)."""
+    if options.progress:
+        tqdm.write(result.line(case.name), file=sys.stderr if result.status == FAILED else sys.stdout)
+
+
+def _segment_all(todo: list[tuple[int, Case, OutputPaths, str]], results: list[CaseResult], book: _Report,
+                 segmenter, options: BatchOptions, input_files: frozenset[str]) -> None:
+    """Segment the ``todo`` cases in order, recording each; stop when the model itself is broken."""
     # The bar (stderr) only where it can redraw: disable=None lets tqdm turn it off when stderr is no terminal.
     bar = tqdm(todo, desc="segment", unit="case", disable=True if not options.progress or not todo else None)
-    for index, case, paths in bar:
+    model_ok = non_finite = 0
+    for n, (index, case, paths, reason) in enumerate(bar):
         bar.set_postfix_str(case.name[-40:])
         t0 = time.perf_counter()
         try:
-            results[index] = segment_case(case, paths, segmenter, options, input_files)
+            res = segment_case(case, paths, segmenter, options, input_files)
+            model_ok += 1
         except Exception as exc:  # a bad case never stops the batch
-            results[index] = failure_result(case, exc)
-            results[index].seconds = time.perf_counter() - t0
-        show(results[index], case)
-        write_report(results, report, earlier)
+            res = failure_result(case, exc)
+            res.seconds = time.perf_counter() - t0
+            if is_non_finite(exc):
+                non_finite += 1
+            elif isinstance(exc, CaseStepError) and exc.step not in ("read", "segment"):
+                model_ok += 1
+        res.note = "; ".join(t for t in (reason, res.note) if t)
+        results[index] = res
+        _show(res, case, options)
+        book.put(results, [index])
+        if non_finite and not model_ok and (non_finite >= ABORT_AFTER_NON_FINITE or n == len(todo) - 1):
+            bar.close()
+            _abort(todo[n + 1:], results, book, res.error)
     bar.close()
-    record.finish(cases, results, segmenter if todo else None)
-    return BatchResult(results, report, len(all_cases), time.perf_counter() - started)
+
+
+def _abort(rest: list[tuple[int, Case, OutputPaths, str]], results: list[CaseResult], book: _Report,
+           error: str) -> None:
+    """Fail the cases not run, record them, and raise :class:`ModelOutputError`."""
+    why = error.split(": segment: ", 1)[-1]
+    for index, case, _, _ in rest:
+        res = base_result(case)
+        res.status = FAILED
+        res.error = f"{case.series.label() if case.series else case.source}: not run: the batch stopped ({why})"
+        results[index] = res
+    book.put(results, [index for index, *_ in rest])
+    not_run = f"; {len(rest)} case(s) not run" if rest else ""
+    raise ModelOutputError(f"the model gave NaN or infinite output for every case it ran ({why}): the batch "
+                           f"stopped{not_run}; check the weights. Report: {book.path}")

@@ -16,13 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-from monaiunetseg.batch.cli import add_model_options
+from monaiunetseg.batch.case import failure_result, segment_case
+from monaiunetseg.batch.cli import add_model_options, check_model_options
 from monaiunetseg.batch.discover import Case, discover_cases
+from monaiunetseg.batch.lock import OutputLock
 from monaiunetseg.batch.naming import OUTPUT_FORMATS, output_paths
+from monaiunetseg.batch.outdir import check_out_dir, folder_error, foreign_files, prepare_out_dir, refuse_foreign
 from monaiunetseg.batch.report import FAILED, OK, CaseResult
 from monaiunetseg.batch.resume import existing_result
-from monaiunetseg.batch.run import BatchOptions, failure_result, check_out_dir, segment_case
-from monaiunetseg.files import write_text_atomic
+from monaiunetseg.batch.run import BatchOptions
+from monaiunetseg.files import stale_parts, write_text_atomic
 
 # The caller named one series: it is segmented whatever it shows (no FLAIR check; a series that is no volume is
 # still skipped). A folder holding several 3D series fails: which one was meant is not guessed.
@@ -56,9 +59,10 @@ def segment_single(input_path: str | os.PathLike, out_dir: str | os.PathLike, op
                    segmenter=None) -> CaseResult:
     """Segment one image file or DICOM series folder into ``out_dir``; a bad input gives a failed result.
 
-    Raises only for what is wrong with the request rather than the input (output folder among the inputs,
-    unknown device, unusable bundle or weights), as ``segment`` does. The model is loaded (when ``segmenter``
-    is None) only once the input is known to be one case that still needs segmenting.
+    Raises only for what is wrong with the request rather than the input (output folder among the inputs, not
+    writable or in use, a file MONAIUNetSeg did not write under the output's name, unknown device, unusable
+    bundle or weights), as ``segment`` does. The model is loaded (when ``segmenter`` is None) only once the
+    input is known to be one case that still needs segmenting. The output folder is held as ``segment`` holds it.
     """
     options = options or BatchOptions()
     out_dir = Path(out_dir).absolute()
@@ -66,23 +70,40 @@ def segment_single(input_path: str | os.PathLike, out_dir: str | os.PathLike, op
     case = single_case(input_path)
     if isinstance(case, CaseResult):
         return case
+    prepare_out_dir(out_dir)
+    lock = OutputLock(out_dir, wait=options.wait)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise folder_error(exc, f"the lock file in {out_dir}") from exc
+    try:
+        return _segment_held(case, out_dir, options, segmenter)
+    finally:
+        lock.release()
+
+
+def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -> CaseResult:
     paths = output_paths(out_dir, case, options.output_format)
-    existing = None if options.overwrite else existing_result(case, paths, options)
-    if existing is not None:
+    for part in stale_parts(out_dir, [paths.labelmap.name]):  # left by a killed run
+        part.unlink()
+    existing = "" if options.overwrite else existing_result(case, paths, options)
+    if isinstance(existing, CaseResult):
         return existing
+    if not options.overwrite:
+        refuse_foreign(foreign_files([(paths.labelmap, "labelmap")]))
     if segmenter is None:
         from monaiunetseg.model.predictor import Segmenter
 
         segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights)
-    out_dir.mkdir(parents=True, exist_ok=True)
     input_files = frozenset([os.path.realpath(case.source)] if case.is_file else [])
     t0 = time.perf_counter()
     try:
-        return segment_case(case, paths, segmenter, options, input_files)
+        result = segment_case(case, paths, segmenter, options, input_files)
     except Exception as exc:  # a bad case is a result, not a crash
         result = failure_result(case, exc)
         result.seconds = time.perf_counter() - t0
-        return result
+    result.note = "; ".join(t for t in (existing, result.note) if t)
+    return result
 
 
 def result_json(result: CaseResult) -> str:
@@ -94,11 +115,9 @@ def result_json(result: CaseResult) -> str:
 
 def _segment_case(args: argparse.Namespace) -> int:
     options = BatchOptions(device=args.device, overwrite=args.overwrite, bundle=args.bundle, weights=args.weights,
-                           progress=False, output_format=args.output_format)
+                           progress=False, output_format=args.output_format, wait=args.wait)
     try:
-        from monaiunetseg.model.predictor import device_name
-
-        device_name(args.device)  # fail before any work, as ``segment`` does
+        check_model_options(args)  # fail before any work, as ``segment`` does
         result = segment_single(args.input, args.out_dir, options)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:  # the request itself: still say so in the file
         failed = _failed(CaseResult(input=str(Path(os.path.abspath(args.input)))), str(exc))
@@ -132,6 +151,8 @@ def add_segment_case_parser(subparsers: argparse._SubParsersAction) -> argparse.
     add_model_options(p)
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="same",
                    help="labelmap format: same (default: the input's own; NIfTI for DICOM), nifti, nrrd or mha")
-    p.add_argument("--overwrite", action="store_true", help="redo the case when its output exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo the case when its output exists; replace a file MONAIUNetSeg did not write there")
+    p.add_argument("--wait", action="store_true", help="if another run holds OUTDIR, wait for it (default: exit 2)")
     p.set_defaults(func=_segment_case)
     return p

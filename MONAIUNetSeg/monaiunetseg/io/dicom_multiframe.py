@@ -20,7 +20,9 @@ import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
 
+from monaiunetseg.geometry import check_affine
 from monaiunetseg.io.dicom_series import LPS_TO_RAS, DicomSeries, DicomSeriesError, SeriesVolume
+from monaiunetseg.io.guard import voxel_budget_problem
 
 ORIENTATION_DECIMALS = 3  # direction cosines equal to 1e-3 count as one orientation (as for classic series)
 # (functional group, attribute, what several distinct values mean): each makes a file more than one 3D volume.
@@ -148,6 +150,10 @@ def load_multiframe_volume(series: DicomSeries) -> SeriesVolume:
     if problem:
         raise DicomSeriesError(f"{where}: {problem}")
     path = series.first.path
+    first = series.first
+    too_big = voxel_budget_problem((first.columns or 1, first.rows or 1, first.n_frames))
+    if too_big:
+        raise DicomSeriesError(f"{where}: {too_big}")
     hd = _highdicom()
     try:
         image = hd.imread(path)
@@ -160,12 +166,13 @@ def load_multiframe_volume(series: DicomSeries) -> SeriesVolume:
     if volume.channel_shape:
         raise DicomSeriesError(f"{where}: volume with channels {volume.channel_shape}, not a greyscale 3D volume")
     affine, shape, reverse = _core_grid(np.asarray(volume.affine, dtype=float), tuple(volume.spatial_shape))
+    ras_affine = check_affine(LPS_TO_RAS @ affine, where)
     array = np.ascontiguousarray(np.asarray(volume.array, dtype=np.float32).transpose(2, 1, 0))
     if reverse:
         array = np.ascontiguousarray(array[:, :, ::-1])
     header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     frame_slices = _frame_slices(header, affine, shape, path)
-    return SeriesVolume(array, LPS_TO_RAS @ affine, [header], frame_slices=frame_slices)
+    return SeriesVolume(array, ras_affine, [header], frame_slices=frame_slices)
 
 
 def _frame_slices(ds: pydicom.Dataset, affine_lps: np.ndarray, shape: tuple[int, int, int], path: Path) -> list[int]:

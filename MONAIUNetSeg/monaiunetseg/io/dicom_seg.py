@@ -14,7 +14,7 @@ import pydicom
 from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
 
-from monaiunetseg import __version__, labels
+from monaiunetseg import TOOL_NAME, __version__, labels
 from monaiunetseg.files import atomic_path
 
 SEGMENT_LABEL = labels.SEGMENT_LABEL
@@ -29,7 +29,7 @@ SEG_SERIES_NUMBER_OFFSET = 9000  # keeps the SEG next to, but distinct from, its
 
 def segment_description() -> hd.seg.SegmentDescription:
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="MONAIUNetSeg", version=__version__, family=codes.cid7162.ArtificialIntelligence,
+        name=TOOL_NAME, version=__version__, family=codes.cid7162.ArtificialIntelligence,
     )
     return hd.seg.SegmentDescription(
         segment_number=1,
@@ -70,7 +70,7 @@ def write_dicom_seg(labels: np.ndarray, source_datasets: list[pydicom.Dataset], 
         series_number=series_number,
         sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer="MONAIUNetSeg",
+        manufacturer=TOOL_NAME,  # how a later run knows this file is its own (batch.outdir)
         manufacturer_model_name="MONAIUNetSeg LGG FLAIR U-Net (research use only)",
         software_versions=__version__,
         device_serial_number="0",

@@ -23,6 +23,10 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from monaiunetseg.errors import describe
+from monaiunetseg.geometry import check_affine
+from monaiunetseg.io.guard import ReadLimitExceeded, open_header, voxel_budget_problem
+
 try:
     from pydicom.pixels import apply_modality_lut
 except ImportError:  # pydicom < 3 (Slicer 5.6 and 5.8 ship pydicom 2.4)
@@ -149,14 +153,18 @@ def read_header(path: str | os.PathLike, force: bool = False) -> DicomFile:
     :class:`DicomSeriesError` for DICOM files that cannot be parsed."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():  # garbage files make pydicom warn per element; the error says enough
+        with warnings.catch_warnings(), open_header(path) as fh:  # bounded: a file of zeros is not parsed for minutes
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=force, specific_tags=HEADER_TAGS)
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=force, specific_tags=HEADER_TAGS)
             return _header_record(path, ds, force)  # pydicom converts values on access: corrupt ones raise here
     except (InvalidDicomError, DicomSeriesError):
         raise
+    except ReadLimitExceeded as exc:
+        if not force:
+            raise DicomSeriesError(str(exc)) from exc
+        raise InvalidDicomError(str(exc)) from exc  # no preamble and no header in the first MiBs: not DICOM
     except Exception as exc:  # truncated or garbled: pydicom raises many types
-        raise DicomSeriesError(f"{path}: corrupt DICOM file ({exc.__class__.__name__}: {exc})") from exc
+        raise DicomSeriesError(f"{path}: corrupt DICOM file ({describe(exc)})") from exc
 
 
 def _header_record(path: Path, ds: pydicom.Dataset, force: bool) -> DicomFile:
@@ -338,6 +346,10 @@ def load_series_volume(series: DicomSeries) -> SeriesVolume:
     """Read the pixels of a sorted, checked stack; rescale slope/intercept (modality LUT) applied per slice."""
     stack = sort_slices(series)
     first = stack.files[0]
+    affine = check_affine(LPS_TO_RAS @ stack.affine_lps, series.label())
+    too_big = voxel_budget_problem((first.columns, first.rows, len(stack.files)))
+    if too_big:
+        raise DicomSeriesError(f"{series.label()}: {too_big}")
     array = np.empty((first.columns, first.rows, len(stack.files)), dtype=np.float32)
     headers: list[pydicom.Dataset] = []
     for k, f in enumerate(stack.files):
@@ -345,10 +357,10 @@ def load_series_volume(series: DicomSeries) -> SeriesVolume:
             ds = pydicom.dcmread(f.path, force=True)  # as scanned: files without the preamble are DICOM too
             pixels = apply_modality_lut(ds.pixel_array, ds)
         except Exception as exc:  # truncated pixel data, unsupported compression, ...
-            raise DicomSeriesError(f"{f.path}: cannot read pixel data ({exc.__class__.__name__}: {exc})") from exc
+            raise DicomSeriesError(f"{f.path}: cannot read pixel data ({describe(exc)})") from exc
         if pixels.shape != (first.rows, first.columns):
             raise DicomSeriesError(f"{f.path}: pixel array shape {pixels.shape}, expected {(first.rows, first.columns)}")
         array[:, :, k] = pixels.T
         del ds.PixelData  # keep the header only: memory stays flat over long series
         headers.append(ds)
-    return SeriesVolume(array, LPS_TO_RAS @ stack.affine_lps, headers)
+    return SeriesVolume(array, affine, headers)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from monaiunetseg.geometry import check_affine
+from monaiunetseg.io.guard import not_regular
+
 ITK_SUFFIXES = {".mnc": "MINC", ".mnc2": "MINC", ".hdf5": "ITK HDF5", ".gipl": "GIPL", ".gipl.gz": "GIPL",
                 ".vtk": "VTK legacy"}
 INSTALL_HINT = "pip install 'monaiunetseg[itk]'"
@@ -59,8 +62,11 @@ class ItkVolume:
 def read_itk_volume(path: str | os.PathLike) -> ItkVolume:
     """Read and check one volume with MONAI's ITKReader (ITK's voxel order, RAS affine)."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.exists(path):
         raise ItkInputError(f"{path}: no such file")
+    kind = not_regular(path)  # a FIFO would block the reader, a device never end
+    if kind:
+        raise ItkInputError(f"{path}: {kind}, not a regular file: not read")
     if not itk_available():
         raise ItkInputError(missing_extra_message(path))
     from monai.data import ITKReader
@@ -80,7 +86,7 @@ def read_itk_volume(path: str | os.PathLike) -> ItkVolume:
     bad = int(np.count_nonzero(~np.isfinite(array)))
     if bad:
         raise ItkInputError(f"{path}: {bad} NaN or infinite voxel(s) of {array.size}; fix or mask them first")
-    return ItkVolume(path, array, np.asarray(meta["affine"], dtype=float))
+    return ItkVolume(path, array, check_affine(meta["affine"], str(path)))
 
 
 def grid_of(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:

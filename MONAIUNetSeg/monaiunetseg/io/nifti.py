@@ -7,20 +7,28 @@ extensions kept) with only the data type, scaling and description changed.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from monaiunetseg.errors import describe
 from monaiunetseg.files import atomic_path
+from monaiunetseg.geometry import check_affine
+from monaiunetseg.io.guard import voxel_budget_problem
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LABEL_DESCRIPTION = b"MONAIUNetSeg FLAIR abnormality (research use only)"
 # Which input a labelmap is the result of: JSON {"MONAIUNetSeg": {...}} in a NIfTI comment extension (code 6).
 SOURCE_KEY, COMMENT_ECODE = "MONAIUNetSeg", 6
+# A compressed file whose header claims more voxel data than this is decompressed once (without keeping the
+# data) to check that the data is there before an array of the claimed size is allocated.
+STREAM_CHECK_BYTES = 64 * 2**20
 
 
 class NiftiInputError(ValueError):
@@ -58,7 +66,7 @@ def _open(path: Path) -> nib.Nifti1Image:
     try:
         img = nib.load(path)
     except Exception as exc:  # nibabel, gzip and zlib raise many types for corrupt files
-        raise NiftiInputError(f"{path}: cannot read as NIfTI ({exc.__class__.__name__}: {exc})") from exc
+        raise NiftiInputError(f"{path}: cannot read as NIfTI ({describe(exc)})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise NiftiInputError(f"{path}: not a NIfTI image (read as {type(img).__name__})")
     return img
@@ -72,24 +80,72 @@ def spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
     if len(dims) > 3:
         raise NiftiInputError(f"{path}: {len(dims)}D image of shape {tuple(shape)}: expected a single 3D volume "
                               "(split time series / multi-channel images first)")
-    if len(dims) < 3 or min(dims) < 2:
-        raise NiftiInputError(f"{path}: 2D image of shape {tuple(shape)}: expected a 3D volume")
+    extended = sum(int(d) > 1 for d in dims)  # axes with more than one voxel: the image's real dimensionality
+    if len(dims) < 3 or extended < 3:
+        kind = {0: "a single voxel", 1: "a 1D image"}.get(extended, "a 2D image")
+        raise NiftiInputError(f"{path}: {kind} of shape {tuple(shape)}: expected a 3D volume (at least 2 voxels "
+                              "along each of 3 axes)")
     return tuple(dims)  # type: ignore[return-value]
 
 
+def _data_bytes_present(path: Path, needed: int) -> int:
+    """How many of the first ``needed`` bytes the file holds once decompressed; stops reading at ``needed``,
+    so a small file claiming a huge image costs one bounded pass, never an allocation of the claimed size.
+    A compressed file claiming at most :data:`STREAM_CHECK_BYTES` is not pre-read (reading it fails cheaply)."""
+    if not str(path).lower().endswith(".gz"):
+        return min(path.stat().st_size, needed)
+    if needed <= STREAM_CHECK_BYTES:
+        return needed
+    got = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while got < needed:
+                chunk = fh.read(min(2**20, needed - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+    except (OSError, EOFError, zlib.error):  # truncated or corrupt stream: what came before it is what there is
+        pass
+    return got
+
+
+def check_header(img: nib.Nifti1Image, path: Path) -> None:
+    """Refuse, before any voxel is read, an image whose header asks for more voxels than the budget, holds
+    complex values, or describes more data than the file holds (a truncated or forged file)."""
+    problem = voxel_budget_problem(img.shape)
+    if problem:
+        raise NiftiInputError(f"{path}: {problem}")
+    dtype = img.header.get_data_dtype()
+    if dtype.kind == "c":
+        raise NiftiInputError(f"{path}: complex-valued voxels ({dtype}): expected a real-valued image; save the "
+                              "magnitude (not the complex data) as the input")
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise NiftiInputError(f"{path}: voxel type {dtype} (e.g. RGB): expected a single real-valued channel")
+    offset = int(getattr(img.dataobj, "offset", 0))  # the file's (the image's header copy has it reset)
+    needed = offset + int(np.prod(img.shape, dtype=np.int64)) * dtype.itemsize
+    present = _data_bytes_present(path, needed)
+    if present < needed:
+        dims = " x ".join(str(d) for d in img.shape)
+        raise NiftiInputError(f"{path}: cannot read voxel data: truncated or inconsistent file: the header "
+                              f"describes {dims} {dtype} voxels ({needed - offset} bytes of data after byte {offset}) "
+                              f"but the file holds only {max(present - offset, 0)} (uncompressed)")
+
+
 def read_nifti_volume(path: str | os.PathLike) -> NiftiVolume:
-    """Read and check one NIfTI volume (3D, real-valued, finite voxels)."""
+    """Read and check one NIfTI volume (3D, real-valued, finite voxels, a usable geometry)."""
     path = Path(path)
     img = _open(path)
     shape = spatial_shape(img.shape, path)
+    check_header(img, path)
+    affine = check_affine(img.affine, str(path))
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged")).reshape(shape)
     except Exception as exc:  # truncated data, RGB/complex types
-        raise NiftiInputError(f"{path}: cannot read voxel data ({exc.__class__.__name__}: {exc})") from exc
+        raise NiftiInputError(f"{path}: cannot read voxel data ({describe(exc)})") from exc
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise NiftiInputError(f"{path}: {bad} NaN or infinite voxel(s) of {data.size}; fix or mask them first")
-    return NiftiVolume(path, data, img.affine.copy(), img.header.copy(), type(img), tuple(img.shape))
+    return NiftiVolume(path, data, affine.copy(), img.header.copy(), type(img), tuple(img.shape))
 
 
 def grid_of(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
@@ -99,10 +155,23 @@ def grid_of(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
     return spatial_shape(img.shape, path), img.affine
 
 
+def _header_block(path: str | os.PathLike) -> nib.Nifti1Header | nib.Nifti2Header:
+    """The fixed-size header alone (at most 540 bytes read, decompressed): no extension or voxel is touched."""
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        raw = fh.read(nib.Nifti2Header.template_dtype.itemsize)
+    sizeof_hdr = int.from_bytes(raw[:4], "little")
+    if sizeof_hdr not in (348, 540):
+        sizeof_hdr = int.from_bytes(raw[:4], "big")
+    klass = nib.Nifti2Header if sizeof_hdr == 540 else nib.Nifti1Header
+    return klass(binaryblock=raw[: klass.template_dtype.itemsize], check=False)
+
+
 def is_our_labelmap(path: str | os.PathLike) -> bool:
-    """True for a labelmap this project wrote (header description): an earlier output is not a scan to segment."""
+    """True for a labelmap this project wrote (header description): an earlier output is not a scan to segment.
+    Reads the fixed header only, so a forged extension or data size costs nothing here."""
     try:
-        descrip = nib.load(path).header["descrip"].item()
+        descrip = _header_block(path)["descrip"].item()
     except Exception:  # unreadable: not ours; reading it as an input will report the problem
         return False
     return bytes(descrip).startswith(LABEL_DESCRIPTION)

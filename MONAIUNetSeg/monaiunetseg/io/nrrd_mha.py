@@ -18,11 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from monaiunetseg.files import atomic_path
+from monaiunetseg.geometry import check_affine
+from monaiunetseg.io.guard import not_regular, open_header, voxel_budget_problem
 from monaiunetseg.io.nifti import LABEL_DESCRIPTION, SOURCE_KEY
 
 NRRD_SUFFIXES, METAIMAGE_SUFFIXES = (".nrrd", ".nhdr"), (".mha", ".mhd")
 DESCRIPTION_KEY = "MONAIUNetSeg_description"  # header field marking a labelmap this project wrote
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+DETACHED_SUFFIXES = (".nhdr", ".mhd")
+# Header fields naming the data file of a detached header (lower case; NRRD "key: value", MetaImage "Key = Value")
+DATA_FILE_FIELDS = ("data file", "datafile", "elementdatafile")
+DETACHED_HEADER_LIMIT = 2**16
 
 
 class ImageInputError(ValueError):
@@ -69,10 +75,43 @@ def ras_affine(spacing, origin, direction) -> np.ndarray:
     return LPS_TO_RAS @ lps
 
 
+def detached_data_files(path: str | os.PathLike) -> list[Path]:
+    """The data file named by a detached header (.nhdr, .mhd), relative to the header's folder; [] for an
+    attached header, data in the header (LOCAL) or a file list/pattern (not followed)."""
+    path = Path(path)
+    if not path.name.lower().endswith(DETACHED_SUFFIXES):
+        return []
+    with open_header(path, DETACHED_HEADER_LIMIT) as fh:
+        text = fh.read(DETACHED_HEADER_LIMIT).decode("latin-1")
+    for line in text.splitlines():
+        key, sep, value = line.partition(":" if image_format(path) == "nrrd" else "=")
+        value = value.strip()
+        if sep and key.strip().lower() in DATA_FILE_FIELDS and value.upper() != "LOCAL":
+            if value.upper().startswith("LIST") or "%" in value or " " in value:
+                return []
+            return [path.parent / value]
+    return []
+
+
+def input_files(path: str | os.PathLike) -> list[Path]:
+    """The file and the existing data file of a detached header, each checked to be a regular file (a FIFO would
+    block a reader, a device never end): :class:`ImageInputError` naming the one that is not."""
+    header = Path(path)
+    files = [header]
+    if not not_regular(header):
+        files += [f for f in detached_data_files(header) if os.path.exists(f)]
+    for file in files:
+        kind = not_regular(file)
+        if kind:
+            raise ImageInputError(f"{file}: {kind}, not a regular file: not read")
+    return files
+
+
 def _reader(path: Path):
     sitk = _sitk()
-    if not path.is_file():
+    if not path.exists():
         raise ImageInputError(f"{path}: no such file")
+    input_files(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -108,6 +147,10 @@ def read_image_volume(path: str | os.PathLike) -> ImageVolume:
     path = Path(path)
     reader = _reader(path)
     _check_3d(reader, path)
+    too_big = voxel_budget_problem(tuple(reader.GetSize()))
+    if too_big:
+        raise ImageInputError(f"{path}: {too_big}")
+    check_affine(ras_affine(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()), str(path))
     try:
         image = reader.Execute()
         data = _sitk().GetArrayFromImage(image)  # (k, j, i)

@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from monaiunetseg import TOOL_NAME, __version__
 from monaiunetseg.files import atomic_path
 from monaiunetseg.geometry import voxel_volume_ml
 
@@ -105,6 +106,8 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
              fontsize=8, color="white")
     target = Path(target)
     with atomic_path(target) as tmp:
+        # the Software text is how a later run knows this PNG is its own (batch.outdir)
         fig.savefig(tmp, format="png", facecolor="black",
-                    metadata={"Description": text, "Software": "MONAIUNetSeg", "Disclaimer": "research use only"})
+                    metadata={"Description": text, "Software": f"{TOOL_NAME} {__version__}",
+                              "Disclaimer": "research use only"})
     return target

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where networks are built: the ONNX Runtime path never needs it
     import torch
 
+from monaiunetseg.errors import describe
+
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 WEIGHTS = Path("models") / "model.pt"
 ENV_VAR = "MONAIUNETSEG_BUNDLE"
@@ -34,17 +36,31 @@ def bundle_root(explicit: str | os.PathLike | None = None) -> Path:
     candidates: list[Path] = []
     if os.environ.get(ENV_VAR):
         candidates.append(Path(os.environ[ENV_VAR]))
-    try:  # installed with ``pip install .``: the bundle ships as package ``monaiunetseg_bundle``
-        import monaiunetseg_bundle  # type: ignore[import-not-found]
-
-        candidates.append(Path(monaiunetseg_bundle.__file__).parent)
-    except ImportError:
-        pass
-    candidates.append(Path(__file__).resolve().parents[3] / "monai_bundle")  # source checkout / Slicer module
+    # installed with ``pip install .``: the bundle ships as package ``monaiunetseg_bundle``; else the source
+    # checkout's / Slicer module's
+    candidates += shipped_bundles()
     for c in candidates:
         if (c / INFERENCE_CONFIG).is_file():
             return c
     raise FileNotFoundError(f"MONAI bundle not found (looked in: {', '.join(map(str, candidates))})")
+
+
+def shipped_bundles() -> list[Path]:
+    """The bundle folders that come with this installation (the installed package, the source checkout's)."""
+    found = [Path(__file__).resolve().parents[3] / "monai_bundle"]
+    try:
+        import monaiunetseg_bundle  # type: ignore[import-not-found]
+
+        found.insert(0, Path(monaiunetseg_bundle.__file__).resolve().parent)
+    except ImportError:
+        pass
+    return found
+
+
+def is_shipped(root: str | os.PathLike) -> bool:
+    """True when ``root`` is a bundle that came with this installation (its configs are ours)."""
+    real = Path(root).resolve()
+    return any(real == b for b in shipped_bundles())
 
 
 def _plain(value, where: str):
@@ -126,12 +142,14 @@ def network_from_config(root: str | os.PathLike | None = None) -> torch.nn.Modul
 def load_state_dict(path: str | os.PathLike) -> dict:
     """Weights only (``weights_only=True``): a checkpoint can never run code on load. Raises ``ValueError``
     for a file that is no readable PyTorch state_dict."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: not a readable PyTorch state_dict (the file is empty: 0 bytes)")
     import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # garbage, truncated or pickled code: UnpicklingError, RuntimeError, EOFError, ...
-        raise ValueError(f"{path}: not a readable PyTorch state_dict ({exc})") from exc
+        raise ValueError(f"{path}: not a readable PyTorch state_dict ({describe(exc)})") from exc
     if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
         state = state["network"]  # a full training checkpoint
     if not isinstance(state, dict):
@@ -147,10 +165,16 @@ def load_networks(spec: BundleSpec, weights: list[str | os.PathLike]) -> list[to
         if not w.is_file():
             raise FileNotFoundError(f"{w}: model weights not found")
         net = build_network(spec.network_args)
+        state = load_state_dict(w)
         try:
-            net.load_state_dict(load_state_dict(w))
+            net.load_state_dict(state)
         except RuntimeError as exc:  # wrong architecture: shapes/keys do not match the bundle's network
             raise ValueError(f"{w}: weights do not fit the bundle's network ({str(exc).splitlines()[0]})") from exc
+        bad = [k for k, v in state.items()
+               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # such a network outputs NaN: every case would be "nothing found"
+            raise ValueError(f"{w}: the weights hold NaN or infinite values ({len(bad)} tensor(s), e.g. {bad[0]}); "
+                             "a broken checkpoint (e.g. from a diverged training)")
         nets.append(net.eval())
     return nets
 

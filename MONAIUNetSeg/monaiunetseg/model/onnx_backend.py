@@ -36,6 +36,12 @@ class OnnxRunner:
 
         paths = [Path(w) for w in weights]
         states = [read_state_dict(p) for p in paths]
+        for p, state in zip(paths, states):  # such a network outputs NaN: every case would be "nothing found"
+            bad = [k for k, v in state.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
+                   and not np.isfinite(v).all()]
+            if bad:
+                raise ValueError(f"{p}: the weights hold NaN or infinite values ({len(bad)} tensor(s), e.g. "
+                                 f"{bad[0]}); a broken checkpoint (e.g. from a diverged training)")
         metadata = {f"weights_{i}": f"{p.name} sha256:{_sha256(p)}" for i, p in enumerate(paths)}
         self.graph = ensemble_graph(network_args, states, metadata)
         options = ort.SessionOptions()

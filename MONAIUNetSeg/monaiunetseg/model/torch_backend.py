@@ -14,6 +14,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from monaiunetseg.model.errors import NonFiniteOutputError
 from monaiunetseg.model.bundle import BundleSpec, load_networks
 
 
@@ -62,6 +63,7 @@ class TorchRunner:
 
     def __init__(self, spec: BundleSpec, weights: list[str | os.PathLike], device: str, batch_size: int = 32) -> None:
         self.device = torch.device(device)
+        self.weights = [str(w) for w in weights]
         self.networks = [net.to(self.device) for net in load_networks(spec, weights)]
         self.batch_size = batch_size
 
@@ -72,9 +74,13 @@ class TorchRunner:
             x = torch.from_numpy(np.ascontiguousarray(slices)).to(self.device)
             views = [x, torch.flip(x, dims=(-2,))] if flip_tta else [x]
             total = None
-            for net in self.networks:
+            for net, weights in zip(self.networks, self.weights):
                 for i, view in enumerate(views):
-                    prob = torch.softmax(net(view).float(), dim=1)[:, 1]
+                    logits = net(view).float()
+                    if not torch.isfinite(logits).all():  # -inf logits give a finite softmax: check before it
+                        raise NonFiniteOutputError(f"the network gave NaN or infinite output (weights {weights}); "
+                                                   "no labelmap written: an empty one would look like 'nothing found'")
+                    prob = torch.softmax(logits, dim=1)[:, 1]
                     if i:
                         prob = torch.flip(prob, dims=(-2,))
                     total = prob if total is None else total + prob

@@ -1,0 +1,145 @@
+"""One case of a batch: read, segment, and write its outputs together, or fail naming the step.
+
+A case's outputs (labelmap, DICOM SEG, overlay) are written under temporary names and renamed together at
+the end (``files.StagedFiles``), the labelmap last: a failure at any step (a SEG refused for an invalid
+StudyDate, an overlay on a full disk) leaves none of them, so the row "failed, no output" is what is on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from monaiunetseg.batch.discover import Case
+from monaiunetseg.batch.naming import OutputPaths
+from monaiunetseg.batch.report import FAILED, CaseResult
+from monaiunetseg.batch.resume import base_result, content_digest, no_seg_note, source_record
+from monaiunetseg.errors import describe
+from monaiunetseg.files import StagedFiles
+from monaiunetseg.geometry import GeometryError, voxel_volume_ml
+from monaiunetseg.io.dicom_series import DicomSeriesError
+from monaiunetseg.io.itk_reader import ItkInputError
+from monaiunetseg.io.labelmap import write_labelmap
+from monaiunetseg.io.nifti import NiftiInputError
+from monaiunetseg.io.nrrd_mha import ImageInputError
+from monaiunetseg.model.errors import NonFiniteOutputError
+
+if TYPE_CHECKING:
+    from monaiunetseg.batch.run import BatchOptions
+
+# Errors whose message already names the input and the problem; and those that need only the input named.
+SELF_DESCRIBING = (NiftiInputError, ImageInputError, ItkInputError, DicomSeriesError, GeometryError)
+PLAIN_MESSAGE = (NonFiniteOutputError,)
+
+
+class CaseStepError(Exception):
+    """``error`` raised at ``step`` of a case (read, segment, dicom-seg, overlay, labelmap, commit)."""
+
+    def __init__(self, step: str, error: Exception) -> None:
+        super().__init__(f"{step}: {error}")
+        self.step, self.error = step, error
+
+
+def read_volume(case: Case):
+    """The case's volume (``.array`` float32 (i, j, k), ``.affine`` RAS, plus what its writer needs), by kind."""
+    if case.kind == "nifti":
+        from monaiunetseg.io.nifti import read_nifti_volume
+
+        return read_nifti_volume(case.source)
+    if case.kind in ("nrrd", "metaimage"):
+        from monaiunetseg.io.nrrd_mha import read_image_volume
+
+        return read_image_volume(case.source)
+    if case.kind == "itk":
+        from monaiunetseg.io.itk_reader import read_itk_volume
+
+        return read_itk_volume(case.source)
+    from monaiunetseg.io.dicom_volume import load_volume
+
+    return load_volume(case.series)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def step(name: str) -> Iterator[None]:
+    try:
+        yield
+    except CaseStepError:
+        raise
+    except Exception as exc:
+        raise CaseStepError(name, exc) from exc
+
+
+def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOptions,
+                 input_files: frozenset[str] = frozenset()) -> CaseResult:
+    """Read, segment and write one case; raises :class:`CaseStepError` (the caller makes it a failed row)."""
+    for p in (paths.labelmap, paths.dicom_seg, paths.overlay):
+        if os.path.realpath(p) in input_files:
+            raise ValueError(f"{p}: output would overwrite an input file")
+    res = base_result(case)
+    t0 = time.perf_counter()
+    with step("read"):
+        digest = content_digest(case)  # before reading: a change after this is seen by the next resume
+        t_hash = time.perf_counter()
+        volume = read_volume(case)
+        array, affine = volume.array, volume.affine
+    t_read = time.perf_counter()
+    with step("segment"):
+        labels = segmenter.segment(array, affine)
+    t_seg = time.perf_counter()
+    with StagedFiles() as staged:
+        if options.dicom_seg and case.kind == "dicom":
+            from monaiunetseg.io.dicom_seg import write_dicom_seg
+
+            with step("dicom-seg"):
+                write_dicom_seg(labels, volume.datasets, staged.path(paths.dicom_seg),  # type: ignore[union-attr]
+                                volume.frame_slices)  # type: ignore[union-attr]
+            res.dicom_seg = str(paths.dicom_seg)
+        elif options.dicom_seg:
+            res.note = no_seg_note(case)
+        if options.overlay:
+            from monaiunetseg.io.overlay import write_overlay
+
+            with step("overlay"):
+                title = f"{case.name} (research use only)"
+                write_overlay(array, labels, affine, staged.path(paths.overlay), title=title)
+            res.overlay = str(paths.overlay)
+        t_extras = time.perf_counter()
+        with step("labelmap"):  # staged last: committed last, so its presence means the case is complete
+            write_labelmap(labels, volume, staged.path(paths.labelmap), source=source_record(case, digest))
+        with step("commit"):
+            staged.commit()
+    res.output = str(paths.labelmap)
+    t_end = time.perf_counter()
+    res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
+    res.seconds = t_end - t0
+    st = segmenter.timings
+    res.timings = {"hash": t_hash - t0, "read": t_read - t_hash, "preprocess": st.preprocess, "model": st.model,
+                   "invert": st.postprocess, "segment": t_seg - t_read, "extras": t_extras - t_seg,
+                   "write": t_end - t_extras, "total": t_end - t0}
+    return res
+
+
+def failure_result(case: Case, exc: Exception) -> CaseResult:
+    """The failed row of ``case`` for ``exc``: the input, the step (when known) and the problem."""
+    res = base_result(case)
+    res.status = FAILED
+    where = case.series.label() if case.series else str(case.source)
+    at = ""
+    if isinstance(exc, CaseStepError):
+        at, exc = f"{exc.step}: ", exc.error  # type: ignore[assignment]
+    if isinstance(exc, SELF_DESCRIBING):
+        res.error = str(exc)
+    elif isinstance(exc, PLAIN_MESSAGE):
+        res.error = f"{where}: {at}{exc}"
+    else:
+        res.error = f"{where}: {at}{describe(exc)}"
+    return res
+
+
+def is_non_finite(exc: Exception) -> bool:
+    """Whether a case failed because the model's output was NaN/infinite (see ``run_batch``'s abort rule)."""
+    return isinstance(getattr(exc, "error", exc), NonFiniteOutputError)

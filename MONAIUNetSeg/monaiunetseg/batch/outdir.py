@@ -1,0 +1,117 @@
+"""The output folder of a run: where it may be, whether it can be written, and which files in it are ours.
+
+Rules: results are never written among the inputs; an output folder that cannot be created or written is a
+clear command error (exit code 2), not a traceback; and a file the tool did not write is never replaced
+(unless ``--overwrite``): a file under one of a run's output names is the tool's when its content says so
+(labelmap: header description or field, in NIfTI, NRRD and MetaImage; DICOM SEG: Manufacturer; overlay PNG: its
+Software text; report: the report schema; run.json: the run record's), anything else is the user's.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+from monaiunetseg import TOOL_NAME
+
+CHOOSE_ANOTHER = "choose another -o"
+
+
+class OutputFolderError(RuntimeError):
+    """The output folder cannot be used (not a folder, not writable, busy, holds foreign files): exit code 2."""
+
+
+def check_out_dir(inputs: Iterable[str | os.PathLike], out_dir: Path) -> None:
+    """Refuse an output folder inside an input folder or equal to an input file's folder: results are never
+    written among the inputs (and a later scan of the inputs would pick them up)."""
+    out = Path(out_dir).resolve()
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            continue
+        real = p.resolve()
+        if real.is_dir() and (out == real or real in out.parents):
+            raise ValueError(f"output folder {out_dir} is inside the input folder {p}; choose an output folder "
+                             "outside the inputs")
+        if real.is_file() and out == real.parent:
+            raise ValueError(f"output folder {out_dir} is the folder of the input {p}; choose another output folder "
+                             "so that results are not written next to the inputs")
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` if needed and check that it is a writable folder; :class:`OutputFolderError` if not."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputFolderError(f"output folder {out_dir} is an existing file, not a folder; {CHOOSE_ANOTHER}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputFolderError(f"cannot create the output folder {out_dir} ({exc.strerror or exc}); "
+                                f"{CHOOSE_ANOTHER}") from exc
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"output folder {out_dir} is not writable (no write permission, or a read-only file "
+                                f"system); {CHOOSE_ANOTHER}")
+
+
+def folder_error(exc: OSError, what: str) -> OutputFolderError:
+    """An OSError while writing ``what`` (disk full, read-only file system...) as an exit-2 error."""
+    return OutputFolderError(f"cannot write {what} ({exc.strerror or exc}); the output folder must be writable "
+                             "and have free space")
+
+
+def _is_our_seg(path: Path) -> bool:
+    import pydicom
+
+    from monaiunetseg.io.guard import open_header
+
+    try:
+        with warnings.catch_warnings(), open_header(path) as fh:
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=["Manufacturer"])
+            return str(ds.get("Manufacturer", "")) == TOOL_NAME
+    except Exception:  # not DICOM at all: not ours
+        return False
+
+
+def _is_our_png(path: Path) -> bool:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return str(getattr(img, "text", {}).get("Software", "")).startswith(TOOL_NAME)
+    except Exception:  # not a PNG, or no PIL: not known to be ours
+        return False
+
+
+def is_ours(path: Path, kind: str) -> bool:
+    """Whether the existing file ``path`` was written by this tool as output ``kind`` (labelmap in any output
+    format, dicom_seg, overlay, run_record)."""
+    if kind == "labelmap":
+        from monaiunetseg.io.labelmap import is_our_labelmap
+
+        return path.is_file() and is_our_labelmap(path)
+    if kind == "dicom_seg":
+        return path.is_file() and _is_our_seg(path)
+    if kind == "overlay":
+        return path.is_file() and _is_our_png(path)
+    if kind == "run_record":
+        from monaiunetseg.batch.record import is_our_record
+
+        return path.is_file() and is_our_record(path)
+    raise ValueError(f"unknown output kind {kind!r}")
+
+
+def foreign_files(candidates: Iterable[tuple[Path, str]]) -> list[Path]:
+    """The existing files among ``(path, kind)`` that this tool did not write."""
+    return [p for p, kind in candidates if os.path.lexists(p) and not is_ours(p, kind)]
+
+
+def refuse_foreign(found: list[Path]) -> None:
+    """Stop the run (exit code 2) when ``found`` names files the tool did not write."""
+    if not found:
+        return
+    names = ", ".join(str(p) for p in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    raise OutputFolderError(f"{len(found)} file(s) in the output folder were not written by MONAIUNetSeg but have "
+                            f"the name of an output of this run: {names}; they are left as they are. Move them, "
+                            "choose another -o, or use --overwrite to replace them")

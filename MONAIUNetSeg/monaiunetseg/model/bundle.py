@@ -159,6 +159,8 @@ def load_state_dict(path: str | os.PathLike) -> dict:
 
 def load_networks(spec: BundleSpec, weights: list[str | os.PathLike]) -> list[torch.nn.Module]:
     """One network per weights file, in eval mode on the CPU."""
+    import torch
+
     nets = []
     for w in weights:
         w = Path(w)

@@ -21,7 +21,7 @@ import numpy as np
 
 from monaiunetseg.model.bundle import DEFAULT_MODEL, read_spec
 from monaiunetseg.model.fast_preprocess import GridPlan, model_grid_volume, neighbour_slices
-from monaiunetseg.model.errors import NonFiniteOutputError
+from monaiunetseg.model.errors import non_finite_output
 from monaiunetseg.model.postprocess import PostProcessing
 
 if TYPE_CHECKING:
@@ -183,8 +183,7 @@ class Segmenter:
             ta = time.perf_counter()
             prob = self.runner.foreground(neighbour_slices(volume, start, stop, context), self.flip_tta)
             if not np.isfinite(prob).all():  # thresholding NaN gives an empty labelmap: a silent "nothing found"
-                raise NonFiniteOutputError(f"the network gave NaN or infinite output (weights "
-                                           f"{', '.join(map(str, self.weights))}); no labelmap written")
+                raise non_finite_output(self.weights)
             tb = time.perf_counter()
             sink(slice(start, stop), plan.from_model(prob).transpose(1, 2, 0))
             model, invert = model + tb - ta, invert + time.perf_counter() - tb

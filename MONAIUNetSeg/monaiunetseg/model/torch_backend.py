@@ -14,7 +14,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from monaiunetseg.model.errors import NonFiniteOutputError
+from monaiunetseg.model.errors import non_finite_output
 from monaiunetseg.model.bundle import BundleSpec, load_networks
 
 
@@ -78,8 +78,7 @@ class TorchRunner:
                 for i, view in enumerate(views):
                     logits = net(view).float()
                     if not torch.isfinite(logits).all():  # -inf logits give a finite softmax: check before it
-                        raise NonFiniteOutputError(f"the network gave NaN or infinite output (weights {weights}); "
-                                                   "no labelmap written: an empty one would look like 'nothing found'")
+                        raise non_finite_output(weights)
                     prob = torch.softmax(logits, dim=1)[:, 1]
                     if i:
                         prob = torch.flip(prob, dims=(-2,))

@@ -20,7 +20,8 @@ from dicom_factory import write_series
 # Requirement -> the module the project imports it as (None: used through another package's command).
 IMPORT_NAMES = {"torch": "torch", "monai": "monai", "pytorch-ignite": "ignite", "numpy": "numpy", "nibabel": "nibabel",
                 "SimpleITK": "SimpleITK", "pydicom": "pydicom", "highdicom": "highdicom", "tifffile": "tifffile",
-                "tqdm": "tqdm", "tensorboard": None, "fire": None, "matplotlib": "matplotlib", "scipy": "scipy"}
+                "tqdm": "tqdm", "tensorboard": None, "fire": None, "matplotlib": "matplotlib", "scipy": "scipy",
+                "onnxruntime": "onnxruntime"}
 # Used without an import of its own: TensorBoardStatsHandler (bundle configs) needs tensorboard, and
 # `python -m monai.bundle` (every bundle command in the README) needs fire.
 INDIRECT = {"tensorboard": "TensorBoardStatsHandler", "fire": "python -m monai.bundle"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -461,3 +462,20 @@ def test_segment_import_failure_is_reported_not_hidden(tmp_path: Path):
     assert "monaiunetseg segment: error: the segment command cannot be loaded" in proc.stderr
     assert "install the missing package (nibabel)" in proc.stderr
     assert "invalid choice" not in proc.stderr
+
+
+def test_model_option_picks_a_model_set_of_the_bundle(tmp_path: Path, capsys):
+    """``--model fast`` runs the bundle's single-model set (today the same weights as ``default``: the same
+    labelmap); an unknown set is an exit-2 error naming the sets there are, before any work."""
+    outs = {}
+    for model in ("default", "fast"):
+        out = tmp_path / model
+        assert cli_main(["segment", str(SAMPLE_FLAIR), "-o", str(out), "--quiet", "--device", "cpu", "--model", model]) == 0
+        outs[model] = np.asanyarray(nib.load(out / "TCGA_DU_A5TR_19970726_flair_seg.nii.gz").dataobj)
+        assert json.loads((out / "run.json").read_text())["runs"][-1]["options"]["model"] == model
+    assert outs["fast"].any() and np.array_equal(outs["default"], outs["fast"])
+    capsys.readouterr()
+    assert cli_main(["segment", str(SAMPLE_FLAIR), "-o", str(tmp_path / "x"), "--model", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'nope'" in err and "default, fast" in err
+    assert not (tmp_path / "x").exists()

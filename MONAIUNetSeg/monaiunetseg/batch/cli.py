@@ -30,11 +30,15 @@ def bundle_warning(bundle: str | None) -> str | None:
 
 
 def check_model_options(args: argparse.Namespace) -> None:
-    """Fail before any work on a bad ``--device`` (``cuda`` without CUDA is an error, not a fallback); warn
-    about a bundle from outside the installation."""
+    """Fail before any work on a bad ``--device`` (``cuda`` without CUDA is an error, not a fallback) or
+    ``--model``; warn about a bundle from outside the installation."""
     from monaiunetseg.model.predictor import device_name
 
+    from monaiunetseg.model.bundle import read_spec
+
     device_name(args.device)  # a string: torch is imported only where CUDA may be there
+    if not args.weights:
+        read_spec(args.bundle).weights(args.model)  # an unknown model set: exit 2 naming the sets there are
     warning = bundle_warning(args.bundle)
     if warning:
         print(warning, file=sys.stderr)
@@ -45,7 +49,8 @@ def _segment(args: argparse.Namespace) -> int:
     shard([], args.num_shards, args.shard_id)  # validates N and K
     options = BatchOptions(device=args.device, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                            all_series=args.all_series, overlay=args.overlay, num_shards=args.num_shards,
-                           shard_id=args.shard_id, bundle=args.bundle, weights=args.weights, progress=not args.quiet,
+                           shard_id=args.shard_id, bundle=args.bundle, weights=args.weights, model=args.model,
+                           progress=not args.quiet,
                            output_format=args.output_format, wait=args.wait)
     result = run_batch(args.inputs, args.out_dir, options)
     if args.quiet:  # otherwise every case, failures included, was shown live
@@ -70,7 +75,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default=None,
                    help="MONAI bundle folder (default: the installed/shipped one, or $MONAIUNETSEG_BUNDLE). "
                         "Only plain values of its configs/inference.json are read: no config code runs here")
-    p.add_argument("--weights", default=None, help="model weights (default: the bundle's models/model.pt)")
+    p.add_argument("--model", default="default", metavar="SET",
+                   help="the bundle's model set (configs/inference.json 'models'): 'default' (the shipped default; "
+                        "the fold ensemble once it ships) or 'fast' (one model); --weights overrides it")
+    p.add_argument("--weights", default=None, help="model weights (default: the bundle's model set)")
 
 
 def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -93,6 +93,7 @@ class BatchOptions:
     shard_id: int = 0
     bundle: str | None = None
     weights: str | None = None
+    model: str = "default"  # the bundle's model set (configs/inference.json "models"): default, fast, ...
     progress: bool = True
     output_format: str = "same"  # labelmap format: same (as the input; NIfTI for DICOM), nifti, nrrd or mha
     wait: bool = False  # wait for another run holding the output folder instead of stopping
@@ -235,7 +236,7 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
     if todo and segmenter is None:  # before any report is written: a bad model or device is a command error
         from monaiunetseg.model.predictor import Segmenter
 
-        segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights)
+        segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights, model=options.model)
     book = _Report(out_dir, report, inputs, legacy=report.exists() and report not in foreign)
     book.put(results, range(len(results)))
     try:

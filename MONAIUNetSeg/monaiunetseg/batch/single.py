@@ -94,7 +94,7 @@ def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -
     if segmenter is None:
         from monaiunetseg.model.predictor import Segmenter
 
-        segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights)
+        segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights, model=options.model)
     input_files = frozenset([os.path.realpath(case.source)] if case.is_file else [])
     t0 = time.perf_counter()
     try:
@@ -115,7 +115,7 @@ def result_json(result: CaseResult) -> str:
 
 def _segment_case(args: argparse.Namespace) -> int:
     options = BatchOptions(device=args.device, overwrite=args.overwrite, bundle=args.bundle, weights=args.weights,
-                           progress=False, output_format=args.output_format, wait=args.wait)
+                           model=args.model, progress=False, output_format=args.output_format, wait=args.wait)
     try:
         check_model_options(args)  # fail before any work, as ``segment`` does
         result = segment_single(args.input, args.out_dir, options)

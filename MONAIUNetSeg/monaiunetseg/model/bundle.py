@@ -179,9 +179,3 @@ def load_networks(spec: BundleSpec, weights: list[str | os.PathLike]) -> list[to
                              "a broken checkpoint (e.g. from a diverged training)")
         nets.append(net.eval())
     return nets
-
-
-def load_network(root: str | os.PathLike | None = None, weights: str | os.PathLike | None = None) -> torch.nn.Module:
-    """The bundle's network with its shipped (or the given) weights, in eval mode on the CPU."""
-    spec = read_spec(root)
-    return load_networks(spec, [weights] if weights else spec.weights()[:1])[0]

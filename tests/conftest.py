@@ -58,3 +58,30 @@ def segmenter():
     from monaiunetseg.model.predictor import Segmenter
 
     return Segmenter(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def ensemble_bundle(tmp_path_factory) -> Path:
+    """A copy of the shipped bundle whose ``default`` model set is a 2-member ensemble (the shipped weights and
+    a perturbed copy: two real, different networks) with flip TTA and component post-processing, as a
+    cross-validation would ship it; ``fast`` is the first member alone."""
+    import json
+
+    import torch
+
+    root = tmp_path_factory.mktemp("ensemble") / "bundle"
+    shutil.copytree(BUNDLE_DIR / "configs", root / "configs")
+    (root / "models").mkdir()
+    shutil.copy(BUNDLE_DIR / "models" / "model.pt", root / "models" / "fold0.pt")
+    state = torch.load(BUNDLE_DIR / "models" / "model.pt", map_location="cpu", weights_only=True)
+    g = torch.Generator().manual_seed(0)
+    for key, value in state.items():
+        if value.is_floating_point() and value.ndim == 4:  # convolution kernels
+            value += 0.1 * value.std() * torch.randn(value.shape, generator=g)
+    torch.save(state, root / "models" / "fold1.pt")
+    path = root / "configs" / "inference.json"
+    config = json.loads(path.read_text())
+    config.update({"models": {"default": ["models/fold0.pt", "models/fold1.pt"], "fast": ["models/fold0.pt"]},
+                   "flip_tta": True, "postprocessing": {"min_fraction": 0.1}})
+    path.write_text(json.dumps(config, indent=1))
+    return root

@@ -852,3 +852,45 @@ def test_widget_cancel_ends_the_process(headless_widget, module_logic, variant_f
     assert not headless_widget.logic.isBusy() and not headless_widget.logic.jobs.pending
     assert headless_widget.ui.statusLabel.text == "Cancelled." and not job.workDir.exists()
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+def test_default_model_set_is_voxel_identical_in_bundle_cli_and_slicer(ensemble_bundle, variant_files, module_logic,
+                                                                      monkeypatch, tmp_path):
+    """Issue 12: the default model set (here a 2-member ensemble with flip TTA and post-processing, as the
+    cross-validation ships it) gives the same labelmap through the bundle's ``inference``, ``monaiunetseg
+    segment`` and the Slicer logic, in-process and as a background job; ``fast`` (one member) differs."""
+    import shutil
+    import subprocess
+
+    from monaiunetseg.cli import main as cli_main
+
+    monkeypatch.setenv("MONAIUNETSEG_BUNDLE", str(ensemble_bundle))  # the Slicer logic and its child process
+    monkeypatch.setattr(module_logic.MONAIUNetSegLogic, "_segmenters", {})
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    names = ("axial", "sagittal")
+    for name in names:
+        shutil.copy(variant_files[name], inputs / f"{name}.nii.gz")
+
+    bundle_out = tmp_path / "bundle"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.json",
+           "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf", "--device", "cpu",
+           "--bundle_root", str(ensemble_bundle), "--input_dir", str(inputs), "--output_dir", str(bundle_out)]
+    proc = subprocess.run(cmd, cwd=ensemble_bundle, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cli_out, fast_out = tmp_path / "cli", tmp_path / "fast"
+    assert cli_main(["segment", str(inputs), "-o", str(cli_out), "--device", "cpu", "--quiet"]) == 0
+    assert cli_main(["segment", str(inputs), "-o", str(fast_out), "--device", "cpu", "--quiet", "--model", "fast"]) == 0
+
+    scene = module_logic.slicer.mrmlScene
+    logic = module_logic.MONAIUNetSegLogic()
+    for name in names:
+        cli = np.asarray(nib.load(cli_out / f"{name}_seg.nii.gz").dataobj)
+        assert cli.any()
+        assert np.array_equal(np.asarray(nib.load(bundle_out / f"{name}_seg.nii.gz").dataobj), cli), name
+        assert not np.array_equal(np.asarray(nib.load(fast_out / f"{name}_seg.nii.gz").dataobj), cli), name
+        volumeNode = mrml.load_volume(inputs / f"{name}.nii.gz", scene)
+        for in_process in (True, False):
+            result = logic.run(volumeNode, device="cpu", inProcess=in_process, timeout=600)
+            slicer_mask = segmentations.segment_array_xyz(result.segmentationNode, result.segmentId, volumeNode)
+            assert np.array_equal(slicer_mask, cli), (name, in_process)

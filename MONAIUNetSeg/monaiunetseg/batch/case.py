@@ -1,6 +1,6 @@
 """One case of a batch: read, segment, and write its outputs together, or fail naming the step.
 
-A case's outputs (labelmap, DICOM SEG, overlay) are written under temporary names and renamed together at
+A case's outputs (labelmap, DICOM SEG, overlay, probability map) are written under temporary names and renamed together at
 the end (``files.StagedFiles``), the labelmap last: a failure at any step (a SEG refused for an invalid
 StudyDate, an overlay on a full disk) leaves none of them, so the row "failed, no output" is what is on disk.
 """
@@ -76,7 +76,7 @@ def step(name: str) -> Iterator[None]:
 def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOptions,
                  input_files: frozenset[str] = frozenset()) -> CaseResult:
     """Read, segment and write one case; raises :class:`CaseStepError` (the caller makes it a failed row)."""
-    for p in (paths.labelmap, paths.dicom_seg, paths.overlay):
+    for p in (paths.labelmap, paths.dicom_seg, paths.overlay, paths.probabilities):
         if os.path.realpath(p) in input_files:
             raise ValueError(f"{p}: output would overwrite an input file")
     res = base_result(case)
@@ -88,7 +88,8 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
         array, affine = volume.array, volume.affine
     t_read = time.perf_counter()
     with step("segment"):
-        labels = segmenter.segment(array, affine)
+        probabilities = np.empty(np.shape(array)[-3:], np.float32) if options.save_probabilities else None
+        labels = segmenter.segment(array, affine, probabilities=probabilities)
     t_seg = time.perf_counter()
     with StagedFiles() as staged:
         if options.dicom_seg and case.kind == "dicom":
@@ -107,6 +108,10 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
                 title = f"{case.name} (research use only)"
                 write_overlay(array, labels, affine, staged.path(paths.overlay), title=title)
             res.overlay = str(paths.overlay)
+        if probabilities is not None:
+            with step("probabilities"):
+                write_labelmap(probabilities, volume, staged.path(paths.probabilities), source=source_record(case, digest))
+            res.probabilities = str(paths.probabilities)
         t_extras = time.perf_counter()
         with step("labelmap"):  # staged last: committed last, so its presence means the case is complete
             write_labelmap(labels, volume, staged.path(paths.labelmap), source=source_record(case, digest))

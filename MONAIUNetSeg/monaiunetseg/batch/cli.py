@@ -51,7 +51,8 @@ def _segment(args: argparse.Namespace) -> int:
                            all_series=args.all_series, overlay=args.overlay, num_shards=args.num_shards,
                            shard_id=args.shard_id, bundle=args.bundle, weights=args.weights, model=args.model,
                            progress=not args.quiet,
-                           output_format=args.output_format, wait=args.wait)
+                           output_format=args.output_format, wait=args.wait,
+                           save_probabilities=args.save_probabilities)
     result = run_batch(args.inputs, args.out_dir, options)
     if args.quiet:  # otherwise every case, failures included, was shown live
         for r in result.results:
@@ -59,6 +60,12 @@ def _segment(args: argparse.Namespace) -> int:
                 print(r.line(), file=sys.stderr)
     print(result.summary())
     return result.exit_code
+
+
+def add_probability_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <name>_prob.nii.gz (or the labelmap's format): the foreground probability "
+                        "(float32, 0-1, averaged over the model set, before post-processing) on the input's grid")
 
 
 def device_name(text: str) -> str:
@@ -102,6 +109,7 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG per DICOM input (<name>_seg.dcm)")
     p.add_argument("--overlay", action="store_true",
                    help="also write <name>_overlay.png: the middle slice of the finding with its outline")
+    add_probability_option(p)
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="same",
                    help="labelmap format: same (default: the input's own, <name>_seg.nrrd for NRRD, _seg.mha for "
                         "MetaImage, _seg.nii.gz for NIfTI and DICOM), nifti, nrrd or mha")

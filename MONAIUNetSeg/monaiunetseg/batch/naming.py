@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # only for annotations: naming stays importable without the b
     from monaiunetseg.batch.discover import Case
 
 LABELMAP_SUFFIX, SEG_SUFFIX, OVERLAY_SUFFIX = "_seg.nii.gz", "_seg.dcm", "_overlay.png"
+PROBABILITY_TAG = "_prob"  # --save-probabilities: <name>_prob<labelmap extension>
 OUTPUT_FORMATS = ("same", "nifti", "nrrd", "mha")  # --output-format; "same": the input's format family
 # Labelmap suffix per output format, and the format "same" gives each input kind (DICOM and other ITK formats: NIfTI).
 FORMAT_SUFFIX = {"nifti": LABELMAP_SUFFIX, "nrrd": "_seg.nrrd", "mha": "_seg.mha"}
@@ -24,6 +25,7 @@ class OutputPaths:
     labelmap: Path
     dicom_seg: Path
     overlay: Path
+    probabilities: Path
 
 
 def safe_name(text: str, fallback: str = "case") -> str:
@@ -74,5 +76,7 @@ def labelmap_suffix(case: Case, output_format: str = "same") -> str:
 
 
 def output_paths(out_dir: Path, case: Case, output_format: str = "same") -> OutputPaths:
-    return OutputPaths(out_dir / f"{case.name}{labelmap_suffix(case, output_format)}", out_dir / f"{case.name}{SEG_SUFFIX}",
-                       out_dir / f"{case.name}{OVERLAY_SUFFIX}")
+    suffix = labelmap_suffix(case, output_format)
+    extension = suffix[len("_seg"):]
+    return OutputPaths(out_dir / f"{case.name}{suffix}", out_dir / f"{case.name}{SEG_SUFFIX}",
+                       out_dir / f"{case.name}{OVERLAY_SUFFIX}", out_dir / f"{case.name}{PROBABILITY_TAG}{extension}")

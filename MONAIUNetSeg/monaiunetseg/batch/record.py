@@ -119,7 +119,7 @@ def weights_of(segmenter) -> list[dict[str, object]]:
 
 
 def case_entry(case: Case, result: CaseResult) -> dict[str, object]:
-    outputs = {k: getattr(result, k) for k in ("output", "dicom_seg", "overlay") if getattr(result, k)}
+    outputs = {k: getattr(result, k) for k in ("output", "dicom_seg", "overlay", "probabilities") if getattr(result, k)}
     return {"input": result.input, "kind": case.kind, "series_uid": case.series_uid or None, "outputs": outputs,
             "status": str(result.status), "error": result.error or None, "seconds": result.seconds,
             "reused": result.status == OK and result.seconds is None, "volume_ml": result.volume_ml,

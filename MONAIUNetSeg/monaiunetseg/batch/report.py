@@ -41,7 +41,7 @@ class Status(str, Enum):
 
 OK, FAILED, SKIPPED, PENDING = Status.OK, Status.FAILED, Status.SKIPPED, Status.PENDING
 REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "seconds", "series_uid", "series_description",
-                  "dicom_seg", "overlay", "note"]
+                  "dicom_seg", "overlay", "probabilities", "note"]
 NUMERIC_COLUMNS = ("volume_ml", "seconds")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -61,6 +61,7 @@ class CaseResult:
     series_description: str = ""
     dicom_seg: str = ""
     overlay: str = ""
+    probabilities: str = ""
     note: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 

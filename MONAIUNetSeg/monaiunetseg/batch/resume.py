@@ -110,6 +110,8 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
     wanted = {"DICOM SEG": paths.dicom_seg} if options.dicom_seg and case.kind == "dicom" else {}
     if options.overlay:
         wanted["overlay"] = paths.overlay
+    if options.save_probabilities:
+        wanted["probability map"] = paths.probabilities
     missing = [name for name, p in wanted.items() if not p.is_file()]
     if missing:
         return f"earlier output incomplete (no {' or '.join(missing)}): redone"
@@ -132,6 +134,7 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
     res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
     res.dicom_seg = str(paths.dicom_seg) if paths.dicom_seg.is_file() and case.kind == "dicom" else ""
     res.overlay = str(paths.overlay) if paths.overlay.is_file() else ""
+    res.probabilities = str(paths.probabilities) if options.save_probabilities else ""
     res.note = KEPT
     if options.dicom_seg and case.is_file:
         res.note += "; " + no_seg_note(case)

@@ -97,6 +97,7 @@ class BatchOptions:
     progress: bool = True
     output_format: str = "same"  # labelmap format: same (as the input; NIfTI for DICOM), nifti, nrrd or mha
     wait: bool = False  # wait for another run holding the output folder instead of stopping
+    save_probabilities: bool = False  # also write <name>_prob.*: the (averaged) foreground probability, float32
 
 
 @dataclass
@@ -138,13 +139,15 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _output_candidates(paths: OutputPaths, case: Case, options: BatchOptions) -> list[tuple[Path, str]]:
+def output_candidates(paths: OutputPaths, case: Case, options: BatchOptions) -> list[tuple[Path, str]]:
     """The files a case may write, with their kinds (what ``outdir.is_ours`` checks them as)."""
     found = [(paths.labelmap, "labelmap")]
     if options.dicom_seg and case.kind == "dicom":
         found.append((paths.dicom_seg, "dicom_seg"))
     if options.overlay:
         found.append((paths.overlay, "overlay"))
+    if options.save_probabilities:
+        found.append((paths.probabilities, "labelmap"))  # same headers as a labelmap, float32
     return found
 
 
@@ -230,7 +233,7 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
         results.append(res)
         todo.append((len(results) - 1, case, paths, existing))
     if not options.overwrite:
-        candidates = [pair for _, case, paths, _ in todo for pair in _output_candidates(paths, case, options)]
+        candidates = [pair for _, case, paths, _ in todo for pair in output_candidates(paths, case, options)]
         refuse_foreign(foreign_files(candidates))
 
     if todo and segmenter is None:  # before any report is written: a bad model or device is a command error

@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 from monaiunetseg.batch.case import failure_result, segment_case
-from monaiunetseg.batch.cli import add_model_options, check_model_options
+from monaiunetseg.batch.cli import add_model_options, add_probability_option, check_model_options
 from monaiunetseg.batch.discover import Case, discover_cases
 from monaiunetseg.batch.lock import OutputLock
 from monaiunetseg.batch.naming import OUTPUT_FORMATS, output_paths
 from monaiunetseg.batch.outdir import check_out_dir, folder_error, foreign_files, prepare_out_dir, refuse_foreign
 from monaiunetseg.batch.report import FAILED, OK, CaseResult
 from monaiunetseg.batch.resume import existing_result
-from monaiunetseg.batch.run import BatchOptions
+from monaiunetseg.batch.run import BatchOptions, output_candidates
 from monaiunetseg.files import stale_parts, write_text_atomic
 
 # The caller named one series: it is segmented whatever it shows (no FLAIR check; a series that is no volume is
@@ -84,13 +84,13 @@ def segment_single(input_path: str | os.PathLike, out_dir: str | os.PathLike, op
 
 def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -> CaseResult:
     paths = output_paths(out_dir, case, options.output_format)
-    for part in stale_parts(out_dir, [paths.labelmap.name]):  # left by a killed run
+    for part in stale_parts(out_dir, [p.name for p, _ in output_candidates(paths, case, options)]):  # left by a killed run
         part.unlink()
     existing = "" if options.overwrite else existing_result(case, paths, options)
     if isinstance(existing, CaseResult):
         return existing
     if not options.overwrite:
-        refuse_foreign(foreign_files([(paths.labelmap, "labelmap")]))
+        refuse_foreign(foreign_files(output_candidates(paths, case, options)))
     if segmenter is None:
         from monaiunetseg.model.predictor import Segmenter
 
@@ -115,7 +115,8 @@ def result_json(result: CaseResult) -> str:
 
 def _segment_case(args: argparse.Namespace) -> int:
     options = BatchOptions(device=args.device, overwrite=args.overwrite, bundle=args.bundle, weights=args.weights,
-                           model=args.model, progress=False, output_format=args.output_format, wait=args.wait)
+                           model=args.model, progress=False, output_format=args.output_format, wait=args.wait,
+                           save_probabilities=args.save_probabilities)
     try:
         check_model_options(args)  # fail before any work, as ``segment`` does
         result = segment_single(args.input, args.out_dir, options)
@@ -149,6 +150,7 @@ def add_segment_case_parser(subparsers: argparse._SubParsersAction) -> argparse.
     p.add_argument("--result-json", dest="result_json", type=Path, required=True, metavar="PATH",
                    help="where to write the JSON result (atomically)")
     add_model_options(p)
+    add_probability_option(p)
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="same",
                    help="labelmap format: same (default: the input's own; NIfTI for DICOM), nifti, nrrd or mha")
     p.add_argument("--overwrite", action="store_true",

@@ -24,6 +24,9 @@ from monaiunetseg.io.guard import voxel_budget_problem
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LABEL_DESCRIPTION = b"MONAIUNetSeg FLAIR abnormality (research use only)"
+# The --save-probabilities map: float32 foreground probability (0-1) on the labelmap's grid.
+PROBABILITY_DESCRIPTION = b"MONAIUNetSeg FLAIR abnormality probability (research use only)"
+OUTPUT_DESCRIPTIONS = (LABEL_DESCRIPTION, PROBABILITY_DESCRIPTION)
 # Which input a labelmap is the result of: JSON {"MONAIUNetSeg": {...}} in a NIfTI comment extension (code 6).
 SOURCE_KEY, COMMENT_ECODE = "MONAIUNetSeg", 6
 # A compressed file whose header claims more voxel data than this is decompressed once (without keeping the
@@ -168,13 +171,14 @@ def _header_block(path: str | os.PathLike) -> nib.Nifti1Header | nib.Nifti2Heade
 
 
 def is_our_labelmap(path: str | os.PathLike) -> bool:
-    """True for a labelmap this project wrote (header description): an earlier output is not a scan to segment.
+    """True for a labelmap (or probability map) this project wrote (header description): an earlier output is
+    not a scan to segment.
     Reads the fixed header only, so a forged extension or data size costs nothing here."""
     try:
         descrip = _header_block(path)["descrip"].item()
     except Exception:  # unreadable: not ours; reading it as an input will report the problem
         return False
-    return bytes(descrip).startswith(LABEL_DESCRIPTION)
+    return bytes(descrip).startswith(OUTPUT_DESCRIPTIONS)
 
 
 def _source_of(extension) -> dict | None:
@@ -212,24 +216,34 @@ def _save(img: nib.Nifti1Image, target: Path) -> Path:
     return target
 
 
-def _label_header(header: nib.Nifti1Header, shape: tuple[int, ...]) -> nib.Nifti1Header:
+def output_array(values: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """A labelmap as uint8, or a probability map (any float array) as float32 clipped to 0-1; its description."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        return np.clip(values, 0.0, 1.0).astype(np.float32, copy=False), PROBABILITY_DESCRIPTION
+    return values.astype(np.uint8, copy=False), LABEL_DESCRIPTION
+
+
+def _label_header(header: nib.Nifti1Header, shape: tuple[int, ...], dtype=np.uint8,
+                  description: bytes = LABEL_DESCRIPTION) -> nib.Nifti1Header:
     header.set_data_shape(shape)
-    header.set_data_dtype(np.uint8)
+    header.set_data_dtype(dtype)
     header.set_slope_inter(1.0, 0.0)
     header["cal_min"], header["cal_max"] = 0, 1
-    header["descrip"] = LABEL_DESCRIPTION
+    header["descrip"] = description
     return header
 
 
 def write_labelmap_like(labels: np.ndarray, reference: NiftiVolume, target: str | os.PathLike,
                         source: dict | None = None) -> Path:
     """Write ``labels`` (input's shape) with the input's header and affine, atomically; ``source`` (JSON-able)
-    is recorded in the file as which input it is the result of (:func:`read_source_record`)."""
-    labels = np.asarray(labels, dtype=np.uint8)
+    is recorded in the file as which input it is the result of (:func:`read_source_record`). A float array is
+    written as a float32 probability map instead."""
+    labels, description = output_array(labels)
     if labels.shape != reference.array.shape:
         raise ValueError(f"labelmap shape {labels.shape} != input shape {reference.array.shape}")
     labels = labels.reshape(reference.file_shape)
-    header = _label_header(reference.header.copy(), labels.shape)
+    header = _label_header(reference.header.copy(), labels.shape, labels.dtype, description)
     _set_source(header, source)
     # The affine equals the header's best affine, so nibabel keeps the header's qform/sform as they are.
     img = reference.image_class(labels, reference.affine, header=header)
@@ -238,12 +252,12 @@ def write_labelmap_like(labels: np.ndarray, reference: NiftiVolume, target: str 
 
 def write_labelmap(labels: np.ndarray, affine: np.ndarray, target: str | os.PathLike, source: dict | None = None) -> Path:
     """Write ``labels`` with a fresh header whose qform and sform are ``affine`` (scanner frame), atomically;
-    ``source`` as for :func:`write_labelmap_like`."""
-    labels = np.asarray(labels, dtype=np.uint8)
+    ``source`` and a float array as for :func:`write_labelmap_like`."""
+    labels, description = output_array(labels)
     img = nib.Nifti1Image(labels, affine)
     img.header.set_xyzt_units("mm")
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
-    _label_header(img.header, labels.shape)
+    _label_header(img.header, labels.shape, labels.dtype, description)
     _set_source(img.header, source)
     return _save(img, Path(target))

@@ -20,7 +20,7 @@ import numpy as np
 from monaiunetseg.files import atomic_path
 from monaiunetseg.geometry import check_affine
 from monaiunetseg.io.guard import not_regular, open_header, voxel_budget_problem
-from monaiunetseg.io.nifti import LABEL_DESCRIPTION, SOURCE_KEY
+from monaiunetseg.io.nifti import OUTPUT_DESCRIPTIONS, SOURCE_KEY, output_array
 
 NRRD_SUFFIXES, METAIMAGE_SUFFIXES = (".nrrd", ".nhdr"), (".mha", ".mhd")
 DESCRIPTION_KEY = "MONAIUNetSeg_description"  # header field marking a labelmap this project wrote
@@ -174,7 +174,7 @@ def _metadata(path: Path) -> dict[str, str]:
 def is_our_labelmap(path: str | os.PathLike) -> bool:
     """True for a labelmap this project wrote (header field): an earlier output is not a scan to segment."""
     try:
-        return _metadata(Path(path)).get(DESCRIPTION_KEY) == LABEL_DESCRIPTION.decode()
+        return _metadata(Path(path)).get(DESCRIPTION_KEY) in {d.decode() for d in OUTPUT_DESCRIPTIONS}
     except Exception:  # unreadable: not ours; reading it as an input will report the problem
         return False
 
@@ -204,9 +204,10 @@ def _geometry_from_affine(affine: np.ndarray) -> tuple[tuple[float, ...], tuple[
 def write_labelmap(labels: np.ndarray, target: str | os.PathLike, affine: np.ndarray | None = None,
                    reference: ImageVolume | None = None, source: dict | None = None) -> Path:
     """Write ``labels`` (i, j, k) as uint8 NRRD/MetaImage (by ``target``'s suffix), atomically, on the grid of
-    ``reference`` (its geometry copied exactly) or of the RAS ``affine``; ``source`` is recorded in the header."""
+    ``reference`` (its geometry copied exactly) or of the RAS ``affine``; ``source`` is recorded in the header.
+    A float array is written as a float32 probability map instead."""
     sitk = _sitk()
-    labels = np.asarray(labels, dtype=np.uint8)
+    labels, description = output_array(labels)
     if reference is not None:
         if labels.shape != reference.array.shape:
             raise ValueError(f"labelmap shape {labels.shape} != input shape {reference.array.shape}")
@@ -219,10 +220,10 @@ def write_labelmap(labels: np.ndarray, target: str | os.PathLike, affine: np.nda
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
-    image.SetMetaData(DESCRIPTION_KEY, LABEL_DESCRIPTION.decode())
+    image.SetMetaData(DESCRIPTION_KEY, description.decode())
     if source is not None:
         image.SetMetaData(SOURCE_KEY, json.dumps({SOURCE_KEY: source}))
     target = Path(target)
     with atomic_path(target) as tmp:
-        sitk.WriteImage(image, str(tmp), True)  # compressed: a labelmap is mostly zeros
+        sitk.WriteImage(image, str(tmp), True)  # compressed: a labelmap (and a probability map) is mostly zeros
     return target

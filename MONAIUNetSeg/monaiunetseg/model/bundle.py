@@ -76,13 +76,15 @@ def _plain(value, where: str):
 
 @dataclass
 class BundleSpec:
-    """What inference needs from a bundle, as plain data: network arguments, 2.5D context, model sets."""
+    """What inference needs from a bundle, as plain data: network arguments, 2.5D context, model sets, and the
+    post-processing and test-time augmentation every entry point applies."""
 
     root: Path
     network_args: dict
     context: int
     models: dict[str, list[Path]]
     postprocessing: dict = field(default_factory=dict)
+    flip_tta: bool = False  # average over left-right flipped slices (chosen by cross-validation)
 
     @property
     def in_channels(self) -> int:
@@ -124,7 +126,10 @@ def read_spec(root: str | os.PathLike | None = None) -> BundleSpec:
     postprocessing = _plain(config.get("postprocessing") or {}, f"{path}: postprocessing")
     if not isinstance(postprocessing, dict):
         raise ValueError(f"{path}: postprocessing must be an object of options, got {postprocessing!r}")
-    return BundleSpec(root, net, context, models, postprocessing)
+    flip_tta = _plain(config.get("flip_tta", False), f"{path}: flip_tta")
+    if not isinstance(flip_tta, bool):
+        raise ValueError(f"{path}: flip_tta must be true or false, got {flip_tta!r}")
+    return BundleSpec(root, net, context, models, postprocessing, flip_tta)
 
 
 def build_network(network_args: dict) -> torch.nn.Module:

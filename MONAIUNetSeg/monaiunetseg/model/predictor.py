@@ -86,14 +86,15 @@ class Segmenter:
 
     ``model`` names a model set of the bundle (``default``; e.g. the fold ensemble) whose members' softmax
     foreground probabilities are averaged (probabilities, not labels); ``weights`` overrides it with explicit
-    files. ``flip_tta`` also averages over left-right flipped slices (the model is trained with such flips).
+    files. ``flip_tta`` also averages over left-right flipped slices (the model is trained with such flips);
+    ``None``: as the bundle says (``flip_tta`` in ``configs/inference.json``), like ``postprocessing``.
     ``backend``: ``onnx`` (ONNX Runtime, CPU), ``torch``, or ``auto`` (default, or ``$MONAIUNETSEG_BACKEND``):
     ONNX Runtime on the CPU when it is installed and serves the weights, else torch.
     """
 
     def __init__(self, bundle: str | os.PathLike | None = None, device: str = "auto",
                  weights: str | os.PathLike | list[str | os.PathLike] | None = None, batch_size: int = 32,
-                 model: str = DEFAULT_MODEL, flip_tta: bool = False, context: int | None = None,
+                 model: str = DEFAULT_MODEL, flip_tta: bool | None = None, context: int | None = None,
                  postprocessing: dict | None = None, backend: str | None = None) -> None:
         self.device_name = device_name(device)
         self.spec = read_spec(bundle)
@@ -108,7 +109,7 @@ class Segmenter:
         for w in self.weights:
             if not w.is_file():
                 raise FileNotFoundError(f"{w}: model weights not found")
-        self.flip_tta = flip_tta
+        self.flip_tta = self.spec.flip_tta if flip_tta is None else bool(flip_tta)
         self.batch_size = batch_size
         self.backend_note = ""
         self.runner = self._runner((backend or os.environ.get(BACKEND_ENV) or "auto").lower())
@@ -201,23 +202,31 @@ class Segmenter:
         self._predict(array, affine, sink)
         return out
 
-    def segment(self, array: np.ndarray, affine: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    def segment(self, array: np.ndarray, affine: np.ndarray, threshold: float = 0.5,
+                probabilities: np.ndarray | None = None) -> np.ndarray:
         """uint8 labelmap (0 background, 1 FLAIR abnormality) with exactly the input's shape, post-processed
         as the bundle says (``postprocessing`` in ``configs/inference.json``). No float volume of the input's
         grid is made: the mask is thresholded slice chunk by slice chunk (and the probability, when the
-        post-processing needs it, kept as uint8 in 1/255 steps)."""
+        post-processing needs it, kept as uint8 in 1/255 steps). ``probabilities``: a float32 array of the
+        input's shape that also receives the (averaged) foreground probability, before post-processing, from
+        the same network run (``--save-probabilities``)."""
         shape = np.shape(array)[-3:]
+        if probabilities is not None and (probabilities.shape != shape or probabilities.dtype != np.float32):
+            raise ValueError(f"probabilities must be float32 of shape {shape}")
         plan = GridPlan.of(shape, affine)
         mask = np.zeros(shape, dtype=np.uint8)
         mask_view = plan.orient(mask)
         needs_prob = bool(self.postprocessing.min_mean_prob)
         prob255 = np.zeros(shape, dtype=np.uint8) if needs_prob else None
         prob_view = plan.orient(prob255) if needs_prob else None
+        float_view = plan.orient(probabilities) if probabilities is not None else None
 
         def sink(z: slice, chunk: np.ndarray) -> None:
             mask_view[:, :, z] = chunk > threshold
             if prob_view is not None:
                 prob_view[:, :, z] = np.rint(np.clip(chunk, 0.0, 1.0) * 255)
+            if float_view is not None:
+                float_view[:, :, z] = np.clip(chunk, 0.0, 1.0)
 
         self._predict(array, affine, sink)
         return self.postprocessing(mask, prob255, prob_scale=255.0)

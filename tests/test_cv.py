@@ -196,3 +196,41 @@ def test_out_of_fold_evaluation_on_a_small_set(prepared_small: Path, tmp_path: P
     worst_first = [r["patient"] for r in sorted(rows, key=lambda r: (float(r["dice"]), r["patient"]))]
     assert sorted(worst_first, key=lambda p: page.index(f'<section id="{p}"')) == worst_first
     assert (pictures / "summary.png").stat().st_size > 10_000
+
+
+def test_ablation_compares_recipes_paired_on_shared_patients(tmp_path: Path):
+    """compare-oof: recipes are compared on the patients they all have, the difference is paired (patient by
+    patient) against the reference, with an interval that contains it, and written as CSV and markdown."""
+    from monaiunetseg.cli import main as cli_main
+    from monaiunetseg.training.ablation import compare_recipes
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.5, 0.9, 20)
+    ml = rng.uniform(5, 80, 20)
+
+    def table(name: str, dice: np.ndarray, raw: np.ndarray, patients: range) -> Path:
+        path = tmp_path / name / "oof_metrics_per_patient.csv"
+        path.parent.mkdir()
+        rows = [{"patient": f"P{i:02d}", "institution": "CS", "fold": i % 2, "label_ml": ml[i], "dice": dice[i],
+                 "hd95_mm": 1.0, "pred_ml": ml[i], "abs_vol_diff_ml": 0.0, "dice_raw": raw[i]} for i in patients]
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        (path.parent / "oof_summary.json").write_text(json.dumps({"postprocessing_name": f"pp of {name}"}))
+        return path
+
+    ref = table("ref", base, base - 0.05, range(20))
+    better = table("better", base + 0.02, base - 0.01, range(4, 20))  # 16 patients only: compared on those
+    rows = compare_recipes({"ref": str(ref), "better": str(better)})
+    assert [r["n"] for r in rows] == [16, 16]
+    assert rows[0]["mean"] == pytest.approx(base[4:].mean()) and rows[0]["postprocessing"] == "pp of ref"
+    assert rows[1]["diff"] == pytest.approx(0.02) and rows[1]["raw_diff"] == pytest.approx(0.04)
+    lo, hi = (float(x) for x in rows[1]["diff_ci"].split(" to "))
+    assert lo <= 0.02 <= hi and (rows[1]["better"], rows[1]["worse"]) == (16, 0)
+    assert "diff" not in rows[0]
+    out = tmp_path / "docs"
+    assert cli_main(["compare-oof", f"ref={ref}", f"better={better}", "-o", str(out)]) == 0
+    md = (out / "ablation.md").read_text()
+    assert "| better | 16 (0 1) |" in md and "reference" in md
+    assert cli_main(["compare-oof", str(ref), "-o", str(out)]) == 2  # NAME=CSV is required

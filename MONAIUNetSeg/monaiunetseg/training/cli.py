@@ -1,4 +1,5 @@
-"""``monaiunetseg train-cv`` and ``evaluate-oof``: argparse wiring of ``training.cv`` and ``training.oof``."""
+"""``monaiunetseg train-cv``, ``evaluate-oof`` and ``compare-oof``: argparse wiring of ``training.cv``,
+``training.oof`` and ``training.ablation``."""
 
 from __future__ import annotations
 
@@ -26,6 +27,22 @@ def _evaluate_oof(args: argparse.Namespace) -> int:
     probs = predict_oof(args.cv_dir, args.dataset_dir, probs_dir, folds=args.folds, bundle=args.bundle,
                         device=args.device, flip_tta=args.flip_tta)
     evaluate_oof(probs, args.dataset_dir, args.docs_dir, prefix=args.prefix, pictures_dir=args.pictures)
+    return 0
+
+
+def _compare_oof(args: argparse.Namespace) -> int:
+    from monaiunetseg.training.ablation import compare_recipes, markdown_table, write_ablation
+
+    recipes = {}
+    for item in args.recipes:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{item!r}: give recipes as NAME=PATH (an evaluate-oof *_metrics_per_patient.csv)")
+        recipes[name] = path
+    rows = compare_recipes(recipes, args.reference)
+    csv_path, md_path = write_ablation(rows, args.out_dir, args.prefix)
+    print(markdown_table(rows), end="")
+    print(f"compare-oof: {csv_path}, {md_path}")
     return 0
 
 
@@ -67,3 +84,16 @@ def add_training_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flip-tta", action="store_true", help="average over left-right flips (test-time augmentation)")
     _bundle_and_device(p)
     p.set_defaults(func=_evaluate_oof)
+
+    p = subparsers.add_parser(
+        "compare-oof", help="ablation table of cross-validation recipes (paired, on the patients they share)",
+        description="Compare the out-of-fold per-patient Dice of several recipes (evaluate-oof tables) on the "
+                    "patients they all have: raw and post-processed mean, std, median, min, by lesion size, and "
+                    "the paired difference to the reference with a bootstrap 95 %% interval. Writes "
+                    "OUT/<prefix>.csv and .md (the model card's table).")
+    p.add_argument("recipes", nargs="+", metavar="NAME=CSV", help="recipe name and its <prefix>_metrics_per_patient.csv")
+    p.add_argument("--reference", default=None, help="the recipe the others are compared with (default: the first)")
+    p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, default=Path("monai_bundle/docs"),
+                   help="where the table goes (default: monai_bundle/docs)")
+    p.add_argument("--prefix", default="ablation", help="file-name prefix (default: ablation)")
+    p.set_defaults(func=_compare_oof)

@@ -28,7 +28,8 @@ SIZE_BUCKETS = ((0.0, 15.0, "< 15 mL"), (15.0, 50.0, "15-50 mL"), (50.0, math.in
 CANDIDATES = [PostProcessing(), PostProcessing(largest_only=True),
               *(PostProcessing(min_fraction=f) for f in (0.02, 0.05, 0.1, 0.2, 0.3)),
               *(PostProcessing(min_mean_prob=p) for p in (0.6, 0.7, 0.8))]
-CSV_COLUMNS = ["patient", "institution", "fold", "label_ml", "dice", "hd95_mm", "pred_ml", "abs_vol_diff_ml"]
+# ``dice``: with the chosen post-processing; ``dice_raw``: without any (what ablations compare recipes on).
+CSV_COLUMNS = ["patient", "institution", "fold", "label_ml", "dice", "hd95_mm", "pred_ml", "abs_vol_diff_ml", "dice_raw"]
 
 
 @dataclass
@@ -134,21 +135,25 @@ def evaluate_oof(probs: dict[str, Path], dataset_dir: str | os.PathLike, out_dir
     and the candidates' table ``<prefix>_postprocessing.csv`` into ``out_dir``; with ``pictures_dir``, also the
     evaluation pictures there (:func:`write_oof_pictures`; kept apart from ``out_dir``, often the model card's
     folder, as they are many)."""
-    candidates = candidates or CANDIDATES
+    candidates = list(candidates or CANDIDATES)
+    if candidates[0] != PostProcessing():  # the reference row (and ``dice_raw``): no post-processing
+        candidates.insert(0, PostProcessing())
     cases = [c for c in oof_cases(dataset_dir) if c.patient in probs]
     if not cases:
         raise ValueError(f"no out-of-fold predictions for the patients of {dataset_dir}")
     loaded = {c.patient: load_prob(probs[c.patient]) for c in cases}
-    table = []
+    table, raw = [], {}
     for pp in candidates:
         rows = [score_case(c, *loaded[c.patient], pp, with_hd95=False) for c in cases]
+        if not raw:  # the first candidate: no post-processing
+            raw = {r["patient"]: r["dice"] for r in rows}
         s = summarise_dice(rows)
         table.append({"postprocessing": pp.name, "options": json.dumps(pp.to_dict()), "mean": s["all"]["mean"],
                       "std": s["all"]["std"], "median": s["all"]["median"], "min": s["all"]["min"],
                       **{f"mean {k}": v.get("mean", math.nan) for k, v in s["by_size"].items()}})
     best = max(range(len(candidates)), key=lambda i: (round(table[i]["mean"], 4), -i))
     chosen = candidates[best]
-    rows = [score_case(c, *loaded[c.patient], chosen) for c in cases]
+    rows = [{**score_case(c, *loaded[c.patient], chosen), "dice_raw": raw[c.patient]} for c in cases]
     summary = summarise_dice(rows)
     summary.update({"postprocessing": chosen.to_dict(), "postprocessing_name": chosen.name,
                     "dice_mean_without_postprocessing": table[0]["mean"], "n_patients": len(rows)})

@@ -4,9 +4,9 @@ In-process rows run the batch code path itself (``monaiunetseg.batch.run.segment
 process (so that its peak RSS is its own), after one warm-up run, ``--runs`` times: medians of read /
 preprocess / model / invert / write / total, slices per second and the process's peak RSS. Rows:
 
-* the bundled sample (256 x 256 x 38 FLAIR) with the single model and with the default 5-fold ensemble (until
-  the fold weights exist: 5 copies of ``models/model.pt`` as a model set, the same compute), ONNX Runtime and
-  eager torch;
+* the bundled sample (256 x 256 x 38 FLAIR) with the shipped bundle's ``default`` and ``fast`` model sets, and with
+  stand-ins of a single model and of a 5-member ensemble (5 copies of ``models/model.pt``: the compute of a
+  5-fold ensemble), ONNX Runtime and eager torch;
 * a 512 x 512 x 200 int16 volume (the sample upsampled in-plane and repeated), for the memory target.
 
 ``--cli`` adds whole ``monaiunetseg segment one.nii.gz -o out`` processes on a 24-slice NIfTI (``/usr/bin/time``
@@ -113,7 +113,7 @@ def bench_row(spec: dict) -> dict:
 
         torch.set_num_threads(spec["threads"])
     t0 = time.perf_counter()
-    segmenter = Segmenter(spec["bundle"], device=spec["device"], backend=spec["backend"])
+    segmenter = Segmenter(spec["bundle"], device=spec["device"], backend=spec["backend"], model=spec.get("model", "default"))
     load = time.perf_counter() - t0
     (case,) = [c for c in discover_cases([Path(spec["input"])]) if c.kind == "nifti"]
     paths = output_paths(Path(spec["out"]), case)
@@ -214,9 +214,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        bundles = {"single": make_bundle(tmp, "single", 1), "default5": make_bundle(tmp, "default5", 5)}
+        bundles = {"single": make_bundle(tmp, "single", 1), "default5": make_bundle(tmp, "default5", 5),
+                   "shipped": REPO / "monai_bundle", "shipped-fast": REPO / "monai_bundle"}
         inputs = make_inputs(args.input, tmp, args.big)
-        plan = [("sample", "default5", "onnx", args.runs), ("sample", "single", "onnx", args.runs),
+        plan = [("sample", "shipped", "onnx", args.runs), ("sample", "shipped-fast", "onnx", args.runs),
+                ("sample", "default5", "onnx", args.runs), ("sample", "single", "onnx", args.runs),
                 ("sample", "default5", "torch", max(3, args.runs // 2)), ("sample", "single", "torch", args.runs)]
         from monaiunetseg.model.predictor import device_name
 
@@ -229,7 +231,8 @@ def main() -> None:
         for name, bundle, backend, runs in plan:
             device = "cuda" if backend.endswith("cuda") else "cpu"
             spec = {"input": str(inputs[name]), "bundle": str(bundles[bundle]), "backend": backend.split("-")[0], "device": device,
-                    "threads": args.threads, "runs": runs, "out": str(tmp / f"out_{len(rows)}")}
+                    "threads": args.threads, "runs": runs, "out": str(tmp / f"out_{len(rows)}"),
+                    "model": "fast" if bundle == "shipped-fast" else "default"}
             rows.append((name, bundle, runs, run_row(spec)))
         cli = cli_rows(inputs, bundles, tmp, args.cli_runs) if args.cli else []
         imports = import_table() if args.cli else []
@@ -243,7 +246,9 @@ def main() -> None:
     print("| input | model | backend | runs | load | read | preprocess | model | invert | write | total | CPU s | slices/s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, bundle, runs, r in rows:
-        model = "default (5 members)" if bundle == "default5" else "single"
+        model = {"default5": "5 members (stand-in: 5 copies of model.pt)", "single": "single (model.pt)",
+                 "shipped": f"shipped `default` ({r['members']} member(s))",
+                 "shipped-fast": f"shipped `fast` ({r['members']} member(s))"}[bundle]
         print(f"| {name} | {model} | {r['backend']} | {runs} | {r['load_s']:.2f} | {r['read']:.3f} | {r['preprocess']:.3f} | "
               f"{r['model']:.3f} | {r['invert']:.3f} | {r['write']:.3f} | **{r['total']:.3f}** | {r['cpu']:.2f} | {r['slices_per_s']:.0f} | "
               f"{r['peak_rss_mb']:.0f} |")

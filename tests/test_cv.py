@@ -234,3 +234,45 @@ def test_ablation_compares_recipes_paired_on_shared_patients(tmp_path: Path):
     md = (out / "ablation.md").read_text()
     assert "| better | 16 (0 1) |" in md and "reference" in md
     assert cli_main(["compare-oof", str(ref), "-o", str(out)]) == 2  # NAME=CSV is required
+
+
+def test_post_processing_that_erases_a_found_lesion_is_never_chosen(prepared_small: Path, tmp_path: Path):
+    """A candidate with the best mean but a patient whose found lesion it removes entirely is not chosen; the
+    table says how many patients each candidate erased."""
+    from monaiunetseg.model.postprocess import PostProcessing
+    from monaiunetseg.training.oof import oof_cases
+
+    cases = oof_cases(prepared_small)
+    probs = {}
+    for i, c in enumerate(cases):  # the expert mask as the prediction, plus a far island bigger than it for one
+        img = nib.load(c.label)
+        label = np.asanyarray(img.dataobj) > 0
+        prob = label.astype(np.float32) * 0.9
+        if i == 0:
+            island = np.zeros_like(label)
+            island[:40, :40, :] = True  # a corner block: larger than the lesion, far from it
+            prob[island & ~label] = 0.9
+        path = tmp_path / f"{c.patient}.npz"
+        np.savez_compressed(path, prob=np.round(prob * 255).astype(np.uint8), affine=img.affine)
+        probs[c.patient] = path
+    summary = evaluate_oof(probs, prepared_small, tmp_path / "docs", log=lambda *_: None,
+                           candidates=[PostProcessing(), PostProcessing(largest_only=True), PostProcessing(min_fraction=0.01)])
+    with open(tmp_path / "docs" / "oof_postprocessing.csv", newline="") as fh:
+        table = {r["postprocessing"]: r for r in csv.DictReader(fh)}
+    assert int(table["largest component"]["patients_erased"]) == 1
+    assert summary["postprocessing_name"] != "largest component" and summary["all"]["min"] > 0
+
+
+def test_a_fold_record_may_name_weights_kept_elsewhere(tmp_path: Path):
+    """The shipped fold-0 model lives at models/model.pt: its CV record names it instead of a second copy, and
+    both train-cv (finished, skipped) and evaluate-oof (its weights) follow the record."""
+    from monaiunetseg.training.cv import fold_finished, fold_weights
+
+    cv = tmp_path / "models" / "cv"
+    (cv / "fold0").mkdir(parents=True)
+    shutil.copy(BUNDLE_DIR / "models" / "model.pt", tmp_path / "models" / "model.pt")
+    (cv / "fold0" / RECORD).write_text(json.dumps({"status": "done", "epochs": 180, "weights": "../../model.pt"}))
+    assert fold_weights(cv, 0).resolve() == (tmp_path / "models" / "model.pt").resolve()
+    assert fold_finished(cv, 0, 180) and not fold_finished(cv, 0, 60)
+    (tmp_path / "models" / "model.pt").unlink()
+    assert not fold_finished(cv, 0, 180)

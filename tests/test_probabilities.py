@@ -34,8 +34,9 @@ def test_probability_map_is_the_segmenters_on_the_input_grid(segmenter, tmp_path
     prob = np.asarray(prob_img.dataobj)
     assert 0.0 <= prob.min() and prob.max() <= 1.0 and prob.max() > 0.99
     np.testing.assert_array_equal(prob, segmenter.probabilities(np.asarray(src.dataobj), src.affine))
-    # the shipped bundle has no post-processing: the labelmap is the probability thresholded at 0.5
-    np.testing.assert_array_equal(_data(res.output), (prob > 0.5).astype(np.uint8))
+    # the labelmap is this probability above 0.5, post-processed as the bundle says
+    expected = segmenter.postprocessing(prob > 0.5, np.rint(prob * 255).astype(np.uint8), prob_scale=255.0)
+    np.testing.assert_array_equal(_data(res.output), expected)
     assert is_our_labelmap(res.probabilities)  # never taken for a scan when the output folder is an input
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["rows"][0]["probabilities"] == res.probabilities

@@ -88,8 +88,12 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
         array, affine = volume.array, volume.affine
     t_read = time.perf_counter()
     with step("segment"):
-        probabilities = np.empty(np.shape(array)[-3:], np.float32) if options.save_probabilities else None
-        labels = segmenter.segment(array, affine, probabilities=probabilities)
+        probabilities = None
+        if options.save_probabilities:
+            probabilities = np.empty(np.shape(array)[-3:], np.float32)
+            labels = segmenter.segment(array, affine, probabilities=probabilities)
+        else:  # any object with segment(array, affine) will do (e.g. a stand-in in tests or a plug-in)
+            labels = segmenter.segment(array, affine)
     t_seg = time.perf_counter()
     with StagedFiles() as staged:
         if options.dicom_seg and case.kind == "dicom":

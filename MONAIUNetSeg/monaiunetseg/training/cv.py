@@ -41,11 +41,18 @@ def read_record(out_root: str | os.PathLike, fold: int) -> dict:
         return {}
 
 
+def fold_weights(out_root: str | os.PathLike, fold: int) -> Path:
+    """The fold's weights: ``fold<k>/model.pt``, or the file its record names (``"weights"``, relative to the
+    fold folder), e.g. a fold trained before and shipped elsewhere in the bundle, so that it is not a second copy."""
+    named = read_record(out_root, fold).get("weights")
+    return fold_dir(out_root, fold) / (named if isinstance(named, str) and named else "model.pt")
+
+
 def fold_finished(out_root: str | os.PathLike, fold: int, epochs: int | None = None) -> bool:
     """True when the fold's training process ended normally (not merely left a ``model.pt``: the bundle also
     writes one when training is interrupted by an exception)."""
     record = read_record(out_root, fold)
-    done = record.get("status") == "done" and (fold_dir(out_root, fold) / "model.pt").is_file()
+    done = record.get("status") == "done" and fold_weights(out_root, fold).is_file()
     return done and (epochs is None or record.get("epochs") == epochs)
 
 

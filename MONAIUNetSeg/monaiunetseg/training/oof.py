@@ -21,7 +21,7 @@ from monaiunetseg.files import atomic_path, write_csv_atomic, write_text_atomic
 from monaiunetseg.geometry import voxel_volume_ml
 from monaiunetseg.metrics import dice, hd95
 from monaiunetseg.model.postprocess import PostProcessing
-from monaiunetseg.training.cv import fold_dir, read_record
+from monaiunetseg.training.cv import fold_weights, read_record
 
 SIZE_BUCKETS = ((0.0, 15.0, "< 15 mL"), (15.0, 50.0, "15-50 mL"), (50.0, math.inf, "> 50 mL"))
 # Post-processing candidates scored on the OOF predictions (the first is the reference: none).
@@ -70,7 +70,7 @@ def predict_oof(cv_root: str | os.PathLike, dataset_dir: str | os.PathLike, prob
         out.update({c.patient: probs_dir / f"{c.patient}.npz" for c in cases if c.fold == fold})
         if not todo:
             continue
-        weights = fold_dir(cv_root, fold) / "model.pt"
+        weights = fold_weights(cv_root, fold)
         context = int((read_record(cv_root, fold).get("overrides") or {}).get("context", 0))
         segmenter = Segmenter(bundle, device=device, weights=weights, flip_tta=flip_tta, context=context)
         for c in tqdm(todo, desc=f"evaluate-oof fold {fold}", unit="patient", disable=None):
@@ -130,7 +130,8 @@ def summarise_dice(rows: list[dict]) -> dict:
 def evaluate_oof(probs: dict[str, Path], dataset_dir: str | os.PathLike, out_dir: str | os.PathLike,
                  candidates: list[PostProcessing] | None = None, prefix: str = "oof", log=print,
                  pictures_dir: str | os.PathLike | None = None) -> dict:
-    """Score every candidate post-processing on the OOF probabilities (Dice), choose the best mean Dice, and
+    """Score every candidate post-processing on the OOF probabilities (Dice), choose the best mean Dice among
+    those that erase no patient's whole found lesion (Dice > 0 raw, 0 after: ``patients_erased``), and
     write for it ``<prefix>_metrics_per_patient.csv`` (columns :data:`CSV_COLUMNS`), ``<prefix>_summary.json``
     and the candidates' table ``<prefix>_postprocessing.csv`` into ``out_dir``; with ``pictures_dir``, also the
     evaluation pictures there (:func:`write_oof_pictures`; kept apart from ``out_dir``, often the model card's
@@ -148,10 +149,15 @@ def evaluate_oof(probs: dict[str, Path], dataset_dir: str | os.PathLike, out_dir
         if not raw:  # the first candidate: no post-processing
             raw = {r["patient"]: r["dice"] for r in rows}
         s = summarise_dice(rows)
+        # A patient whose found lesion the post-processing removes entirely (e.g. the smaller focus kept by
+        # nothing but "largest component"): such a candidate is never chosen, whatever its mean.
+        erased = sum(raw[r["patient"]] > 0 and r["dice"] == 0 for r in rows)
         table.append({"postprocessing": pp.name, "options": json.dumps(pp.to_dict()), "mean": s["all"]["mean"],
                       "std": s["all"]["std"], "median": s["all"]["median"], "min": s["all"]["min"],
-                      **{f"mean {k}": v.get("mean", math.nan) for k, v in s["by_size"].items()}})
-    best = max(range(len(candidates)), key=lambda i: (round(table[i]["mean"], 4), -i))
+                      **{f"mean {k}": v.get("mean", math.nan) for k, v in s["by_size"].items()},
+                      "patients_erased": erased})
+    eligible = [i for i in range(len(candidates)) if table[i]["patients_erased"] == 0]
+    best = max(eligible, key=lambda i: (round(table[i]["mean"], 4), -i))
     chosen = candidates[best]
     rows = [{**score_case(c, *loaded[c.patient], chosen), "dice_raw": raw[c.patient]} for c in cases]
     summary = summarise_dice(rows)

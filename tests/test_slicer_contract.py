@@ -475,3 +475,23 @@ def test_module_classes_present():
     assert classes["MONAIUNetSegWidget"][0] == "ScriptedLoadableModuleWidget"
     assert classes["MONAIUNetSegLogic"] == ["ScriptedLoadableModuleLogic"]
     assert classes["MONAIUNetSegTest"] == ["ScriptedLoadableModuleTest"]
+
+
+def test_every_weights_file_of_the_model_sets_is_packaged():
+    """The pip package (setup.py package_data) and the Slicer extension (CMake) ship every weights file that a
+    model set of configs/inference.json names: a default ensemble must not work only from a source checkout."""
+    import fnmatch
+
+    from monaiunetseg.model.bundle import read_spec
+
+    spec = read_spec(REPO / "monai_bundle")
+    files = sorted({p.relative_to(spec.root).as_posix() for paths in spec.models.values() for p in paths})
+    assert files and all((spec.root / f).is_file() for f in files)
+    setup_text = (REPO / "setup.py").read_text()
+    patterns = re.findall(r'"(models/[^"]+)"', setup_text)
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    cmake_patterns = re.findall(r"(models/[^\s)]+)", cmake)
+    for f in files:
+        assert any(fnmatch.fnmatch(f, pat) for pat in patterns), f"{f} not in setup.py package_data {patterns}"
+        assert any(fnmatch.fnmatch(f, pat.replace("${_bundle_source_dir}/", "")) for pat in cmake_patterns), \
+            f"{f} not installed by MONAIUNetSeg/CMakeLists.txt {cmake_patterns}"

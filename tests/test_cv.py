@@ -276,3 +276,20 @@ def test_a_fold_record_may_name_weights_kept_elsewhere(tmp_path: Path):
     assert fold_finished(cv, 0, 180) and not fold_finished(cv, 0, 60)
     (tmp_path / "models" / "model.pt").unlink()
     assert not fold_finished(cv, 0, 180)
+
+
+def test_evaluate_oof_of_a_cv_in_progress_uses_the_finished_folds(prepared_small: Path, tmp_path: Path, capsys):
+    """A CV spread over sessions: evaluate-oof without --folds scores the patients of the finished folds and
+    says which folds are missing (an unfinished fold's model.pt, left by an interrupted run, is not used)."""
+    from monaiunetseg.cli import main as cli_main
+
+    cv = tmp_path / "cv"
+    for fold, status in ((0, "done"), (1, "interrupted"), (2, "done")):
+        (cv / f"fold{fold}").mkdir(parents=True)
+        shutil.copy(BUNDLE_DIR / "models" / "model.pt", cv / f"fold{fold}" / "model.pt")
+        (cv / f"fold{fold}" / RECORD).write_text(json.dumps({"status": status, "epochs": 1}))
+    docs = tmp_path / "docs"
+    assert cli_main(["evaluate-oof", str(cv), str(prepared_small), "--docs-dir", str(docs), "--device", "cpu"]) == 0
+    assert "folds [1] have not finished training" in capsys.readouterr().out
+    with open(docs / "oof_metrics_per_patient.csv", newline="") as fh:
+        assert sorted(int(r["fold"]) for r in csv.DictReader(fh)) == [0, 2]

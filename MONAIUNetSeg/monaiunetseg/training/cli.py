@@ -21,10 +21,21 @@ def _train_cv(args: argparse.Namespace) -> int:
 
 
 def _evaluate_oof(args: argparse.Namespace) -> int:
-    from monaiunetseg.training.oof import evaluate_oof, predict_oof
+    from monaiunetseg.training.cv import fold_finished
+    from monaiunetseg.training.oof import evaluate_oof, oof_cases, predict_oof
 
+    folds = args.folds
+    if folds is None:  # every fold whose training finished; a CV in progress is evaluated on what exists
+        all_folds = sorted({c.fold for c in oof_cases(args.dataset_dir)})
+        folds = [k for k in all_folds if fold_finished(args.cv_dir, k)]
+        missing = sorted(set(all_folds) - set(folds))
+        if not folds:
+            raise FileNotFoundError(f"{args.cv_dir}: no finished fold (fold<k>/cv_fold.json with status done)")
+        if missing:
+            print(f"evaluate-oof: folds {missing} have not finished training in {args.cv_dir}: evaluating folds "
+                  f"{folds} only ({sum(c.fold in folds for c in oof_cases(args.dataset_dir))} patients)")
     probs_dir = args.cv_dir / ("oof_probs_tta" if args.flip_tta else "oof_probs")
-    probs = predict_oof(args.cv_dir, args.dataset_dir, probs_dir, folds=args.folds, bundle=args.bundle,
+    probs = predict_oof(args.cv_dir, args.dataset_dir, probs_dir, folds=folds, bundle=args.bundle,
                         device=args.device, flip_tta=args.flip_tta)
     evaluate_oof(probs, args.dataset_dir, args.docs_dir, prefix=args.prefix, pictures_dir=args.pictures)
     return 0
@@ -80,7 +91,8 @@ def add_training_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", default="oof", help="file-name prefix of the tables (default: oof)")
     p.add_argument("--pictures", type=Path, default=None, metavar="DIR",
                    help="also write a panel per patient, summary.png and index.html into DIR")
-    p.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds (default: all)")
+    p.add_argument("--folds", type=int, nargs="+", default=None,
+                   help="only these folds (default: every fold that has finished training)")
     p.add_argument("--flip-tta", action="store_true", help="average over left-right flips (test-time augmentation)")
     _bundle_and_device(p)
     p.set_defaults(func=_evaluate_oof)

@@ -1,4 +1,5 @@
-"""Quick-look PNG: one FLAIR slice in grey with the predicted abnormality outlined in red.
+"""Quick-look PNG: one FLAIR slice in grey with the predicted abnormality outlined in blue (Okabe-Ito, colour-blind
+safe, the model's colour in the evaluation pictures too).
 
 Meant for checking a batch at a glance (did it find the lesion, is the outline on the bright region), not for
 reading. The volume is first reoriented to LPS without interpolation so that every image is shown the same way
@@ -94,7 +95,9 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
     ax.imshow(img2d, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest",
               aspect=in_plane[1] / in_plane[0])
     if lab2d.any():
-        ax.contour(lab2d, levels=[0.5], colors="red", linewidths=1.0)
+        from monaiunetseg.visual.style import PREDICTION_RGB
+
+        ax.contour(lab2d, levels=[0.5], colors=[tuple(c / 255 for c in PREDICTION_RGB)], linewidths=1.5)
     ax.set_axis_off()
     mark = {"color": "yellow", "fontsize": 11, "fontweight": "bold", "transform": ax.transAxes}
     left, right, top, bottom = orientation_marks(axis)

@@ -73,9 +73,9 @@ def test_segment_writes_a_run_record_and_loads_no_plotting_code(tmp_path: Path):
     assert run["versions"]["monai"] == monai.__version__
     assert run["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
     assert run["device"]["type"] == "cpu" and run["options"]["device"] == "cpu"
-    (model,) = read_spec().weights()  # the bundle the CLI finds (in a worktree: perhaps the installed one)
+    models = read_spec().weights()  # the bundle the CLI finds (in a worktree: perhaps the installed one)
     assert [(Path(w["path"]), w["sha256"], w["bytes"]) for w in run["weights"]] == \
-        [(model.resolve(), sha256(model), model.stat().st_size)]
+        [(m.resolve(), sha256(m), m.stat().st_size) for m in models]
     assert run["inputs"] == [str(SAMPLE_FLAIR)] and run["counts"] == {"ok": 1}
     (case,) = run["cases"]
     assert case["input"] == str(SAMPLE_FLAIR) and case["status"] == "ok" and not case["reused"]
@@ -149,3 +149,22 @@ def test_batch_import_loads_no_plotting():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_segment_case_writes_a_run_record_too(segmenter, tmp_path: Path):
+    """segment-case (the Slicer module's background job) records its run like segment: command, weights, the
+    case with its input hash; a kept result is recorded as reused."""
+    from monaiunetseg.batch.run import BatchOptions
+    from monaiunetseg.batch.single import segment_single
+
+    out = tmp_path / "out"
+    result = segment_single(SAMPLE_FLAIR, out, BatchOptions(progress=False), segmenter=segmenter)
+    assert result.status == "ok"
+    (run,) = validated(out / "run.json")["runs"]
+    assert run["command"] == "segment-case" and run["status"] == "finished" and run["counts"] == {"ok": 1}
+    assert [w["sha256"] for w in run["weights"]] == [sha256(Path(w)) for w in segmenter.weights]
+    (case,) = run["cases"]
+    assert case["input_sha256"] == sha256(SAMPLE_FLAIR) and not case["reused"]
+    segment_single(SAMPLE_FLAIR, out, BatchOptions(progress=False), segmenter=segmenter)
+    first, second = validated(out / "run.json")["runs"]
+    assert second["cases"][0]["reused"] and second["weights"] == []

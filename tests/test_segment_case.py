@@ -49,7 +49,7 @@ def test_sample_gives_an_ok_result_and_a_labelmap_on_the_input_grid(tmp_path: Pa
     assert set(np.unique(labels)) == {0, 1}
     assert data["volume_ml"] == pytest.approx(np.count_nonzero(labels) * voxel_volume_ml(seg.affine)) and data["volume_ml"] > 0
     assert data["seconds"] > 0
-    assert [p.name for p in out.iterdir()] == [labelmap.name]  # the labelmap only: no report.csv
+    assert sorted(p.name for p in out.iterdir()) == sorted([labelmap.name, "run.json"])  # no report.csv
     assert [p.name for p in result.parent.iterdir()] == ["result.json"]  # written atomically: no temporary left
     assert "segment-case: ok: " in proc.stdout
 

@@ -137,14 +137,16 @@ class RunRecord:
         self.path, self.entry, self.earlier = path, entry, earlier
 
     @classmethod
-    def start(cls, out_dir: Path, options, inputs: Iterable[str | os.PathLike], started: float) -> RunRecord:
-        """Record the run as started; ``started`` is the run's ``time.perf_counter()`` at its beginning."""
+    def start(cls, out_dir: Path, options, inputs: Iterable[str | os.PathLike], started: float,
+              command: str = "segment") -> RunRecord:
+        """Record the run as started; ``started`` is the run's ``time.perf_counter()`` at its beginning;
+        ``command``: ``segment`` or ``segment-case``."""
         path = record_path(Path(out_dir), options.num_shards, options.shard_id)
         began = datetime.now(timezone.utc) - timedelta(seconds=time.perf_counter() - started)
         entry = {"status": "started", "started": began.isoformat(timespec="milliseconds"), "finished": None,
                  "tool": {"name": "monaiunetseg", "version": monaiunetseg.__version__, "git": git_state()},
                  "versions": versions(), "platform": platform.platform(), "cwd": os.getcwd(),
-                 "command": "segment", "inputs": [str(p) for p in inputs], "options": dataclasses.asdict(options),
+                 "command": command, "inputs": [str(p) for p in inputs], "options": dataclasses.asdict(options),
                  "device": {"type": None, "name": None}, "weights": [], "counts": {}, "cases": []}
         record = cls(path, entry, cls._earlier_runs(path))
         record._write()

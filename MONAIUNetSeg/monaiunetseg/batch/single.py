@@ -22,6 +22,7 @@ from monaiunetseg.batch.discover import Case, discover_cases
 from monaiunetseg.batch.lock import OutputLock
 from monaiunetseg.batch.naming import OUTPUT_FORMATS, output_paths
 from monaiunetseg.batch.outdir import check_out_dir, folder_error, foreign_files, prepare_out_dir, refuse_foreign
+from monaiunetseg.batch.record import RunRecord, record_path
 from monaiunetseg.batch.report import FAILED, OK, CaseResult
 from monaiunetseg.batch.resume import existing_result
 from monaiunetseg.batch.run import BatchOptions, output_candidates
@@ -77,18 +78,30 @@ def segment_single(input_path: str | os.PathLike, out_dir: str | os.PathLike, op
     except OSError as exc:
         raise folder_error(exc, f"the lock file in {out_dir}") from exc
     try:
-        return _segment_held(case, out_dir, options, segmenter)
+        started = time.perf_counter()
+        run_json = record_path(out_dir, 1, 0)
+        try:  # run.json, as segment writes it: what produced this result (versions, weights, input hash)
+            record = RunRecord.start(out_dir, options, [case.source], started, command="segment-case")
+        except OSError as exc:
+            raise folder_error(exc, f"the run record {run_json}") from exc
+        result, used = _segment_held(case, out_dir, options, segmenter)
+        try:
+            record.finish([case], [result], used)
+        except OSError as exc:
+            raise folder_error(exc, f"the run record {run_json}") from exc
+        return result
     finally:
         lock.release()
 
 
-def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -> CaseResult:
+def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -> tuple[CaseResult, object]:
+    """The case's result, and the segmenter that made it (None when an earlier result was kept)."""
     paths = output_paths(out_dir, case, options.output_format)
     for part in stale_parts(out_dir, [p.name for p, _ in output_candidates(paths, case, options)]):  # left by a killed run
         part.unlink()
     existing = "" if options.overwrite else existing_result(case, paths, options)
     if isinstance(existing, CaseResult):
-        return existing
+        return existing, None
     if not options.overwrite:
         refuse_foreign(foreign_files(output_candidates(paths, case, options)))
     if segmenter is None:
@@ -103,7 +116,7 @@ def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -
         result = failure_result(case, exc)
         result.seconds = time.perf_counter() - t0
     result.note = "; ".join(t for t in (existing, result.note) if t)
-    return result
+    return result, segmenter
 
 
 def result_json(result: CaseResult) -> str:

@@ -51,7 +51,8 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
 
 def write_labelmap(labels: np.ndarray, volume, target: str | os.PathLike, source: dict | None = None) -> Path:
     """Write ``labels`` on the grid of ``volume`` (what the input was read as: a NIfTI or NRRD/MetaImage volume
-    keeps its own header geometry; anything else gives its ``affine``) in the format of ``target``'s suffix."""
+    keeps its own header geometry; anything else gives its ``affine``) in the format of ``target``'s suffix.
+    A float array is written as a float32 probability map (``--save-probabilities``) with the same geometry."""
     target = Path(target)
     if _is_nifti(target):
         if isinstance(volume, nifti.NiftiVolume):

@@ -93,7 +93,7 @@ def test_ensemble_averages_probabilities_not_labels(tmp_path: Path):
     img = nib.load(SAMPLE_FLAIR)
     array = img.get_fdata(dtype=np.float32)[..., 14:22]
     members = [Segmenter(device="cpu", weights=w).probabilities(array, img.affine) for w in (shipped, tmp_path / "bold.pt")]
-    ensemble = Segmenter(device="cpu", weights=[shipped, tmp_path / "bold.pt"])
+    ensemble = Segmenter(device="cpu", weights=[shipped, tmp_path / "bold.pt"], postprocessing={})
     prob = ensemble.probabilities(array, img.affine)
     np.testing.assert_allclose(prob, (members[0] + members[1]) / 2, atol=1e-5)
     labels = ensemble.segment(array, img.affine)

@@ -48,12 +48,12 @@ class PostProcessing:
     def __call__(self, mask: np.ndarray, prob: np.ndarray | None = None, prob_scale: float = 1.0) -> np.ndarray:
         """The cleaned uint8 mask (``prob``, on the same grid, is needed for ``min_mean_prob``; it may be stored
         scaled, e.g. uint8 with ``prob_scale=255``)."""
-        mask = np.asarray(mask).astype(bool)
+        mask = np.asarray(mask)
         if self.is_identity or not mask.any():
-            return mask.astype(np.uint8)
+            return (mask != 0).astype(np.uint8)
         labels, n = connected_components(mask)
         if n <= 1:
-            return mask.astype(np.uint8)
+            return (mask != 0).astype(np.uint8)
         sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
         keep = np.ones(n, dtype=bool)
         if self.largest_only:
@@ -70,7 +70,7 @@ class PostProcessing:
             keep &= means >= self.min_mean_prob
             if not keep.any():  # never erase the whole finding: the most confident component stays
                 keep[int(np.argmax(means))] = True
-        return np.concatenate([[False], keep])[labels].astype(np.uint8)
+        return np.concatenate([[0], keep]).astype(np.uint8)[labels]  # one uint8 volume, no bool copy
 
 
 def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -78,7 +78,11 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     scikit-image on the CPU."""
     from scipy import ndimage
 
-    return ndimage.label(np.asarray(mask).astype(bool), structure=np.ones((3,) * mask.ndim, dtype=bool))
+    structure = np.ones((3,) * np.ndim(mask), dtype=bool)
+    try:  # 16-bit labels: half the memory of scipy's default int32 (a 512 x 512 x 200 grid: 105 MB, not 210)
+        return ndimage.label(mask, structure=structure, output=np.uint16)
+    except RuntimeError:  # more than 65535 components
+        return ndimage.label(mask, structure=structure)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from monaiunetseg.files import write_csv_atomic, write_text_atomic
-from monaiunetseg.training.oof import SIZE_BUCKETS, size_bucket
+from monaiunetseg.training.oof import SIZE_BUCKETS, dice_stats, size_bucket
 
 BOOTSTRAP = 10_000
 COLUMNS = ["recipe", "n", "folds", "raw_mean", "raw_std", "raw_median", "postprocessing", "mean", "std", "median",
@@ -74,14 +74,14 @@ def compare_recipes(recipes: dict[str, str | os.PathLike], reference: str | None
         dice = np.array([table[p]["dice"] for p in patients])
         raw = np.array([table[p]["dice_raw"] for p in patients])
         ml = [table[p]["label_ml"] for p in patients]
+        s, r = dice_stats(dice), dice_stats(raw)
         row = {"recipe": name, "n": len(patients), "folds": " ".join(sorted({str(table[p].get("fold", "")) for p in patients})),
-               "raw_mean": float(np.mean(raw)), "raw_std": float(np.std(raw, ddof=1)) if raw.size > 1 else 0.0,
-               "raw_median": float(np.median(raw)), "postprocessing": _postprocessing_name(Path(recipes[name])),
-               "mean": float(dice.mean()), "std": float(dice.std(ddof=1)) if dice.size > 1 else 0.0,
-               "median": float(np.median(dice)), "min": float(dice.min())}
+               "raw_mean": r["mean"], "raw_std": r["std"], "raw_median": r["median"],
+               "postprocessing": _postprocessing_name(Path(recipes[name])),
+               "mean": s["mean"], "std": s["std"], "median": s["median"], "min": s["min"]}
         for _, _, bucket in SIZE_BUCKETS:
             chosen = [d for d, v in zip(dice, ml) if not math.isnan(v) and size_bucket(v) == bucket]
-            row[f"mean {bucket}"] = float(np.mean(chosen)) if chosen else math.nan
+            row[f"mean {bucket}"] = dice_stats(chosen).get("mean", math.nan)
         if name != reference:
             ref_dice = np.array([ref[p]["dice"] for p in patients])
             ref_raw = np.array([ref[p]["dice_raw"] for p in patients])

@@ -107,13 +107,16 @@ def size_bucket(label_ml: float) -> str:
     return next(name for lo, hi, name in SIZE_BUCKETS if lo <= label_ml < hi)
 
 
+def dice_stats(values) -> dict:
+    """``n``, mean, std (ddof 1), median and min of per-patient Dice values; just ``n: 0`` for none."""
+    a = np.asarray(values, dtype=float)
+    return {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            "median": float(np.median(a)), "min": float(a.min())} if a.size else {"n": 0}
+
+
 def summarise_dice(rows: list[dict]) -> dict:
     """Mean, std, median and min of per-patient Dice, overall, by institution and by lesion size."""
-    def stats(values: list[float]) -> dict:
-        a = np.asarray(values, dtype=float)
-        return {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-                "median": float(np.median(a)), "min": float(a.min())} if a.size else {"n": 0}
-
+    stats = dice_stats
     summary = {"all": stats([r["dice"] for r in rows]), "by_institution": {}, "by_size": {}}
     for inst in sorted({r["institution"] for r in rows}):
         summary["by_institution"][inst] = stats([r["dice"] for r in rows if r["institution"] == inst])

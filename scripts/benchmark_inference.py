@@ -4,9 +4,9 @@ In-process rows run the batch code path itself (``monaiunetseg.batch.run.segment
 process (so that its peak RSS is its own), after one warm-up run, ``--runs`` times: medians of read /
 preprocess / model / invert / write / total, slices per second and the process's peak RSS. Rows:
 
-* the bundled sample (256 x 256 x 38 FLAIR) with the shipped bundle's ``default`` and ``fast`` model sets, and with
-  stand-ins of a single model and of a 5-member ensemble (5 copies of ``models/model.pt``: the compute of a
-  5-fold ensemble), ONNX Runtime and eager torch;
+* the bundled sample (256 x 256 x 38 FLAIR) with each model set of the shipped bundle (``default``, ``fast``,
+  ``full``), and with stand-ins of a single model and of a 5-member ensemble (5 copies of ``models/model.pt``),
+  ONNX Runtime and eager torch;
 * a 512 x 512 x 200 int16 volume (the sample upsampled in-plane and repeated), for the memory target.
 
 ``--cli`` adds whole ``monaiunetseg segment one.nii.gz -o out`` processes on a 24-slice NIfTI (``/usr/bin/time``
@@ -128,7 +128,7 @@ def bench_row(spec: dict) -> dict:
     row["cpu"] = statistics.median(cpu)
     row["slices_per_s"] = int(nib.load(spec["input"]).shape[2]) / row["model"]
     row["peak_rss_mb"] = peak_rss_mb()
-    row["load_s"], row["members"] = load, len(segmenter.weights)
+    row["load_s"], row["members"], row["model_set"] = load, len(segmenter.weights), spec.get("model", "default")
     row["backend"] = segmenter.backend + (" (CUDA, AMP)" if segmenter.device_name != "cpu" else "")
     return row
 
@@ -215,11 +215,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         bundles = {"single": make_bundle(tmp, "single", 1), "default5": make_bundle(tmp, "default5", 5),
-                   "shipped": REPO / "monai_bundle", "shipped-fast": REPO / "monai_bundle"}
+                   "shipped": REPO / "monai_bundle"}
         inputs = make_inputs(args.input, tmp, args.big)
-        plan = [("sample", "shipped", "onnx", args.runs), ("sample", "shipped-fast", "onnx", args.runs),
-                ("sample", "default5", "onnx", args.runs), ("sample", "single", "onnx", args.runs),
-                ("sample", "default5", "torch", max(3, args.runs // 2)), ("sample", "single", "torch", args.runs)]
+        shipped_sets = json.loads((REPO / "monai_bundle" / "configs" / "inference.json").read_text())["models"]
+        plan = [("sample", "shipped", "onnx", args.runs, name) for name in shipped_sets]
+        plan += [("sample", "default5", "onnx", args.runs), ("sample", "single", "onnx", args.runs),
+                 ("sample", "default5", "torch", max(3, args.runs // 2)), ("sample", "single", "torch", args.runs)]
         from monaiunetseg.model.predictor import device_name
 
         if device_name("auto") == "cuda":  # imports torch only where an NVIDIA driver is present
@@ -228,11 +229,11 @@ def main() -> None:
             plan += [("512x512x200", "single", "onnx", 3), ("512x512x200", "default5", "onnx", 3),
                      ("512x512x200", "single", "torch", 3)]
         rows = []
-        for name, bundle, backend, runs in plan:
+        for name, bundle, backend, runs, *model_set in plan:
             device = "cuda" if backend.endswith("cuda") else "cpu"
             spec = {"input": str(inputs[name]), "bundle": str(bundles[bundle]), "backend": backend.split("-")[0], "device": device,
                     "threads": args.threads, "runs": runs, "out": str(tmp / f"out_{len(rows)}"),
-                    "model": "fast" if bundle == "shipped-fast" else "default"}
+                    "model": model_set[0] if model_set else "default"}
             rows.append((name, bundle, runs, run_row(spec)))
         cli = cli_rows(inputs, bundles, tmp, args.cli_runs) if args.cli else []
         imports = import_table() if args.cli else []
@@ -247,8 +248,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, bundle, runs, r in rows:
         model = {"default5": "5 members (stand-in: 5 copies of model.pt)", "single": "single (model.pt)",
-                 "shipped": f"shipped `default` ({r['members']} member(s))",
-                 "shipped-fast": f"shipped `fast` ({r['members']} member(s))"}[bundle]
+                 "shipped": f"shipped `{r['model_set']}` ({r['members']} member(s))"}[bundle]
         print(f"| {name} | {model} | {r['backend']} | {runs} | {r['load_s']:.2f} | {r['read']:.3f} | {r['preprocess']:.3f} | "
               f"{r['model']:.3f} | {r['invert']:.3f} | {r['write']:.3f} | **{r['total']:.3f}** | {r['cpu']:.2f} | {r['slices_per_s']:.0f} | "
               f"{r['peak_rss_mb']:.0f} |")

@@ -116,14 +116,13 @@ def dice_stats(values) -> dict:
 
 def summarise_dice(rows: list[dict]) -> dict:
     """Mean, std, median and min of per-patient Dice, overall, by institution and by lesion size."""
-    stats = dice_stats
-    summary = {"all": stats([r["dice"] for r in rows]), "by_institution": {}, "by_size": {}}
+    summary = {"all": dice_stats([r["dice"] for r in rows]), "by_institution": {}, "by_size": {}}
     for inst in sorted({r["institution"] for r in rows}):
-        summary["by_institution"][inst] = stats([r["dice"] for r in rows if r["institution"] == inst])
+        summary["by_institution"][inst] = dice_stats([r["dice"] for r in rows if r["institution"] == inst])
     for _, _, name in SIZE_BUCKETS:
-        summary["by_size"][name] = stats([r["dice"] for r in rows if size_bucket(r["label_ml"]) == name])
+        summary["by_size"][name] = dice_stats([r["dice"] for r in rows if size_bucket(r["label_ml"]) == name])
     folds = sorted({r["fold"] for r in rows})
-    summary["by_fold"] = {str(f): stats([r["dice"] for r in rows if r["fold"] == f]) for f in folds}
+    summary["by_fold"] = {str(f): dice_stats([r["dice"] for r in rows if r["fold"] == f]) for f in folds}
     finite = [r["hd95_mm"] for r in rows if not math.isnan(r["hd95_mm"])]
     summary["hd95_mm_mean"] = float(np.mean(finite)) if finite else math.nan
     summary["abs_vol_diff_ml_mean"] = float(np.mean([r["abs_vol_diff_ml"] for r in rows])) if rows else math.nan

@@ -105,7 +105,8 @@ def bench_row(spec: dict) -> dict:
 
     from monaiunetseg.batch.discover import discover_cases
     from monaiunetseg.batch.naming import output_paths
-    from monaiunetseg.batch.run import BatchOptions, segment_case
+    from monaiunetseg.batch.options import BatchOptions
+    from monaiunetseg.batch.run import segment_case
     from monaiunetseg.model.predictor import Segmenter
 
     if spec["backend"] == "torch":

@@ -11,7 +11,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from monaiunetseg.batch.discover import Case, discover_cases, shard
+from monaiunetseg.batch.cases import Case
+from monaiunetseg.batch.discover import discover_cases, shard
 from monaiunetseg.batch.naming import assign_names, safe_name
 from monaiunetseg.batch.report import FAILED, SKIPPED
 from monaiunetseg.io.dicom_series import (

@@ -14,7 +14,8 @@ import pydicom
 import pytest
 
 from monaiunetseg.batch.discover import discover_cases
-from monaiunetseg.batch.run import BatchOptions, run_batch
+from monaiunetseg.batch.options import BatchOptions
+from monaiunetseg.batch.run import run_batch
 from monaiunetseg.io.dicom_multiframe import multiframe_problem
 from monaiunetseg.io.dicom_volume import load_volume, volume_grid
 from monaiunetseg.io.labelmap import read_source_record

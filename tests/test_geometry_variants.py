@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monaiunetseg.batch.run import BatchOptions, run_batch
+from monaiunetseg.batch.options import BatchOptions
+from monaiunetseg.batch.run import run_batch
 
 from segment_data import dice, flipped, on_grid, permuted, save_nifti, small_volume, upsampled_in_plane
 

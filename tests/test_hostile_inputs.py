@@ -15,9 +15,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from monaiunetseg.batch.discover import Case
+from monaiunetseg.batch.cases import Case
+from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.report import CaseResult, write_report
-from monaiunetseg.batch.run import BatchOptions, failure_result, run_batch
+from monaiunetseg.batch.run import failure_result, run_batch
 from monaiunetseg.cli import main as cli_main
 
 from dicom_factory import write_series

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from monaiunetseg.batch.run import BatchOptions, run_batch
+from monaiunetseg.batch.options import BatchOptions
+from monaiunetseg.batch.run import run_batch
 from monaiunetseg.cli import main as cli_main
 from monaiunetseg.io.labelmap import grid_of, read_labels, read_source_record
 from monaiunetseg.io.nrrd_mha import ImageInputError, read_image_volume

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monaiunetseg.batch.run import BatchOptions, run_batch
+from monaiunetseg.batch.options import BatchOptions
+from monaiunetseg.batch.run import run_batch
 from monaiunetseg.cli import main as cli_main
 
 from segment_data import save_nifti, small_volume

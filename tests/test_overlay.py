@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monaiunetseg.io.overlay import orientation_marks, write_overlay
+from monaiunetseg.visual.overlay import orientation_marks, write_overlay
 
 from segment_data import flipped, permuted
 

@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from monaiunetseg.batch.run import BatchOptions, run_batch
+from monaiunetseg.batch.options import BatchOptions
+from monaiunetseg.batch.run import run_batch
 from monaiunetseg.cli import main as cli_main
 from monaiunetseg.io.labelmap import is_our_labelmap
 from monaiunetseg.model.predictor import Segmenter

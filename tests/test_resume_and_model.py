@@ -19,7 +19,8 @@ import torch
 
 from monaiunetseg.batch.discover import discover_cases
 from monaiunetseg.batch.resume import source_record
-from monaiunetseg.batch.run import BatchOptions, run_batch
+from monaiunetseg.batch.options import BatchOptions
+from monaiunetseg.batch.run import run_batch
 from monaiunetseg.cli import main as cli_main
 from monaiunetseg.io.nifti import read_source_record, write_labelmap
 from monaiunetseg.model.bundle import load_state_dict, read_spec

@@ -17,7 +17,8 @@ import pytest
 import monaiunetseg
 from monaiunetseg.batch.discover import discover_cases
 from monaiunetseg.batch.record import SCHEMA_PATH, RunRecord, input_sha256
-from monaiunetseg.batch.run import BatchOptions, run_batch
+from monaiunetseg.batch.options import BatchOptions
+from monaiunetseg.batch.run import run_batch
 from monaiunetseg.model.bundle import read_spec
 
 from conftest import MODULE_DIR, REPO, SAMPLE_FLAIR
@@ -154,7 +155,7 @@ def test_batch_import_loads_no_plotting():
 def test_segment_case_writes_a_run_record_too(segmenter, tmp_path: Path):
     """segment-case (the Slicer module's background job) records its run like segment: command, weights, the
     case with its input hash; a kept result is recorded as reused."""
-    from monaiunetseg.batch.run import BatchOptions
+    from monaiunetseg.batch.options import BatchOptions
     from monaiunetseg.batch.single import segment_single
 
     out = tmp_path / "out"

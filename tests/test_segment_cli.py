@@ -19,7 +19,8 @@ import SimpleITK as sitk
 import torch
 from PIL import Image
 
-from monaiunetseg.batch.run import BatchOptions, run_batch
+from monaiunetseg.batch.options import BatchOptions
+from monaiunetseg.batch.run import run_batch
 from monaiunetseg.cli import main as cli_main
 from monaiunetseg.io.dicom_seg import SEGMENT_CATEGORY, SEGMENT_LABEL, SEGMENT_TYPE
 from monaiunetseg.io.nifti import read_source_record, write_labelmap

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from monaiunetseg.batch.discover import Case
+from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.naming import OutputPaths
+from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.report import FAILED, CaseResult
 from monaiunetseg.batch.resume import base_result, content_digest, no_seg_note, source_record
 from monaiunetseg.errors import describe
@@ -27,9 +28,6 @@ from monaiunetseg.io.labelmap import write_labelmap
 from monaiunetseg.io.nifti import NiftiInputError
 from monaiunetseg.io.nrrd_mha import ImageInputError
 from monaiunetseg.model.errors import NonFiniteOutputError
-
-if TYPE_CHECKING:
-    from monaiunetseg.batch.run import BatchOptions
 
 # Errors whose message already names the input and the problem; and those that need only the input named.
 SELF_DESCRIBING = (NiftiInputError, ImageInputError, ItkInputError, DicomSeriesError, GeometryError)
@@ -106,7 +104,7 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
         elif options.dicom_seg:
             res.note = no_seg_note(case)
         if options.overlay:
-            from monaiunetseg.io.overlay import write_overlay
+            from monaiunetseg.visual.overlay import write_overlay
 
             with step("overlay"):
                 title = f"{case.name} (research use only)"

@@ -9,7 +9,8 @@ from pathlib import Path
 from monaiunetseg.batch.discover import shard
 from monaiunetseg.batch.naming import OUTPUT_FORMATS
 from monaiunetseg.batch.report import FAILED
-from monaiunetseg.batch.run import BatchOptions, run_batch
+from monaiunetseg.batch.options import BatchOptions
+from monaiunetseg.batch.run import run_batch
 
 BUNDLE_TRUST = ("Segmenting reads only plain values (network parameters, weights file names, post-processing) "
                 "from the bundle's configs/inference.json and loads weights with torch.load(weights_only=True): no "

@@ -5,13 +5,13 @@ found on the way become failed or skipped cases, never exceptions."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.naming import assign_names
 from monaiunetseg.batch.report import FAILED, SKIPPED, Status
 from monaiunetseg.io.dicom_series import (
@@ -32,7 +32,6 @@ from monaiunetseg.io.labelmap import is_our_labelmap
 from monaiunetseg.io.nifti import is_nifti_path
 from monaiunetseg.io.nrrd_mha import image_format
 
-FILE_KINDS = ("nifti", "nrrd", "metaimage", "itk")  # one file, one case (the rest: "dicom", "problem")
 # Data files of detached headers (.nhdr, .mhd): read with their header, never cases of their own.
 DETACHED_DATA_SUFFIXES = (".raw", ".raw.gz", ".zraw")
 
@@ -42,36 +41,6 @@ def file_kind(path: str | os.PathLike) -> str | None:
     if is_nifti_path(path):
         return "nifti"
     return image_format(path) or ("itk" if itk_format(path) else None)
-
-
-@dataclass
-class Case:
-    """One unit of work: a NIfTI file or a DICOM series; or a problem found while looking for them."""
-
-    kind: str  # one of FILE_KINDS, "dicom" or "problem"
-    source: Path  # image file, DICOM series folder, or the offending file/folder
-    series: DicomSeries | None = None
-    status: Status | None = None  # preset (failed/skipped) when discovery already decided
-    problem: str = ""
-    name: str = ""  # output stem, unique in the batch
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """Sort/shard key: stable for the same inputs, whatever order the file system lists them in."""
-        return (str(self.source), self.series.uid if self.series else "")
-
-    @property
-    def is_file(self) -> bool:
-        """One image file (NIfTI, NRRD, ...), as opposed to a DICOM series or a problem."""
-        return self.kind in FILE_KINDS
-
-    @property
-    def series_uid(self) -> str:
-        return self.series.uid if self.series else ""
-
-    @property
-    def series_description(self) -> str:
-        return self.series.description if self.series else ""
 
 
 def _problem(path: Path, status: Status, message: str) -> Case:

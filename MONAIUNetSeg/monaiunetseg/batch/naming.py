@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for annotations: naming stays importable without the batch's readers
-    from monaiunetseg.batch.discover import Case
+    from monaiunetseg.batch.cases import Case
 
 LABELMAP_SUFFIX, SEG_SUFFIX, OVERLAY_SUFFIX = "_seg.nii.gz", "_seg.dcm", "_overlay.png"
 PROBABILITY_TAG = "_prob"  # --save-probabilities: <name>_prob<labelmap extension>

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 import monaiunetseg
-from monaiunetseg.batch.discover import Case
+from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.report import OK, CaseResult
 from monaiunetseg.batch.resume import content_digest, file_sha256
 from monaiunetseg.files import write_text_atomic

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from monaiunetseg.batch.discover import Case
+from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.naming import OutputPaths
+from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.report import FAILED, CaseResult
 from monaiunetseg.geometry import voxel_volume_ml
 from monaiunetseg.io.labelmap import grid_of, is_our_labelmap, read_labels, read_source_record
-
-if TYPE_CHECKING:
-    from monaiunetseg.batch.run import BatchOptions
 
 KEPT = "existing output kept (--overwrite redoes it)"
 DIGEST_KEY = "sha256"

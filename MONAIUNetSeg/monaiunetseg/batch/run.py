@@ -26,9 +26,11 @@ from monaiunetseg.batch.case import (  # noqa: F401  (re-exported: segment_case,
     read_volume,
     segment_case,
 )
-from monaiunetseg.batch.discover import Case, discover_cases, shard
+from monaiunetseg.batch.cases import Case
+from monaiunetseg.batch.discover import discover_cases, shard
 from monaiunetseg.batch.lock import OutputLock
 from monaiunetseg.batch.naming import OutputPaths, output_paths
+from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.outdir import (
     check_out_dir,
     folder_error,
@@ -78,26 +80,6 @@ except ImportError:  # e.g. Slicer's Python: the same batch, without a progress 
         @staticmethod
         def write(text: str, file=None) -> None:
             print(text, file=file)
-
-
-@dataclass
-class BatchOptions:
-    """What ``monaiunetseg segment`` was asked to do (see ``segment_cli``)."""
-
-    device: str = "auto"
-    dicom_seg: bool = False
-    overwrite: bool = False
-    all_series: bool = False
-    overlay: bool = False
-    num_shards: int = 1
-    shard_id: int = 0
-    bundle: str | None = None
-    weights: str | None = None
-    model: str = "default"  # the bundle's model set (configs/inference.json "models"): default, fast, ...
-    progress: bool = True
-    output_format: str = "same"  # labelmap format: same (as the input; NIfTI for DICOM), nifti, nrrd or mha
-    wait: bool = False  # wait for another run holding the output folder instead of stopping
-    save_probabilities: bool = False  # also write <name>_prob.*: the (averaged) foreground probability, float32
 
 
 @dataclass

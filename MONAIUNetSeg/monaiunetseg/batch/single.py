@@ -17,15 +17,17 @@ import time
 from pathlib import Path
 
 from monaiunetseg.batch.case import failure_result, segment_case
+from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.cli import add_model_options, add_probability_option, check_model_options
-from monaiunetseg.batch.discover import Case, discover_cases
+from monaiunetseg.batch.discover import discover_cases
 from monaiunetseg.batch.lock import OutputLock
 from monaiunetseg.batch.naming import OUTPUT_FORMATS, output_paths
+from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.outdir import check_out_dir, folder_error, foreign_files, prepare_out_dir, refuse_foreign
 from monaiunetseg.batch.record import RunRecord, record_path
 from monaiunetseg.batch.report import FAILED, OK, CaseResult
 from monaiunetseg.batch.resume import existing_result
-from monaiunetseg.batch.run import BatchOptions, output_candidates
+from monaiunetseg.batch.run import output_candidates
 from monaiunetseg.files import stale_parts, write_text_atomic
 
 # The caller named one series: it is segmented whatever it shows (no FLAIR check; a series that is no volume is

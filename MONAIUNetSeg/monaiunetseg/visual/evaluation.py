@@ -19,7 +19,6 @@ from urllib.parse import quote
 import numpy as np
 
 from monaiunetseg.files import write_text_atomic
-from monaiunetseg.training.lgg import institution
 from monaiunetseg.visual.panels import write_panel
 from monaiunetseg.visual.style import (
     PREDICTION_RGB,
@@ -37,8 +36,11 @@ INDEX_HTML = "index.html"
 
 
 def institution_of(patient: str) -> str:
-    """``TCGA_CS_4944`` -> ``CS`` (the TCGA tissue source site); empty for names that are not TCGA ids."""
-    return institution(patient) if patient.startswith("TCGA_") and patient.count("_") >= 2 else ""
+    """``TCGA_CS_4944`` -> ``CS`` (the TCGA tissue source site); empty for names that are not TCGA ids.
+
+    The same split as ``training.lgg.institution``, spelt out: the pictures sit below training and import none of it.
+    """
+    return patient.split("_")[1] if patient.startswith("TCGA_") and patient.count("_") >= 2 else ""
 
 
 def panel_path(out_dir: str | os.PathLike, patient: str) -> Path:

@@ -3,7 +3,7 @@
 Slices shown: where the reference lesion is largest, where prediction and reference disagree most, and where the
 largest false-positive island (a predicted component that touches no reference voxel) is widest, when there is
 one; a slice chosen for several reasons is shown once. FLAIR in grey, shown radiologically as the batch overlay
-is (``io.overlay``: patient right on the image left). Outlines are drawn on pixels, 2 pixels per voxel: the expert's
+is (``visual.overlay``: patient right on the image left). Outlines are drawn on pixels, 2 pixels per voxel: the expert's
 (orange) on the ring just outside the reference, the model's (blue) on the ring just inside the prediction, so
 where the two agree both lines are seen side by side and neither hides the other. The panel's pixel layout is
 fixed by :func:`layout`, so a test can find every voxel in the PNG.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monaiunetseg.io.overlay import display_plane, to_lps
+from monaiunetseg.visual.overlay import display_plane, to_lps
 from monaiunetseg.model.postprocess import connected_components
 from monaiunetseg.visual.style import PREDICTION_RGB, REFERENCE_RGB, grey_palette, hex_colour, new_figure, save_png
 

@@ -21,6 +21,7 @@ import numpy as np
 from monaiunetseg import TOOL_NAME, __version__
 from monaiunetseg.files import atomic_path
 from monaiunetseg.geometry import voxel_volume_ml
+from monaiunetseg.visual.style import PREDICTION_RGB
 
 PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}
 # Patient directions at the (left, right, top, bottom) edges of the displayed image, per LPS slice axis.
@@ -95,8 +96,6 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
     ax.imshow(img2d, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest",
               aspect=in_plane[1] / in_plane[0])
     if lab2d.any():
-        from monaiunetseg.visual.style import PREDICTION_RGB
-
         ax.contour(lab2d, levels=[0.5], colors=[tuple(c / 255 for c in PREDICTION_RGB)], linewidths=1.5)
     ax.set_axis_off()
     mark = {"color": "yellow", "fontsize": 11, "fontweight": "bold", "transform": ax.transAxes}

@@ -251,7 +251,11 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         result = outcome.result
         self.ui.volumeLabel.text = f"{result.volumeMl:.1f} mL"
-        self._log(f"FLAIR abnormality in '{name}': {result.volumeMl:.1f} mL ({result.seconds:.0f} s)")
+        verdict = result.verdictText()
+        self.ui.reviewLabel.text = verdict or "-"
+        self.ui.reviewLabel.setStyleSheet("color: #E69F00; font-weight: bold" if result.review else "")
+        self._log(f"FLAIR abnormality in '{name}': {result.volumeMl:.1f} mL ({result.seconds:.0f} s)"
+                  + (f"; {verdict}" if verdict else ""))
 
     def _showSummary(self, update):
         self.ui.progressBar.setVisible(False)
@@ -379,7 +383,8 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
         segmentationID = job.request.segmentationNodeID
         segmentationNode = slicer.mrmlScene.GetNodeByID(segmentationID) if segmentationID else None
         return segmentations.import_background_result(result.output, volumeNode, segmentationNode,
-                                                    job.request.createLabelmap, job.started)
+                                                    job.request.createLabelmap, job.started,
+                                                    (result.confidence, result.review == "yes", result.review_reasons))
 
     @staticmethod
     def _requestedVolume(request):

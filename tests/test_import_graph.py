@@ -34,6 +34,8 @@ LAYERS: dict[str, int] = {
     # 2: the network and inference; and the scores of a segmentation, which use the model's post-processing
     "monaiunetseg.model": 2,
     "monaiunetseg.metrics": 2,
+    # 2: whether to trust a result (prediction signals the runners gather, input checks, the verdict)
+    "monaiunetseg.trust": 2,
     # 3: pictures (evaluation panels, overlays, summary figures)
     "monaiunetseg.visual": 3,
     # 4: the jobs built on the above

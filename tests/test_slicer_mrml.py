@@ -753,6 +753,9 @@ class _FakeWidget:
     def setVisible(self, visible):
         self.visible = visible
 
+    def setStyleSheet(self, style):
+        self.style = style
+
     def setRange(self, low, high):
         self.range = (low, high)
 
@@ -894,3 +897,58 @@ def test_default_model_set_is_voxel_identical_in_bundle_cli_and_slicer(ensemble_
             result = logic.run(volumeNode, device="cpu", inProcess=in_process, timeout=600)
             slicer_mask = segmentations.segment_array_xyz(result.segmentationNode, result.segmentId, volumeNode)
             assert np.array_equal(slicer_mask, cli), (name, in_process)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The verdict (confidence / review) on the result, as the panel and the scene show it
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def phantom_file(tmp_path) -> Path:
+    from monaiunetseg.trust.phantoms import flair_phantom
+
+    array, affine = flair_phantom(shape=(256, 256, 16), spacing=(0.94, 0.94, 5.0))
+    path = tmp_path / "phantom.nii.gz"
+    nib.save(nib.Nifti1Image(array, affine), path)
+    return path
+
+
+def test_flagged_result_is_named_and_described_in_the_scene(module_logic, segmenter, variant_files, phantom_file):
+    """In-process: a phantom's segment is named "FLAIR abnormality (REVIEW)" and its node and segment carry the
+    confidence and the reasons; the sample's is not flagged and keeps the plain name."""
+    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = segmenter
+    scene = module_logic.slicer.mrmlScene
+    logic = module_logic.MONAIUNetSegLogic()
+    flagged = logic.run(mrml.load_volume(phantom_file, scene), device="cpu")
+    segment = flagged.segmentationNode.GetSegmentation().GetSegment(flagged.segmentId)
+    assert flagged.review and flagged.confidence == 0.0 and "phantom" in flagged.reviewReasons
+    assert segment.GetName() == "FLAIR abnormality (REVIEW)"
+    assert flagged.segmentationNode.GetAttribute(segmentations.REVIEW_ATTRIBUTE) == "yes"
+    assert flagged.segmentationNode.GetDescription().startswith("REVIEW")
+    tag = vtk.reference("")
+    assert segment.GetTag(segmentations.REASONS_ATTRIBUTE, tag) and "phantom" in str(tag)
+    assert segmentations.find_segment_id(flagged.segmentationNode) == flagged.segmentId  # found again on a rerun
+    trusted = logic.run(mrml.load_volume(variant_files["axial"], scene), device="cpu")
+    assert not trusted.review and trusted.confidence >= 0.8
+    name = trusted.segmentationNode.GetSegmentation().GetSegment(trusted.segmentId).GetName()
+    assert name == "FLAIR abnormality" and trusted.segmentationNode.GetAttribute(segmentations.REVIEW_ATTRIBUTE) == "no"
+
+
+def test_background_job_carries_the_verdict(scene, module_logic, segmenter, phantom_file):
+    """The GUI's background path: segment-case's JSON verdict reaches the segmentation node."""
+    module_logic.slicer.mrmlScene = scene
+    logic = module_logic.MONAIUNetSegLogic()
+    result = logic.run(mrml.load_volume(phantom_file, scene), device="cpu", inProcess=False, timeout=600)
+    assert result.review and "phantom" in result.reviewReasons
+    assert result.segmentationNode.GetSegmentation().GetSegment(result.segmentId).GetName().endswith("(REVIEW)")
+
+
+def test_widget_shows_the_review_warning(headless_widget, module_logic, segmenter, phantom_file):
+    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = segmenter
+    scene = module_logic.slicer.mrmlScene
+    result = headless_widget.logic.run(mrml.load_volume(phantom_file, scene), device="cpu")
+    outcome = types.SimpleNamespace(request=types.SimpleNamespace(name="phantom"), ok=True, result=result, error=None)
+    headless_widget._showOutcome(outcome)
+    assert headless_widget.ui.reviewLabel.text.startswith("REVIEW (confidence 0.00)")
+    assert "E69F00" in headless_widget.ui.reviewLabel.style
+    assert "REVIEW" in headless_widget.ui.logTextEdit.lines[-1]

@@ -64,6 +64,9 @@ class SegmentCaseResult:
     volume_ml: float | None
     seconds: float | None
     error: str
+    confidence: float | None = None  # the core's verdict (trust.assessment), as segment-case wrote it
+    review: str = ""
+    review_reasons: str = ""
 
     @property
     def ok(self) -> bool:
@@ -88,7 +91,9 @@ def read_result(path: str | os.PathLike) -> SegmentCaseResult:
         raise BackgroundError(f"{path} is not a segment-case result (no status)")
     return SegmentCaseResult(status=data["status"], input=str(data.get("input") or ""),
                              output=str(data.get("output") or ""), volume_ml=_number(data, "volume_ml"),
-                             seconds=_number(data, "seconds"), error=str(data.get("error") or ""))
+                             seconds=_number(data, "seconds"), error=str(data.get("error") or ""),
+                             confidence=_number(data, "confidence"), review=str(data.get("review") or ""),
+                             review_reasons=str(data.get("review_reasons") or ""))
 
 
 @dataclass

@@ -50,6 +50,9 @@ TERMINOLOGY_ENTRY = "~".join([
 ])
 OUTPUT_NAME_SUFFIX = " FLAIR abnormality"
 VOLUME_ATTRIBUTE = "MONAIUNetSeg.VolumeMl"  # node attribute holding the segment volume (mL) after a run
+# The verdict of a run (core ``trust.assessment``): node attributes and segment tags of these names.
+CONFIDENCE_ATTRIBUTE, REVIEW_ATTRIBUTE, REASONS_ATTRIBUTE = "MONAIUNetSeg.Confidence", "MONAIUNetSeg.Review", "MONAIUNetSeg.ReviewReasons"
+REVIEW_NAME_SUFFIX = " (REVIEW)"  # appended to the segment's name when the result needs a second look
 
 
 @dataclass
@@ -61,6 +64,17 @@ class SegmentationResult:
     volumeMl: float
     labelmapNode: Any = None
     seconds: float = 0.0
+    confidence: float | None = None  # 0-1, the Dice the result is expected to have
+    review: bool = False  # the result needs a second look (why: ``reviewReasons``)
+    reviewReasons: str = ""
+
+    def verdictText(self) -> str:
+        """One line for the panel: the confidence, and why to review the result when it should be."""
+        if self.confidence is None:
+            return ""
+        if self.review:
+            return f"REVIEW (confidence {self.confidence:.2f}): {self.reviewReasons}"
+        return f"confidence {self.confidence:.2f}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -240,7 +254,7 @@ def segment_volume_ml(segmentationNode, segmentId: str, referenceVolume) -> floa
 def find_segment_id(segmentationNode, name: str = SEGMENT_NAME) -> str | None:
     segmentation = segmentationNode.GetSegmentation()
     for segmentId in _segment_ids(segmentationNode):
-        if segmentation.GetSegment(segmentId).GetName() == name:
+        if segmentation.GetSegment(segmentId).GetName() in (name, name + REVIEW_NAME_SUFFIX):
             return segmentId
     return None
 
@@ -289,6 +303,23 @@ def dice_with_labelmap(segmentationNode, segmentId: str, volumeNode, referenceLa
 # Whole runs
 # ---------------------------------------------------------------------------------------------------------
 
+def apply_verdict(result: SegmentationResult, confidence: float | None, review: bool, reasons: str) -> SegmentationResult:
+    """Show the core's verdict on the result: the segment's name gets " (REVIEW)" when flagged, and the segment
+    (tags) and the segmentation node (attributes, description) carry the confidence and the reasons."""
+    result.confidence, result.review, result.reviewReasons = confidence, bool(review), reasons or ""
+    if confidence is None:
+        return result
+    segmentationNode = result.segmentationNode
+    segment = segmentationNode.GetSegmentation().GetSegment(result.segmentId)
+    segment.SetName(SEGMENT_NAME + (REVIEW_NAME_SUFFIX if review else ""))
+    values = {CONFIDENCE_ATTRIBUTE: f"{confidence:.4f}", REVIEW_ATTRIBUTE: "yes" if review else "no", REASONS_ATTRIBUTE: result.reviewReasons}
+    for key, value in values.items():
+        segment.SetTag(key, value)
+        segmentationNode.SetAttribute(key, value)
+    segmentationNode.SetDescription(result.verdictText())
+    return result
+
+
 def finish_result(labelmapNode, volumeNode, segmentationNode=None, keepLabelmap: bool = False, started: float | None = None) -> SegmentationResult:
     """Labelmap on the input grid -> styled segmentation node placed in the hierarchy, shown in 3D, measured."""
     scene = volumeNode.GetScene()
@@ -315,8 +346,12 @@ def segment_volume_node(volumeNode, segmenter, segmentationNode=None, createLabe
     started = time.perf_counter()
     array, affine = volume_to_array_affine(volumeNode)
     labels = segmenter.segment(array, affine)
+    verdict = segmenter.assess(array, affine) if hasattr(segmenter, "assess") else None
     labelmapNode = labelmap_node_from_array(labels, volumeNode, name=volumeNode.GetName() + OUTPUT_NAME_SUFFIX + " label")
-    return finish_result(labelmapNode, volumeNode, segmentationNode, keepLabelmap=createLabelmap, started=started)
+    result = finish_result(labelmapNode, volumeNode, segmentationNode, keepLabelmap=createLabelmap, started=started)
+    if verdict is not None:
+        apply_verdict(result, verdict.confidence, verdict.review, verdict.reasons_text)
+    return result
 
 
 def prepare_background_input(volumeNode, workDir: str | os.PathLike) -> Path:
@@ -325,15 +360,18 @@ def prepare_background_input(volumeNode, workDir: str | os.PathLike) -> Path:
 
 
 def import_background_result(labelmapPath: str | os.PathLike, volumeNode, segmentationNode=None,
-                             createLabelmap: bool = False, started: float | None = None) -> SegmentationResult:
-    """Bring the background process's labelmap (written on the input's grid) into the scene as the result."""
+                             createLabelmap: bool = False, started: float | None = None,
+                             verdict: tuple[float | None, bool, str] | None = None) -> SegmentationResult:
+    """Bring the background process's labelmap (written on the input's grid) into the scene as the result;
+    ``verdict``: (confidence, review, reasons) from its result file."""
     labelmapNode = read_labelmap_nifti(labelmapPath, volumeNode.GetScene(), name=volumeNode.GetName() + OUTPUT_NAME_SUFFIX + " label")
     try:
         align_to_input(labelmapNode, volumeNode)
     except ValueError:
         volumeNode.GetScene().RemoveNode(labelmapNode)
         raise
-    return finish_result(labelmapNode, volumeNode, segmentationNode, keepLabelmap=createLabelmap, started=started)
+    result = finish_result(labelmapNode, volumeNode, segmentationNode, keepLabelmap=createLabelmap, started=started)
+    return apply_verdict(result, *verdict) if verdict is not None else result
 
 
 def align_to_input(labelmapNode, volumeNode) -> None:

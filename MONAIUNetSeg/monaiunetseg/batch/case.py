@@ -17,7 +17,7 @@ import numpy as np
 from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.naming import OutputPaths
 from monaiunetseg.batch.options import BatchOptions
-from monaiunetseg.batch.report import FAILED, CaseResult
+from monaiunetseg.batch.report import FAILED, SKIPPED, CaseResult
 from monaiunetseg.batch.resume import base_result, content_digest, no_seg_note, source_record
 from monaiunetseg.errors import describe
 from monaiunetseg.files import StagedFiles
@@ -92,7 +92,17 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
             labels = segmenter.segment(array, affine, probabilities=probabilities)
         else:  # any object with segment(array, affine) will do (e.g. a stand-in in tests or a plug-in)
             labels = segmenter.segment(array, affine)
+    with step("assess"):
+        verdict = assess_case(case, segmenter, array, affine)
+        res.set_verdict(verdict)
+    if options.strict and verdict is not None and verdict.review:
+        res.status = SKIPPED
+        where = case.series.label() if case.series else str(case.source)
+        res.error = f"{where}: flagged for review, no outputs written (--strict): {verdict.reasons_text}"
+        res.seconds = time.perf_counter() - t0
+        return res
     t_seg = time.perf_counter()
+    source = {**source_record(case, digest), **res.verdict_record()}
     with StagedFiles() as staged:
         if options.dicom_seg and case.kind == "dicom":
             from monaiunetseg.io.dicom_seg import write_dicom_seg
@@ -108,15 +118,16 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
 
             with step("overlay"):
                 title = f"{case.name} (research use only)"
-                write_overlay(array, labels, affine, staged.path(paths.overlay), title=title)
+                write_overlay(array, labels, affine, staged.path(paths.overlay), title=title,
+                              verdict=verdict.caption() if verdict else None, review=bool(verdict and verdict.review))
             res.overlay = str(paths.overlay)
         if probabilities is not None:
             with step("probabilities"):
-                write_labelmap(probabilities, volume, staged.path(paths.probabilities), source=source_record(case, digest))
+                write_labelmap(probabilities, volume, staged.path(paths.probabilities), source=source)
             res.probabilities = str(paths.probabilities)
         t_extras = time.perf_counter()
         with step("labelmap"):  # staged last: committed last, so its presence means the case is complete
-            write_labelmap(labels, volume, staged.path(paths.labelmap), source=source_record(case, digest))
+            write_labelmap(labels, volume, staged.path(paths.labelmap), source=source)
         with step("commit"):
             staged.commit()
     res.output = str(paths.labelmap)
@@ -128,6 +139,19 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
                    "invert": st.postprocess, "segment": t_seg - t_read, "extras": t_extras - t_seg,
                    "write": t_end - t_extras, "total": t_end - t0}
     return res
+
+
+def assess_case(case: Case, segmenter, array: np.ndarray, affine: np.ndarray):
+    """The case's verdict (``trust.assessment.Assessment``): the segmenter's prediction signals, the image's
+    checks and, for a DICOM series, its header's; None for a segmenter without a confidence model."""
+    if not hasattr(segmenter, "assess"):
+        return None
+    header = None
+    if case.series is not None:
+        from monaiunetseg.trust.input_checks import check_dicom_series
+
+        header = check_dicom_series(case.series)
+    return segmenter.assess(array, affine, header)
 
 
 def failure_result(case: Case, exc: Exception) -> CaseResult:

@@ -123,6 +123,7 @@ def case_entry(case: Case, result: CaseResult) -> dict[str, object]:
     return {"input": result.input, "kind": case.kind, "series_uid": case.series_uid or None, "outputs": outputs,
             "status": str(result.status), "error": result.error or None, "seconds": result.seconds,
             "reused": result.status == OK and result.seconds is None, "volume_ml": result.volume_ml,
+            "confidence": result.confidence, "review": result.review or None, "review_reasons": result.review_reasons or None,
             "input_sha256": input_sha256(case)}
 
 

@@ -40,9 +40,11 @@ class Status(str, Enum):
 
 
 OK, FAILED, SKIPPED, PENDING = Status.OK, Status.FAILED, Status.SKIPPED, Status.PENDING
-REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "seconds", "series_uid", "series_description",
-                  "dicom_seg", "overlay", "probabilities", "note"]
-NUMERIC_COLUMNS = ("volume_ml", "seconds")
+REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "confidence", "review", "review_reasons", "seconds",
+                  "series_uid", "series_description", "dicom_seg", "overlay", "probabilities", "note"]
+NUMERIC_COLUMNS = ("volume_ml", "confidence", "seconds")
+# The verdict's columns (``trust.assessment``), also kept in the labelmap's source record for resumed rows.
+VERDICT_COLUMNS = ("confidence", "review", "review_reasons")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -56,6 +58,9 @@ class CaseResult:
     status: str = OK
     error: str = ""
     volume_ml: float | None = None
+    confidence: float | None = None  # 0-1, the Dice the result is expected to have (trust.assessment)
+    review: str = ""  # yes / no: whether the result needs a second look
+    review_reasons: str = ""  # why, "; "-separated
     seconds: float | None = None
     series_uid: str = ""
     series_description: str = ""
@@ -70,7 +75,8 @@ class CaseResult:
         if self.status == OK:
             done = "existing output kept" if self.seconds is None else f"{self.seconds:.1f} s"
             volume = "" if self.volume_ml is None else f"{self.volume_ml:.2f} mL, "
-            return f"{'ok':8s}{name or self.input}: {volume}{done} -> {self.output}"
+            flag = f" [REVIEW: {self.review_reasons}]" if self.review == "yes" else ""
+            return f"{'ok':8s}{name or self.input}: {volume}{done} -> {self.output}{flag}"
         return f"{str(self.status).upper() if self.status == FAILED else str(self.status):8s}{self.error or self.input}"
 
     def data(self) -> dict:
@@ -78,6 +84,16 @@ class CaseResult:
         values = {c: getattr(self, c) for c in REPORT_COLUMNS}
         values["status"] = str(self.status)
         return values
+
+    def set_verdict(self, verdict) -> None:
+        """Take the ``trust.assessment.Assessment`` of the case (None: the bundle has no confidence model)."""
+        if verdict is not None:
+            self.confidence, self.review, self.review_reasons = round(verdict.confidence, 4), verdict.review_text, verdict.reasons_text
+
+    def verdict_record(self) -> dict[str, str]:
+        """The verdict as text, for the labelmap's source record (so a resumed row keeps it)."""
+        return {} if self.confidence is None else {"confidence": f"{self.confidence:.4f}", "review": self.review,
+                                                   "review_reasons": self.review_reasons}
 
     @classmethod
     def from_data(cls, data: dict) -> CaseResult:
@@ -151,6 +167,12 @@ def read_csv_rows(path: Path) -> list[dict]:
     return [CaseResult.from_data(r).data() for r in rows]
 
 
+def is_report_header(header: list[str] | None) -> bool:
+    """A ``report.csv`` header of this tool, this version's or an earlier one's (columns are added between
+    versions, never renamed): it starts with ``input,output,status`` and names only report columns."""
+    return bool(header) and header[:3] == REPORT_COLUMNS[:3] and set(header) <= set(REPORT_COLUMNS)  # type: ignore[index]
+
+
 def foreign_reports(path: Path) -> list[Path]:
     """The report files at ``path`` (CSV) and its JSON twin that exist but were not written by this tool: a CSV
     whose header is not the report's, a JSON that is not a report of ``TOOL_NAME``."""
@@ -161,7 +183,7 @@ def foreign_reports(path: Path) -> list[Path]:
                 header = next(csv.reader(fh), None)
         except (OSError, UnicodeDecodeError, csv.Error):
             header = None
-        if header != REPORT_COLUMNS:
+        if not is_report_header(header):
             found.append(path)
     twin = json_path(path)
     if twin.exists():

@@ -133,6 +133,11 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
     res.overlay = str(paths.overlay) if paths.overlay.is_file() else ""
     res.probabilities = str(paths.probabilities) if options.save_probabilities else ""
     res.note = KEPT
+    try:  # the verdict as the run that made the labelmap recorded it
+        res.confidence = float(record["confidence"])  # type: ignore[index]
+        res.review, res.review_reasons = str(record.get("review", "")), str(record.get("review_reasons", ""))  # type: ignore[union-attr]
+    except (KeyError, TypeError, ValueError):
+        pass
     if options.dicom_seg and case.is_file:
         res.note += "; " + no_seg_note(case)
     return res

@@ -18,14 +18,14 @@ from pathlib import Path
 
 from monaiunetseg.batch.case import failure_result, segment_case
 from monaiunetseg.batch.cases import Case
-from monaiunetseg.batch.cli import add_model_options, add_probability_option, check_model_options
+from monaiunetseg.batch.cli import add_model_options, add_probability_option, add_strict_option, check_model_options
 from monaiunetseg.batch.discover import discover_cases
 from monaiunetseg.batch.lock import OutputLock
 from monaiunetseg.batch.naming import OUTPUT_FORMATS, output_paths
 from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.outdir import check_out_dir, folder_error, foreign_files, prepare_out_dir, refuse_foreign
 from monaiunetseg.batch.record import RunRecord, record_path
-from monaiunetseg.batch.report import FAILED, OK, CaseResult
+from monaiunetseg.batch.report import FAILED, OK, SKIPPED, CaseResult
 from monaiunetseg.batch.resume import existing_result
 from monaiunetseg.batch.run import output_candidates
 from monaiunetseg.files import stale_parts, write_text_atomic
@@ -131,7 +131,7 @@ def result_json(result: CaseResult) -> str:
 def _segment_case(args: argparse.Namespace) -> int:
     options = BatchOptions(device=args.device, overwrite=args.overwrite, bundle=args.bundle, weights=args.weights,
                            model=args.model, progress=False, output_format=args.output_format, wait=args.wait,
-                           save_probabilities=args.save_probabilities)
+                           save_probabilities=args.save_probabilities, strict=args.strict)
     try:
         check_model_options(args)  # fail before any work, as ``segment`` does
         result = segment_single(args.input, args.out_dir, options)
@@ -141,8 +141,14 @@ def _segment_case(args: argparse.Namespace) -> int:
         raise  # cli.main prints it and exits 2
     write_text_atomic(args.result_json, result_json(result))
     if result.status == OK:
-        print(f"segment-case: ok: {result.output} ({result.volume_ml:.1f} mL); result: {args.result_json}")
+        flag = f"; REVIEW: {result.review_reasons}" if result.review == "yes" else ""
+        conf = "" if result.confidence is None else f", confidence {result.confidence:.2f}"
+        print(f"segment-case: ok: {result.output} ({result.volume_ml:.1f} mL{conf}{flag}); "
+              f"result: {args.result_json}")
         return 0
+    if result.status == SKIPPED:
+        print(f"segment-case: skipped: {result.error}; result: {args.result_json}")
+        return 1
     print(f"FAILED  {result.error}", file=sys.stderr)
     print(f"segment-case: failed; result: {args.result_json}")
     return 1
@@ -166,6 +172,7 @@ def add_segment_case_parser(subparsers: argparse._SubParsersAction) -> argparse.
                    help="where to write the JSON result (atomically)")
     add_model_options(p)
     add_probability_option(p)
+    add_strict_option(p)
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="same",
                    help="labelmap format: same (default: the input's own; NIfTI for DICOM), nifti, nrrd or mha")
     p.add_argument("--overwrite", action="store_true",

@@ -85,6 +85,7 @@ class BundleSpec:
     models: dict[str, list[Path]]
     postprocessing: dict = field(default_factory=dict)
     flip_tta: bool = False  # average over left-right flipped slices (chosen by cross-validation)
+    trust: dict = field(default_factory=dict)  # the confidence model and review thresholds (trust.assessment)
 
     @property
     def in_channels(self) -> int:
@@ -129,7 +130,10 @@ def read_spec(root: str | os.PathLike | None = None) -> BundleSpec:
     flip_tta = _plain(config.get("flip_tta", False), f"{path}: flip_tta")
     if not isinstance(flip_tta, bool):
         raise ValueError(f"{path}: flip_tta must be true or false, got {flip_tta!r}")
-    return BundleSpec(root, net, context, models, postprocessing, flip_tta)
+    trust = _plain(config.get("trust") or {}, f"{path}: trust")
+    if not isinstance(trust, dict):
+        raise ValueError(f"{path}: trust must be an object, got {trust!r}")
+    return BundleSpec(root, net, context, models, postprocessing, flip_tta, trust)
 
 
 def build_network(network_args: dict) -> torch.nn.Module:

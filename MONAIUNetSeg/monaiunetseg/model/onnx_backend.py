@@ -52,15 +52,22 @@ class OnnxRunner:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
         self.batch_size = BATCH
+        self.n_members = len(paths)
 
     def foreground(self, slices: np.ndarray, flip_tta: bool = False) -> np.ndarray:
         """``(N, C, H, W)`` float32 network inputs -> ``(N, H, W)`` float32 mean foreground probability (over the
         members and, with ``flip_tta``, the left-right flipped view flipped back)."""
+        return self.run(slices, flip_tta)[0]
+
+    def run(self, slices: np.ndarray, flip_tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`foreground` and each member's foreground of the unflipped view, ``(N, M, K)`` with the pixels
+        in the graph's order (for ``trust.signals``, which only counts them)."""
         x = np.ascontiguousarray(slices, dtype=np.float32)
         n = x.shape[0]
         if flip_tta:
             x = np.concatenate([x, x[:, :, ::-1]])
-        out = self.session.run(None, {"image": x})[0][:, 0]
+        out, members = self.session.run(None, {"image": x})
+        out = out[:, 0]
         if flip_tta:
             out = (out[:n] + out[n:, ::-1]) / 2
-        return out
+        return out, members[:n].reshape(n, self.n_members, -1)

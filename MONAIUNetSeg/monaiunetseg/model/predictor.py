@@ -23,6 +23,7 @@ from monaiunetseg.model.bundle import DEFAULT_MODEL, read_spec
 from monaiunetseg.model.fast_preprocess import GridPlan, model_grid_volume, neighbour_slices
 from monaiunetseg.model.errors import non_finite_output
 from monaiunetseg.model.postprocess import PostProcessing
+from monaiunetseg.trust.signals import PredictionStats
 
 if TYPE_CHECKING:
     import torch
@@ -114,6 +115,7 @@ class Segmenter:
         self.backend_note = ""
         self.runner = self._runner((backend or os.environ.get(BACKEND_ENV) or "auto").lower())
         self.timings = SegmentationTimings()
+        self.stats: PredictionStats | None = None  # the last volume's per-member signals (trust.signals)
 
     def _runner(self, backend: str):
         if backend not in ("auto", "onnx", "torch"):
@@ -179,16 +181,30 @@ class Segmenter:
         t1 = time.perf_counter()
         model = invert = 0.0
         step, context = self.runner.batch_size, self.spec.context
+        stats = PredictionStats(self.runner.n_members)
         for start in range(0, plan.n_slices, step):
             stop = min(start + step, plan.n_slices)
             ta = time.perf_counter()
-            prob = self.runner.foreground(neighbour_slices(volume, start, stop, context), self.flip_tta)
+            prob, members = self.runner.run(neighbour_slices(volume, start, stop, context), self.flip_tta)
             if not np.isfinite(prob).all():  # thresholding NaN gives an empty labelmap: a silent "nothing found"
                 raise non_finite_output(self.weights)
+            stats.update(members)
             tb = time.perf_counter()
             sink(slice(start, stop), plan.from_model(prob).transpose(1, 2, 0))
             model, invert = model + tb - ta, invert + time.perf_counter() - tb
         self.timings = SegmentationTimings(t1 - t0, model, invert)
+        self.stats = stats
+
+    def assess(self, array: np.ndarray, affine: np.ndarray, header_reasons: list[str] | None = None):
+        """The verdict (``trust.assessment.Assessment``) on the volume just segmented: its prediction signals
+        (gathered by the last :meth:`segment` / :meth:`probabilities`) and the input checks of ``array``;
+        ``header_reasons``: DICOM header findings. None when the bundle has no ``trust`` block."""
+        if not self.spec.trust:
+            return None
+        from monaiunetseg.trust.assessment import TrustSpec, assess
+        from monaiunetseg.trust.input_checks import check_image
+
+        return assess(TrustSpec.from_dict(self.spec.trust), self.stats, check_image(array, affine), header_reasons)
 
     def probabilities(self, array: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Foreground probability (float32) on the input grid: ``array`` is (x, y, z) or (C, x, y, z), affine RAS."""

@@ -69,11 +69,15 @@ class TorchRunner:
 
     def foreground(self, slices: np.ndarray, flip_tta: bool = False) -> np.ndarray:
         """``(N, C, H, W)`` float32 network inputs -> ``(N, H, W)`` float32 mean foreground probability."""
+        return self.run(slices, flip_tta)[0]
+
+    def run(self, slices: np.ndarray, flip_tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`foreground` and each member's foreground of the unflipped view, ``(N, M, H * W)``."""
         amp = torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()
         with torch.inference_mode(), amp:
             x = torch.from_numpy(np.ascontiguousarray(slices)).to(self.device)
             views = [x, torch.flip(x, dims=(-2,))] if flip_tta else [x]
-            total = None
+            total, members = None, []
             for net, weights in zip(self.networks, self.weights):
                 for i, view in enumerate(views):
                     logits = net(view).float()
@@ -82,5 +86,13 @@ class TorchRunner:
                     prob = torch.softmax(logits, dim=1)[:, 1]
                     if i:
                         prob = torch.flip(prob, dims=(-2,))
+                    else:
+                        members.append(prob)
                     total = prob if total is None else total + prob
-            return (total / (len(self.networks) * len(views))).cpu().numpy()
+            mean = (total / (len(self.networks) * len(views))).cpu().numpy()
+            stacked = torch.stack(members, dim=1).flatten(2).cpu().numpy()
+            return mean, stacked
+
+    @property
+    def n_members(self) -> int:
+        return len(self.networks)

@@ -233,7 +233,9 @@ def _foreground(g: _Graph, logits: str, prefix: str, classes: int) -> str:
 def ensemble_graph(args: dict, states: list[dict[str, np.ndarray]], metadata: dict[str, str] | None = None,
                    phase_top: bool = True) -> bytes:
     """Serialized ONNX model: input ``image`` ``(N, in_channels, H, W)`` float32, output ``foreground``
-    ``(N, 1, H, W)``: the mean over ``states`` (members) of softmax channel 1 of the UNet's logits.
+    ``(N, 1, H, W)``: the mean over ``states`` (members) of softmax channel 1 of the UNet's logits; and
+    ``members``: each member's foreground, concatenated on axis 1 (in sub-pixel phase space when the top layer
+    is built there: the pixels of each member in another order).
     ``phase_top=False`` keeps the top layer as MONAI has it (for comparison; see ``_Member.top_foreground``)."""
     check_supported(args)
     if not states:
@@ -252,5 +254,10 @@ def ensemble_graph(args: dict, states: list[dict[str, np.ndarray]], metadata: di
     if phase:  # members' foregrounds in sub-pixel phase space: averaged there, one pixel shuffle
         out = g.add("DepthToSpace", [out], "ensemble", blocksize=2, mode="CRD")
     g.nodes.append(op.node("Identity", [out], ["foreground"]))
+    # Each member's foreground as it is (in phase space, pixels in another order): for the trust signals,
+    # which are counts and so do not depend on the order of the pixels.
+    members = fgs[0] if len(fgs) == 1 else g.add("Concat", fgs, "members", axis=1)
+    g.nodes.append(op.node("Identity", [members], ["members"]))
     return op.model(g.nodes, g.initializers, [op.value_info("image", ["N", cin, "H", "W"])],
-                    [op.value_info("foreground", ["N", 1, "H", "W"])], metadata=metadata, name="monaiunetseg_unet")
+                    [op.value_info("foreground", ["N", 1, "H", "W"]), op.value_info("members", ["N", "M", "h", "w"])],
+                    metadata=metadata, name="monaiunetseg_unet")

@@ -1,5 +1,5 @@
-"""``monaiunetseg train-cv``, ``evaluate-oof`` and ``compare-oof``: argparse wiring of ``training.cv``,
-``training.oof`` and ``training.ablation``."""
+"""``monaiunetseg train-cv``, ``evaluate-oof``, ``calibrate-trust`` and ``compare-oof``: argparse wiring of
+``training.cv``, ``training.oof``, ``training.trust_fit`` and ``training.ablation``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,20 @@ def _evaluate_oof(args: argparse.Namespace) -> int:
     probs = predict_oof(args.cv_dir, args.dataset_dir, probs_dir, folds=folds, bundle=args.bundle,
                         device=args.device, flip_tta=args.flip_tta)
     evaluate_oof(probs, args.dataset_dir, args.docs_dir, prefix=args.prefix, pictures_dir=args.pictures)
+    return 0
+
+
+def _calibrate_trust(args: argparse.Namespace) -> int:
+    from monaiunetseg.model.bundle import read_spec
+    from monaiunetseg.model.postprocess import PostProcessing
+    from monaiunetseg.training.oof import oof_cases, predict_oof
+    from monaiunetseg.training.trust_fit import calibrate_trust
+
+    folds = sorted({c.fold for c in oof_cases(args.dataset_dir)})
+    probs = predict_oof(args.cv_dir, args.dataset_dir, args.cv_dir / "oof_probs", folds=folds, bundle=args.bundle,
+                        device=args.device)
+    pp = PostProcessing.from_dict(read_spec(args.bundle).postprocessing)
+    calibrate_trust(probs, args.dataset_dir, args.docs_dir, pp, review_below=args.review_below)
     return 0
 
 
@@ -96,6 +110,20 @@ def add_training_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flip-tta", action="store_true", help="average over left-right flips (test-time augmentation)")
     _bundle_and_device(p)
     p.set_defaults(func=_evaluate_oof)
+
+    p = subparsers.add_parser(
+        "calibrate-trust", help="fit the per-case confidence model on out-of-fold predictions",
+        description="Predict every patient with the fold model that never trained on it (cached as evaluate-oof "
+                    "caches), fit the confidence model (expected Dice from the prediction signals) and write "
+                    "trust_calibration.json and trust_oof_per_patient.csv to DOCS_DIR; copy its 'confidence' "
+                    "block into the bundle's configs/inference.json 'trust' to ship it.")
+    p.add_argument("cv_dir", type=Path, help="train-cv output folder (fold<k>/model.pt)")
+    p.add_argument("dataset_dir", type=Path, help="prepare-lgg output the CV was trained on")
+    p.add_argument("--docs-dir", type=Path, default=Path("monai_bundle/docs"), help="where the tables go")
+    p.add_argument("--review-below", type=float, default=0.80,
+                   help="flag a case for review below this expected Dice (default 0.80, set in advance)")
+    _bundle_and_device(p)
+    p.set_defaults(func=_calibrate_trust)
 
     p = subparsers.add_parser(
         "compare-oof", help="ablation table of cross-validation recipes (paired, on the patients they share)",

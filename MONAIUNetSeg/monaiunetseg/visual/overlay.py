@@ -70,8 +70,10 @@ def display_plane(plane_lps: np.ndarray, axis: int) -> np.ndarray:
 
 
 def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, target: str | os.PathLike,
-                  title: str | None = None) -> Path:
-    """Write the PNG atomically; ``image`` and ``labels`` share the grid described by the RAS ``affine``."""
+                  title: str | None = None, verdict: str | None = None, review: bool = False) -> Path:
+    """Write the PNG atomically; ``image`` and ``labels`` share the grid described by the RAS ``affine``.
+    ``verdict``: the case's confidence line (``Assessment.caption``), drawn under the caption, in orange when
+    the case is flagged for ``review`` (a result that needs a second look must not look like the others)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -90,7 +92,7 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
     rows, cols = img2d.shape
     height_mm, width_mm = rows * in_plane[1], cols * in_plane[0]
     scale = 512.0 / max(height_mm, width_mm)
-    header_px = 44 if title else 26
+    header_px = (44 if title else 26) + (14 if verdict else 0)
     fig = Figure(figsize=(width_mm * scale / 100, (height_mm * scale + header_px) / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, height_mm * scale / (height_mm * scale + header_px)))
     ax.imshow(img2d, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest",
@@ -106,6 +108,10 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
     ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **mark)
     fig.text(0.5, 1.0 - 4 / fig.bbox.height, "\n".join(t for t in (title, text) if t), ha="center", va="top",
              fontsize=8, color="white")
+    if verdict:
+        fig.text(0.5, 1.0 - (header_px - 16) / fig.bbox.height, verdict, ha="center", va="top", fontsize=8,
+                 fontweight="bold" if review else "normal", color="#E69F00" if review else "white")
+        text = f"{text}; {verdict}"
     target = Path(target)
     with atomic_path(target) as tmp:
         # the Software text is how a later run knows this PNG is its own (batch.outdir)

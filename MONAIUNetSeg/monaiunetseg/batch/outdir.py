@@ -40,6 +40,14 @@ def check_out_dir(inputs: Iterable[str | os.PathLike], out_dir: Path) -> None:
                              "so that results are not written next to the inputs")
 
 
+def refuse_symlink(path: Path, what: str) -> None:
+    """Stop (exit code 2) when ``path`` is a symbolic link: writing through it would change a file outside the
+    output folder (a lock, a record, a result), so such a link is never followed."""
+    if os.path.islink(path):
+        raise OutputFolderError(f"{what} {path} is a symbolic link (to {os.readlink(path)}); MONAIUNetSeg does not "
+                                "write through links: remove the link or choose another -o")
+
+
 def prepare_out_dir(out_dir: Path) -> None:
     """Create ``out_dir`` if needed and check that it is a writable folder; :class:`OutputFolderError` if not."""
     if out_dir.exists() and not out_dir.is_dir():

@@ -128,7 +128,43 @@ def result_json(result: CaseResult) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
+def _is_result_file(path: Path) -> bool:
+    """An empty file (made by the caller to reserve the name) or an earlier result of this command."""
+    if path.stat().st_size == 0:
+        return True
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"status", "input", "output", "error"} <= set(data)
+
+
+def check_result_path(result_json: str | os.PathLike, input_path: str | os.PathLike,
+                      out_dir: str | os.PathLike) -> None:
+    """Refuse (``ValueError``: exit code 2, nothing written) a ``--result-json`` that would replace something:
+    the input or a file among the inputs, a name of the output folder's own files, a link, or any existing file
+    that is no earlier result. Called before any work, since the result file is written even for a bad request."""
+    path = Path(os.path.abspath(result_json))
+    bad = f"--result-json {path}"
+    if os.path.islink(path):
+        raise ValueError(f"{bad} is a symbolic link (to {os.readlink(path)}); give the path of a plain file")
+    real, source = Path(os.path.realpath(path)), Path(os.path.realpath(input_path))
+    if real == source:
+        raise ValueError(f"{bad} is the input {input_path}: it would be replaced; give another result path")
+    if source.is_dir() and source in real.parents:
+        raise ValueError(f"{bad} is inside the input folder {input_path}; give a result path outside the inputs")
+    out = Path(os.path.realpath(out_dir))
+    ours = real.parent == out and (real.suffix != ".json" or real.name.startswith((".", "run", "report")))
+    if ours or (out / ".monaiunetseg") in real.parents:  # outputs, report, run record, lock; per-case records
+        raise ValueError(f"{bad} has the name of a file MONAIUNetSeg writes in the output folder {out_dir}; give "
+                         "another result path")
+    if os.path.lexists(path) and (not path.is_file() or not _is_result_file(path)):
+        raise ValueError(f"{bad} exists and is not a segment-case result file; it is left as it is: give another "
+                         "result path")
+
+
 def _segment_case(args: argparse.Namespace) -> int:
+    check_result_path(args.result_json, args.input, args.out_dir)  # before anything, even the failed-result file
     options = BatchOptions(device=args.device, overwrite=args.overwrite, bundle=args.bundle, weights=args.weights,
                            model=args.model, progress=False, output_format=args.output_format, wait=args.wait,
                            save_probabilities=args.save_probabilities)

@@ -186,6 +186,7 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
     cases = shard(all_cases, options.num_shards, options.shard_id)
     report = report_path(out_dir, options.num_shards, options.shard_id)
     run_json = record_path(out_dir, options.num_shards, options.shard_id)
+    CaseRecords(out_dir, report.name).check_folders()  # before any work: never write through a link
     mine = None  # whose temporary files a killed run may have left: all of them, or only this shard's
     if not whole_folder:
         mine = {report.name, json_path(report).name, run_json.name}

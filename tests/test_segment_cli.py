@@ -318,8 +318,9 @@ def test_output_of_another_input_is_never_reused_or_overwritten(data, segmenter,
     opts = BatchOptions(progress=False)
 
     assert run_batch([a], out, opts, segmenter=segmenter).exit_code == 0
-    assert read_source_record(labelmap) == {"kind": "nifti", "input": str(a.resolve()),
-                                            "sha256": hashlib.sha256(a.read_bytes()).hexdigest()}
+    record = read_source_record(labelmap)
+    assert record.pop("model")["weights_sha256"] == [hashlib.sha256(w.read_bytes()).hexdigest() for w in segmenter.weights]
+    assert record == {"kind": "nifti", "input": str(a.resolve()), "sha256": hashlib.sha256(a.read_bytes()).hexdigest()}
     owned_by_a = labelmap.read_bytes()
     for other in (b, c):  # same grid: once reported as A's result; other grid: once silently overwritten
         result = run_batch([other], out, opts, segmenter=segmenter)

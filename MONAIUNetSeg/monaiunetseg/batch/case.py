@@ -18,7 +18,7 @@ from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.naming import OutputPaths
 from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.report import FAILED, CaseResult
-from monaiunetseg.batch.resume import base_result, content_digest, no_seg_note, source_record
+from monaiunetseg.batch.resume import base_result, content_digest, model_label, no_seg_note, source_record
 from monaiunetseg.errors import describe
 from monaiunetseg.files import StagedFiles
 from monaiunetseg.geometry import GeometryError, voxel_volume_ml
@@ -72,8 +72,9 @@ def step(name: str) -> Iterator[None]:
 
 
 def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOptions,
-                 input_files: frozenset[str] = frozenset()) -> CaseResult:
-    """Read, segment and write one case; raises :class:`CaseStepError` (the caller makes it a failed row)."""
+                 input_files: frozenset[str] = frozenset(), model: dict | None = None) -> CaseResult:
+    """Read, segment and write one case; raises :class:`CaseStepError` (the caller makes it a failed row).
+    ``model``: the segmenter's key (``model_key.key_of``), recorded with the outputs and in the row."""
     for p in (paths.labelmap, paths.dicom_seg, paths.overlay, paths.probabilities):
         if os.path.realpath(p) in input_files:
             raise ValueError(f"{p}: output would overwrite an input file")
@@ -112,14 +113,15 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
             res.overlay = str(paths.overlay)
         if probabilities is not None:
             with step("probabilities"):
-                write_labelmap(probabilities, volume, staged.path(paths.probabilities), source=source_record(case, digest))
+                write_labelmap(probabilities, volume, staged.path(paths.probabilities), source=source_record(case, digest, model))
             res.probabilities = str(paths.probabilities)
         t_extras = time.perf_counter()
         with step("labelmap"):  # staged last: committed last, so its presence means the case is complete
-            write_labelmap(labels, volume, staged.path(paths.labelmap), source=source_record(case, digest))
+            write_labelmap(labels, volume, staged.path(paths.labelmap), source=source_record(case, digest, model))
         with step("commit"):
             staged.commit()
     res.output = str(paths.labelmap)
+    res.model = model_label(model)
     t_end = time.perf_counter()
     res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
     res.seconds = t_end - t0

@@ -41,7 +41,9 @@ class Status(str, Enum):
 
 OK, FAILED, SKIPPED, PENDING = Status.OK, Status.FAILED, Status.SKIPPED, Status.PENDING
 REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "seconds", "series_uid", "series_description",
-                  "dicom_seg", "overlay", "probabilities", "note"]
+                  "dicom_seg", "overlay", "probabilities", "note", "model"]
+# Reports of earlier versions (no ``model`` column) are still this tool's: read and rewritten, never refused.
+LEGACY_COLUMNS = (REPORT_COLUMNS[:-1],)
 NUMERIC_COLUMNS = ("volume_ml", "seconds")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -63,6 +65,7 @@ class CaseResult:
     overlay: str = ""
     probabilities: str = ""
     note: str = ""
+    model: str = ""  # the model that made the labelmap: set name and key (``batch.model_key.describe``)
     timings: dict[str, float] = field(default_factory=dict)
 
     def line(self, name: str = "") -> str:
@@ -161,7 +164,7 @@ def foreign_reports(path: Path) -> list[Path]:
                 header = next(csv.reader(fh), None)
         except (OSError, UnicodeDecodeError, csv.Error):
             header = None
-        if header != REPORT_COLUMNS:
+        if header != REPORT_COLUMNS and header not in LEGACY_COLUMNS:
             found.append(path)
     twin = json_path(path)
     if twin.exists():

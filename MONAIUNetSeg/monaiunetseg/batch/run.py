@@ -29,6 +29,7 @@ from monaiunetseg.batch.case import (  # noqa: F401  (re-exported: segment_case,
 from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.discover import discover_cases, shard
 from monaiunetseg.batch.lock import OutputLock
+from monaiunetseg.batch.model_key import key_of
 from monaiunetseg.batch.naming import OutputPaths, output_paths
 from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.outdir import (
@@ -197,6 +198,7 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
     if not options.overwrite:
         refuse_foreign(foreign + foreign_files([(run_json, "run_record")]))
     input_files = frozenset(os.path.realpath(c.source) for c in all_cases if c.is_file)
+    model = key_of(options, segmenter)  # resume keeps only this model's outputs
 
     results: list[CaseResult] = []
     todo: list[tuple[int, Case, OutputPaths, str]] = []
@@ -207,7 +209,7 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
             results.append(res)
             continue
         paths = output_paths(out_dir, case, options.output_format)
-        existing = "" if options.overwrite else existing_result(case, paths, options)
+        existing = "" if options.overwrite else existing_result(case, paths, options, model)
         if isinstance(existing, CaseResult):
             results.append(existing)
             continue
@@ -233,7 +235,7 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
         if res.status != PENDING:
             _show(res, case, options)
     try:
-        _segment_all(todo, results, book, segmenter, options, input_files)
+        _segment_all(todo, results, book, segmenter, options, input_files, model)
     finally:  # a batch stopped for a broken model is recorded too
         try:
             record.finish(cases, results, segmenter if todo else None)
@@ -249,7 +251,7 @@ def _show(result: CaseResult, case: Case, options: BatchOptions) -> None:
 
 
 def _segment_all(todo: list[tuple[int, Case, OutputPaths, str]], results: list[CaseResult], book: _Report,
-                 segmenter, options: BatchOptions, input_files: frozenset[str]) -> None:
+                 segmenter, options: BatchOptions, input_files: frozenset[str], model: dict | None) -> None:
     """Segment the ``todo`` cases in order, recording each; stop when the model itself is broken."""
     # The bar (stderr) only where it can redraw: disable=None lets tqdm turn it off when stderr is no terminal.
     bar = tqdm(todo, desc="segment", unit="case", disable=True if not options.progress or not todo else None)
@@ -258,7 +260,7 @@ def _segment_all(todo: list[tuple[int, Case, OutputPaths, str]], results: list[C
         bar.set_postfix_str(case.name[-40:])
         t0 = time.perf_counter()
         try:
-            res = segment_case(case, paths, segmenter, options, input_files)
+            res = segment_case(case, paths, segmenter, options, input_files, model)
             model_ok += 1
         except Exception as exc:  # a bad case never stops the batch
             res = failure_result(case, exc)

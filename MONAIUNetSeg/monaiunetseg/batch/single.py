@@ -21,6 +21,7 @@ from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.cli import add_model_options, add_probability_option, check_model_options
 from monaiunetseg.batch.discover import discover_cases
 from monaiunetseg.batch.lock import OutputLock
+from monaiunetseg.batch.model_key import key_of
 from monaiunetseg.batch.naming import OUTPUT_FORMATS, output_paths
 from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.outdir import check_out_dir, folder_error, foreign_files, prepare_out_dir, refuse_foreign
@@ -101,7 +102,8 @@ def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -
     paths = output_paths(out_dir, case, options.output_format)
     for part in stale_parts(out_dir, [p.name for p, _ in output_candidates(paths, case, options)]):  # left by a killed run
         part.unlink()
-    existing = "" if options.overwrite else existing_result(case, paths, options)
+    model = key_of(options, segmenter)  # resume keeps only this model's outputs
+    existing = "" if options.overwrite else existing_result(case, paths, options, model)
     if isinstance(existing, CaseResult):
         return existing, None
     if not options.overwrite:
@@ -113,7 +115,7 @@ def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -
     input_files = frozenset([os.path.realpath(case.source)] if case.is_file else [])
     t0 = time.perf_counter()
     try:
-        result = segment_case(case, paths, segmenter, options, input_files)
+        result = segment_case(case, paths, segmenter, options, input_files, model)
     except Exception as exc:  # a bad case is a result, not a crash
         result = failure_result(case, exc)
         result.seconds = time.perf_counter() - t0

@@ -182,11 +182,11 @@ def test_full_disk_report_is_an_exit_2_error_and_a_failed_late_step_leaves_no_ou
     lines = proc.stdout.splitlines()
     assert lines[0] == "rc=1", (proc.stdout, proc.stderr)
     (row,) = csv.DictReader(lines[lines.index("input,output,status,error,volume_ml,seconds,series_uid,"
-                                              "series_description,dicom_seg,overlay,probabilities,note"):])
+                                              "series_description,dicom_seg,overlay,probabilities,note,model"):])
     assert row["status"] == "failed" and row["output"] == "" and row["overlay"] == ""
     assert row["error"].startswith(f"{scan}: overlay: OSError: [Errno 28] No space left on device"), row["error"]
     assert set(lines[1:lines.index("input,output,status,error,volume_ml,seconds,series_uid,series_description,"
-                                   "dicom_seg,overlay,probabilities,note")]) == {".monaiunetseg", "report.csv", "report.json", "run.json"}
+                                   "dicom_seg,overlay,probabilities,note,model")]) == {".monaiunetseg", "report.csv", "report.json", "run.json"}
 
 
 def test_temporary_files_of_a_killed_run_are_removed(scans, segmenter, tmp_path: Path):
@@ -271,3 +271,25 @@ def test_links_at_the_lock_or_record_folder_are_refused_never_written_through(sc
         run_batch([scans["a"]], out, BatchOptions(progress=False, device="cpu"))
     assert [p.name for p in keep.parent.iterdir()] == ["keep.json"]
     assert sorted(p.name for p in out.iterdir()) == [".monaiunetseg"]
+
+
+def test_user_files_that_look_like_temporary_files_are_never_deleted(scans, segmenter, tmp_path: Path):
+    """Issue 22.16: only the exact temporary names the tool creates (an output's name, mkstemp's random part, the
+    output's own suffix) are removed as stale; a user's look-alikes in -o are left, by segment and segment-case."""
+    from monaiunetseg.batch.single import segment_single
+
+    out = tmp_path / "out"
+    out.mkdir()
+    users = [".notes.20251231.part", ".thesis.docx.backup01.part.docx", ".scan0_seg.nii.gz.backup01.part.gz",
+             ".holiday.png.abcd1234.part.png"]
+    for name in users:
+        (out / name).write_text("mine\n")
+    stale = out / ".scan0_seg.nii.gz.k3j_9x2a.part.nii.gz"
+    stale.write_bytes(b"half")
+    assert run_batch([scans["a"] / "scan0.nii.gz"], out, BatchOptions(progress=False), segmenter=segmenter).exit_code == 0
+    assert not stale.exists()
+    assert sorted(p.name for p in out.glob(".*.part*")) == sorted(users)
+    stale.write_bytes(b"half")
+    assert segment_single(scans["a"] / "scan0.nii.gz", out, BatchOptions(progress=False), segmenter=segmenter).status == "ok"
+    assert not stale.exists()
+    assert all((out / name).read_text() == "mine\n" for name in users)

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from monaiunetseg.batch.case import (  # noqa: F401  (re-exported: segment_case, failure_result, read_volume)
     CaseStepError,
@@ -36,6 +36,7 @@ from monaiunetseg.batch.outdir import (
     check_out_dir,
     folder_error,
     foreign_files,
+    is_output_name,
     prepare_out_dir,
     refuse_foreign,
 )
@@ -188,7 +189,7 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
     report = report_path(out_dir, options.num_shards, options.shard_id)
     run_json = record_path(out_dir, options.num_shards, options.shard_id)
     CaseRecords(out_dir, report.name).check_folders()  # before any work: never write through a link
-    mine = None  # whose temporary files a killed run may have left: all of them, or only this shard's
+    mine: Callable[[str], bool] | set[str] = is_output_name  # whose temporary files a killed run may have left: all of ours, or only this shard's
     if not whole_folder:
         mine = {report.name, json_path(report).name, run_json.name}
         mine |= {p.name for c in cases for p in dataclasses.astuple(output_paths(out_dir, c, options.output_format))}

@@ -279,3 +279,31 @@ def test_out_of_memory_and_empty_device_are_explained(tmp_path: Path, capsys):
     assert exit_info.value.code == 2
     assert "argument --device: empty device name: use auto, cuda, cuda:N or cpu" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_file_names_that_are_no_utf8_are_reported_escaped_and_the_batch_goes_on(flair, tmp_path: Path):
+    """Issue 22.13: one byte that is no UTF-8 in a file name ("surrogates not allowed") stopped the whole batch.
+    Such names are segmented (or fail) like any other; report, records and console show them backslash-escaped."""
+    tree = tmp_path / "tree"
+    good = save_nifti(*flair, Path(os.fsdecode(bytes(tree) + b"/a\xff.nii.gz")))
+    plain = save_nifti(*flair, tree / "b.nii.gz")
+    broken = Path(os.fsdecode(bytes(tree) + b"/c\xfe.nii.gz"))
+    broken.write_text("not an image\n")
+    write_series(*flair, Path(os.fsdecode(bytes(tree) + b"/d\xfd")), description="AX FLAIR")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "monaiunetseg.cli", "segment", str(tree), "-o", str(out), "--device", "cpu",
+               "--model", "fast"]
+    for again in (False, True):
+        proc = subprocess.run(command, capture_output=True, timeout=300)
+        stdout, stderr = proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8")  # strict: all printable
+        assert proc.returncode == 1 and "surrogates" not in stderr, stderr
+        rows = {r["input"]: r for r in read_report(out / "report.csv")}
+        assert json.loads((out / "report.json").read_text(encoding="utf-8"))["rows"][0]["input"] in rows
+        escaped = {p: str(p).replace(os.fsdecode(b"\xff"), "\\xff").replace(os.fsdecode(b"\xfe"), "\\xfe")
+                   for p in (good, plain, broken)}
+        assert rows[escaped[good]]["status"] == rows[escaped[plain]]["status"] == "ok"
+        assert ("existing output kept" in rows[escaped[good]]["note"]) == again
+        assert rows[escaped[broken]]["status"] == "failed" and rows[escaped[broken]]["error"].startswith(escaped[broken])
+        (dicom,) = [r for r in rows.values() if r["series_uid"]]
+        assert dicom["status"] == "ok" and "d\\xfd" in dicom["input"], dicom
+        assert f"FAILED  {escaped[broken]}" in stderr and "segment: 4 case(s): 3 ok" in stdout

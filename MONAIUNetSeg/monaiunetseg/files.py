@@ -22,6 +22,16 @@ from typing import Callable, Iterable, Iterator
 _PART = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.part(?P<suffix>(\.[A-Za-z0-9]+)*)$")
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that are no UTF-8 (kept by Python as lone surrogates, which no
+    UTF-8 writer accepts) as backslash escapes: ``a\\xff.nii.gz``. For reports, records and console lines; the
+    path itself is kept as it is wherever a file is opened."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that came from no file-name byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -21,7 +21,7 @@ from typing import Iterable
 
 from monaiunetseg.batch.outdir import refuse_symlink
 from monaiunetseg.batch.report import CaseResult, read_csv_rows
-from monaiunetseg.files import write_text_atomic
+from monaiunetseg.files import printable, write_text_atomic
 
 STATE_DIR = ".monaiunetseg"
 
@@ -78,7 +78,7 @@ class CaseRecords:
             for order, data in enumerate(read_csv_rows(legacy_report)):
                 self._write(data, run=0, order=order)
         self._records = self._load()
-        roots = [os.path.abspath(p) for p in inputs]
+        roots = [printable(os.path.abspath(p)) for p in inputs]  # as rows hold them
         for path, record in list(self._records.items()):
             if _within(str(record["row"].get("input") or ""), roots):
                 self._remove(path)

@@ -55,7 +55,7 @@ from monaiunetseg.batch.report import (
     write_report,
 )
 from monaiunetseg.batch.resume import base_result, existing_result
-from monaiunetseg.files import stale_parts
+from monaiunetseg.files import printable, stale_parts
 
 # A model whose output is NaN/infinite on each of its first cases is broken, not the cases: stop the batch.
 ABORT_AFTER_NON_FINITE = 3
@@ -104,7 +104,7 @@ class BatchResult:
 
     def summary(self) -> str:
         shard = f" (this shard of {self.n_cases_total})" if len(self.results) != self.n_cases_total else ""
-        return (f"segment: {len(self.results)} case(s){shard}: {self.count(OK)} ok ({self.n_existing} already done), "
+        return printable(f"segment: {len(self.results)} case(s){shard}: {self.count(OK)} ok ({self.n_existing} already done), "
                 f"{self.count(FAILED)} failed, {self.count(SKIPPED)} skipped in {self.seconds:.1f} s; report: {self.report}")
 
 

@@ -29,7 +29,7 @@ from monaiunetseg.batch.record import RunRecord, record_path
 from monaiunetseg.batch.report import FAILED, OK, CaseResult
 from monaiunetseg.batch.resume import existing_result
 from monaiunetseg.batch.run import output_candidates
-from monaiunetseg.files import stale_parts, write_text_atomic
+from monaiunetseg.files import printable, stale_parts, write_text_atomic
 
 # The caller named one series: it is segmented whatever it shows (no FLAIR check; a series that is no volume is
 # still skipped). A folder holding several 3D series fails: which one was meant is not guessed.
@@ -179,10 +179,10 @@ def _segment_case(args: argparse.Namespace) -> int:
         raise  # cli.main prints it and exits 2
     write_text_atomic(args.result_json, result_json(result))
     if result.status == OK:
-        print(f"segment-case: ok: {result.output} ({result.volume_ml:.1f} mL); result: {args.result_json}")
+        print(printable(f"segment-case: ok: {result.output} ({result.volume_ml:.1f} mL); result: {args.result_json}"))
         return 0
-    print(f"FAILED  {result.error}", file=sys.stderr)
-    print(f"segment-case: failed; result: {args.result_json}")
+    print(printable(f"FAILED  {result.error}"), file=sys.stderr)
+    print(printable(f"segment-case: failed; result: {args.result_json}"))
     return 1
 
 

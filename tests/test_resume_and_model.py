@@ -218,3 +218,22 @@ def test_another_model_or_label_option_redoes_the_case_and_the_row_names_the_mod
     (changed / "configs" / "inference.json").write_text(json.dumps(config))
     redone = run("default", changed)
     assert redone.seconds is not None and redone.note.startswith("model changed since the earlier output"), redone.note
+
+
+def test_input_whose_scaling_overflows_fails_as_the_input_and_the_batch_goes_on(flair, segmenter, tmp_path: Path):
+    """Issue 22.12: float32 volumes of +-3e38 overflow the intensity scaling; the network's NaN was blamed on the
+    weights and, three cases in a row, stopped the batch. Now each such case fails naming the input's values, and
+    the next file is segmented."""
+    image, affine = flair
+    huge = np.where(image > image.mean(), 3e38, -3e38).astype(np.float32)
+    folder = tmp_path / "in"
+    for i in range(3):
+        save_nifti(np.roll(huge, i, axis=0), affine, folder / f"c{i}_huge.nii.gz", dtype=np.float32)
+    good = save_nifti(image, affine, folder / "c3_good.nii.gz")
+    result = run_batch([folder], tmp_path / "out", OPTS, segmenter=segmenter)
+    assert result.exit_code == 1 and [r.status for r in result.results] == ["failed"] * 3 + ["ok"]
+    for r in result.results[:3]:
+        assert r.error.startswith(f"{r.input}: segment: the image's intensities (-3e+38 to 3e+38) are so large that "
+                                  "the intensity scaling overflows"), r.error
+        assert "weights" not in r.error
+    assert result.results[3].input == str(good) and _labels(result.results[3].output).any()

@@ -27,11 +27,11 @@ from monaiunetseg.io.itk_reader import ItkInputError
 from monaiunetseg.io.labelmap import write_labelmap
 from monaiunetseg.io.nifti import NiftiInputError
 from monaiunetseg.io.nrrd_mha import ImageInputError
-from monaiunetseg.model.errors import NonFiniteOutputError
+from monaiunetseg.model.errors import InputRangeError, NonFiniteOutputError
 
 # Errors whose message already names the input and the problem; and those that need only the input named.
 SELF_DESCRIBING = (NiftiInputError, ImageInputError, ItkInputError, DicomSeriesError, GeometryError)
-PLAIN_MESSAGE = (NonFiniteOutputError,)
+PLAIN_MESSAGE = (NonFiniteOutputError, InputRangeError)
 
 
 class CaseStepError(Exception):

@@ -133,9 +133,10 @@ def scale_intensities(volume: np.ndarray) -> None:
     for c in range(volume.shape[1]):
         channel = volume[:, c]
         lo, hi = np.percentile(channel, INTENSITY_PERCENTILES).astype(np.float32)
-        channel -= lo
-        if hi != lo:
-            channel /= hi - lo
+        with np.errstate(over="ignore", invalid="ignore"):  # values near +-FLT_MAX: the caller checks for NaN
+            channel -= lo
+            if hi != lo:
+                channel /= hi - lo
 
 
 def model_grid_volume(array: np.ndarray, plan: GridPlan, chunk: int = 16) -> np.ndarray:

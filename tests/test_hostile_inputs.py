@@ -307,3 +307,26 @@ def test_file_names_that_are_no_utf8_are_reported_escaped_and_the_batch_goes_on(
         (dicom,) = [r for r in rows.values() if r["series_uid"]]
         assert dicom["status"] == "ok" and "d\\xfd" in dicom["input"], dicom
         assert f"FAILED  {escaped[broken]}" in stderr and "segment: 4 case(s): 3 ok" in stdout
+
+
+def test_single_file_nifti_with_vox_offset_inside_its_header_is_refused(flair, segmenter, tmp_path: Path):
+    """Issue 22.4: ``vox_offset = 0`` in a single-file ``.nii`` made the header's bytes the first voxels: a shifted
+    image, segmented and reported ok. A single-file NIfTI-1 needs vox_offset >= 352: refused naming the file."""
+    import gzip
+    import struct
+
+    folder = tmp_path / "in"
+    good = save_nifti(*flair, folder / "good.nii")
+    raw = bytearray(good.read_bytes())
+    assert struct.unpack("<f", raw[108:112]) == (352.0,)
+    raw[108:112] = struct.pack("<f", 0.0)  # vox_offset
+    (folder / "zero.nii").write_bytes(raw)
+    (folder / "zero_gz.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    result = run_batch([folder], tmp_path / "out", BatchOptions(progress=False), segmenter=segmenter)
+    rows = {Path(r.input).name: r for r in result.results}
+    assert rows["good.nii"].status == "ok"
+    for name, offset in [("zero.nii", 0), ("zero_gz.nii.gz", 0)]:  # (1-351: nibabel refuses those itself)
+        assert rows[name].status == "failed" and rows[name].output == ""
+        assert rows[name].error == (f"{folder / name}: invalid header: vox_offset is {offset}, but a single-file NIfTI-1 "
+                                    "image keeps its voxel data after its 352-byte header (vox_offset >= 352); the "
+                                    "voxels would be read from the header: fix or re-save the file"), rows[name].error

@@ -330,3 +330,33 @@ def test_single_file_nifti_with_vox_offset_inside_its_header_is_refused(flair, s
         assert rows[name].error == (f"{folder / name}: invalid header: vox_offset is {offset}, but a single-file NIfTI-1 "
                                     "image keeps its voxel data after its 352-byte header (vox_offset >= 352); the "
                                     "voxels would be read from the header: fix or re-save the file"), rows[name].error
+
+
+def test_scan_with_a_copied_output_header_is_still_a_scan(flair, segmenter, tmp_path: Path):
+    """Issue 22.14: a real scan saved with a labelmap's header (``descrip``, source record) copied was skipped as
+    "an earlier output". The header alone no longer decides: an output also holds what the tool writes (uint8
+    labels 0/1, or float32 probabilities 0-1), so such scans are segmented, and never replaced in -o as ours."""
+    image, affine = flair
+    first = run_batch([save_nifti(image, affine, tmp_path / "orig" / "x.nii.gz")], tmp_path / "first",
+                      BatchOptions(progress=False), segmenter=segmenter)
+    template = nib.load(first.results[0].output).header  # descrip, source record extension and all
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, data in [("float_scan.nii.gz", image.astype(np.float32)),
+                       ("byte_scan.nii.gz", np.clip(image / image.max() * 255, 0, 255).astype(np.uint8))]:
+        img = nib.Nifti1Image(data, affine, header=template.copy())
+        img.header.set_data_dtype(data.dtype)
+        nib.save(img, folder / name)
+        assert bytes(nib.load(folder / name).header["descrip"]).startswith(b"MONAIUNetSeg")
+    real_output = folder / "old_seg.nii.gz"
+    real_output.write_bytes(Path(first.results[0].output).read_bytes())
+    result = run_batch([folder], tmp_path / "out", BatchOptions(progress=False), segmenter=segmenter)
+    rows = {Path(r.input).name: r for r in result.results}
+    assert rows["float_scan.nii.gz"].status == rows["byte_scan.nii.gz"].status == "ok", rows
+    assert rows["old_seg.nii.gz"].status == "skipped" and "an earlier output" in rows["old_seg.nii.gz"].error
+
+    out = tmp_path / "out2"  # under an output's name in -o, such a scan is the user's file: refused, kept
+    out.mkdir()
+    (out / "float_scan_seg.nii.gz").write_bytes((folder / "float_scan.nii.gz").read_bytes())
+    with pytest.raises(RuntimeError, match="were not written by MONAIUNetSeg"):
+        run_batch([folder / "float_scan.nii.gz"], out, BatchOptions(progress=False), segmenter=segmenter)

@@ -52,6 +52,9 @@ def key_of(options: BatchOptions, segmenter=None) -> dict | None:
 
     spec = read_spec(options.bundle)
     weights = [Path(options.weights)] if options.weights else spec.weights(options.model)
+    for w in weights:
+        if not w.is_file():  # as the Segmenter would say it
+            raise FileNotFoundError(f"{w}: model weights not found")
     pp = PostProcessing.from_dict(spec.postprocessing).to_dict()
     return make_key(model_name(options), weights, spec.flip_tta, pp, spec.context)
 

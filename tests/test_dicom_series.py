@@ -285,3 +285,24 @@ def test_folder_beyond_path_max_is_a_failed_row(tmp_path: Path):
     assert row.status == FAILED and "cannot list folder (File name too long)" in row.problem
     assert str(row.source).startswith(str(tmp_path / "in" / ("d" * 255)))
     assert [c.source.name for c in cases if c.kind == "nifti"] == ["good.nii.gz"]
+
+
+@pytest.mark.parametrize("cut", [0, 400])
+@pytest.mark.parametrize("which", [0, -1])
+def test_series_with_a_truncated_first_or_last_slice_fails_as_a_whole(kaggle_dir: Path, tmp_path: Path, cut, which):
+    """Issue 22.8: the first or last slice file cut to 0 or 400 bytes names no series (its UID is gone), and the
+    other slices still form a regular stack: it was segmented on them. Such a file beside a series' slices fails
+    the series, naming the file; segment-case says so too."""
+    from monaiunetseg.batch.single import segment_single
+
+    array, affine = small_volume(kaggle_dir, n_slices=6)
+    series = write_series(array, affine, tmp_path / "in" / "series", description="AX FLAIR")
+    victim = series["paths"][which]
+    victim.write_bytes(victim.read_bytes()[:cut])
+    cases = discover_cases([tmp_path / "in"])
+    assert not [c for c in cases if c.kind == "dicom"]
+    (failed,) = [c for c in cases if c.series is not None]
+    assert failed.status == FAILED and "possibly incomplete series" in failed.problem
+    assert f"empty or truncated (e.g. {victim})" in failed.problem
+    result = segment_single(tmp_path / "in" / "series", tmp_path / "out")
+    assert result.status == "failed" and str(victim) in result.error and result.output == ""

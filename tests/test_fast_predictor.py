@@ -296,3 +296,25 @@ def test_peak_rss_of_a_512x512x200_volume(tmp_path: Path):
     assert peak_mb < 1024, f"peak RSS {peak_mb:.0f} MB"
     seg = nib.load(tmp_path / "out" / "big_seg.nii.gz")
     assert seg.shape == (512, 512, 200) and np.array_equal(seg.affine, nib.load(path).affine)
+
+
+@pytest.mark.parametrize("fill", [-1e6, -np.finfo(np.float32).max])
+def test_fill_value_background_is_replaced_alike_in_both_paths(sample, segmenter, fill):
+    """Issue 22.6: a background of -1e6 (or -FLT_MAX) in place of 0 collapsed the percentile scaling: ok, 0 mL.
+    The fill is replaced by the lowest real intensity, the same way in the numpy path and the MONAI transforms,
+    and the labelmap is the one of the 0 background; normal images are left exactly as they were."""
+    from monaiunetseg.model.fast_preprocess import fill_value
+
+    array, affine = sample
+    for variant in _variants(array, affine).values():
+        assert fill_value(variant[0]) is None  # normal images: no fill found, nothing changes
+    assert (array == 0).mean() > 0.05
+    filled = np.where(array == 0, np.float32(fill), array).astype(np.float32)
+    assert fill_value(filled) == (pytest.approx(fill), float(array[array > 0].min()))
+    _, ref = _monai(filled, affine)
+    mine = model_grid_volume(filled[None], GridPlan.of(filled.shape, affine))
+    np.testing.assert_allclose(mine[:, 0], ref.as_tensor().numpy()[0].transpose(2, 0, 1), rtol=0, atol=2e-5)
+    assert np.abs(mine).max() < 100  # no overflow, no squeezed brain
+    plain = segmenter.segment(array, affine)
+    labels = segmenter.segment(filled, affine)
+    assert plain.sum() > 100 and dice(labels, plain) > 0.98

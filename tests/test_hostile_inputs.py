@@ -279,3 +279,84 @@ def test_out_of_memory_and_empty_device_are_explained(tmp_path: Path, capsys):
     assert exit_info.value.code == 2
     assert "argument --device: empty device name: use auto, cuda, cuda:N or cpu" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_file_names_that_are_no_utf8_are_reported_escaped_and_the_batch_goes_on(flair, tmp_path: Path):
+    """Issue 22.13: one byte that is no UTF-8 in a file name ("surrogates not allowed") stopped the whole batch.
+    Such names are segmented (or fail) like any other; report, records and console show them backslash-escaped."""
+    tree = tmp_path / "tree"
+    good = save_nifti(*flair, Path(os.fsdecode(bytes(tree) + b"/a\xff.nii.gz")))
+    plain = save_nifti(*flair, tree / "b.nii.gz")
+    broken = Path(os.fsdecode(bytes(tree) + b"/c\xfe.nii.gz"))
+    broken.write_text("not an image\n")
+    write_series(*flair, Path(os.fsdecode(bytes(tree) + b"/d\xfd")), description="AX FLAIR")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "monaiunetseg.cli", "segment", str(tree), "-o", str(out), "--device", "cpu",
+               "--model", "fast"]
+    for again in (False, True):
+        proc = subprocess.run(command, capture_output=True, timeout=300)
+        stdout, stderr = proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8")  # strict: all printable
+        assert proc.returncode == 1 and "surrogates" not in stderr, stderr
+        rows = {r["input"]: r for r in read_report(out / "report.csv")}
+        assert json.loads((out / "report.json").read_text(encoding="utf-8"))["rows"][0]["input"] in rows
+        escaped = {p: str(p).replace(os.fsdecode(b"\xff"), "\\xff").replace(os.fsdecode(b"\xfe"), "\\xfe")
+                   for p in (good, plain, broken)}
+        assert rows[escaped[good]]["status"] == rows[escaped[plain]]["status"] == "ok"
+        assert ("existing output kept" in rows[escaped[good]]["note"]) == again
+        assert rows[escaped[broken]]["status"] == "failed" and rows[escaped[broken]]["error"].startswith(escaped[broken])
+        (dicom,) = [r for r in rows.values() if r["series_uid"]]
+        assert dicom["status"] == "ok" and "d\\xfd" in dicom["input"], dicom
+        assert f"FAILED  {escaped[broken]}" in stderr and "segment: 4 case(s): 3 ok" in stdout
+
+
+def test_single_file_nifti_with_vox_offset_inside_its_header_is_refused(flair, segmenter, tmp_path: Path):
+    """Issue 22.4: ``vox_offset = 0`` in a single-file ``.nii`` made the header's bytes the first voxels: a shifted
+    image, segmented and reported ok. A single-file NIfTI-1 needs vox_offset >= 352: refused naming the file."""
+    import gzip
+    import struct
+
+    folder = tmp_path / "in"
+    good = save_nifti(*flair, folder / "good.nii")
+    raw = bytearray(good.read_bytes())
+    assert struct.unpack("<f", raw[108:112]) == (352.0,)
+    raw[108:112] = struct.pack("<f", 0.0)  # vox_offset
+    (folder / "zero.nii").write_bytes(raw)
+    (folder / "zero_gz.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    result = run_batch([folder], tmp_path / "out", BatchOptions(progress=False), segmenter=segmenter)
+    rows = {Path(r.input).name: r for r in result.results}
+    assert rows["good.nii"].status == "ok"
+    for name, offset in [("zero.nii", 0), ("zero_gz.nii.gz", 0)]:  # (1-351: nibabel refuses those itself)
+        assert rows[name].status == "failed" and rows[name].output == ""
+        assert rows[name].error == (f"{folder / name}: invalid header: vox_offset is {offset}, but a single-file NIfTI-1 "
+                                    "image keeps its voxel data after its 352-byte header (vox_offset >= 352); the "
+                                    "voxels would be read from the header: fix or re-save the file"), rows[name].error
+
+
+def test_scan_with_a_copied_output_header_is_still_a_scan(flair, segmenter, tmp_path: Path):
+    """Issue 22.14: a real scan saved with a labelmap's header (``descrip``, source record) copied was skipped as
+    "an earlier output". The header alone no longer decides: an output also holds what the tool writes (uint8
+    labels 0/1, or float32 probabilities 0-1), so such scans are segmented, and never replaced in -o as ours."""
+    image, affine = flair
+    first = run_batch([save_nifti(image, affine, tmp_path / "orig" / "x.nii.gz")], tmp_path / "first",
+                      BatchOptions(progress=False), segmenter=segmenter)
+    template = nib.load(first.results[0].output).header  # descrip, source record extension and all
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, data in [("float_scan.nii.gz", image.astype(np.float32)),
+                       ("byte_scan.nii.gz", np.clip(image / image.max() * 255, 0, 255).astype(np.uint8))]:
+        img = nib.Nifti1Image(data, affine, header=template.copy())
+        img.header.set_data_dtype(data.dtype)
+        nib.save(img, folder / name)
+        assert bytes(nib.load(folder / name).header["descrip"]).startswith(b"MONAIUNetSeg")
+    real_output = folder / "old_seg.nii.gz"
+    real_output.write_bytes(Path(first.results[0].output).read_bytes())
+    result = run_batch([folder], tmp_path / "out", BatchOptions(progress=False), segmenter=segmenter)
+    rows = {Path(r.input).name: r for r in result.results}
+    assert rows["float_scan.nii.gz"].status == rows["byte_scan.nii.gz"].status == "ok", rows
+    assert rows["old_seg.nii.gz"].status == "skipped" and "an earlier output" in rows["old_seg.nii.gz"].error
+
+    out = tmp_path / "out2"  # under an output's name in -o, such a scan is the user's file: refused, kept
+    out.mkdir()
+    (out / "float_scan_seg.nii.gz").write_bytes((folder / "float_scan.nii.gz").read_bytes())
+    with pytest.raises(RuntimeError, match="were not written by MONAIUNetSeg"):
+        run_batch([folder / "float_scan.nii.gz"], out, BatchOptions(progress=False), segmenter=segmenter)

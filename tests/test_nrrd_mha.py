@@ -100,6 +100,7 @@ def test_same_labelmap_in_world_space_and_own_format(inputs, segmenter, tmp_path
         assert seg.GetDirection() == src.GetDirection()
         record = read_source_record(res.output)
         assert len(record.pop("sha256")) == 64  # the input's content hash: resume redoes a replaced scan
+        assert record.pop("model")["name"] == "default"  # the model that made it: resume redoes another model's
         assert record.pop("review") in ("yes", "no") and 0 <= float(record.pop("confidence")) <= 1  # the verdict
         record.pop("review_reasons")
         assert record == {"kind": res.output.endswith(".mha") and "metaimage" or "nrrd",

@@ -239,3 +239,57 @@ def test_bad_weights_leave_no_report_of_pending_rows(scans, tmp_path: Path, caps
     assert cli_main(["segment", str(scans["a"]), "-o", str(out), "--quiet", "--weights", str(empty)]) == 2
     assert f"{empty}: not a readable PyTorch state_dict (the file is empty: 0 bytes)" in capsys.readouterr().err
     assert not (out / "report.csv").exists() and not list(out.glob("*_seg.nii.gz"))
+
+
+def test_links_at_the_lock_or_record_folder_are_refused_never_written_through(scans, tmp_path: Path):
+    """Issue 22.9: ``out/.monaiunetseg.lock`` (or the record folder) as a link to a file (folder) outside -o
+    stops the run with exit code 2 naming it; the file it points to is left as it was."""
+    from monaiunetseg.batch.lock import LOCK_NAME, OutputLock
+    from monaiunetseg.batch.outdir import OutputFolderError
+
+    victim = tmp_path / "thesis.txt"
+    victim.write_text("years of work\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(victim)
+    code, _, err = finish(cli(["segment", scans["a"], "-o", out, "--quiet", "--device", "cpu"]), timeout=120)
+    assert code == 2 and f"the lock file {out / LOCK_NAME} is a symbolic link" in err, err
+    assert victim.read_text() == "years of work\n" and (out / LOCK_NAME).is_symlink()
+    (out / LOCK_NAME).unlink()
+    os.link(victim, out / LOCK_NAME)  # a hard link would be emptied just the same
+    with pytest.raises(OutputFolderError, match="is a hard link"):
+        OutputLock(out).acquire()
+    assert victim.read_text() == "years of work\n"
+    (out / LOCK_NAME).unlink()
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "records" / "report.csv").mkdir(parents=True)
+    keep = elsewhere / "records" / "report.csv" / "keep.json"
+    keep.write_text('{"row": {"input": "%s"}}' % (scans["a"] / "scan0.nii.gz"))
+    (out / ".monaiunetseg").symlink_to(elsewhere)
+    with pytest.raises(OutputFolderError, match=r"the record folder .*\.monaiunetseg is a symbolic link"):
+        run_batch([scans["a"]], out, BatchOptions(progress=False, device="cpu"))
+    assert [p.name for p in keep.parent.iterdir()] == ["keep.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".monaiunetseg"]
+
+
+def test_user_files_that_look_like_temporary_files_are_never_deleted(scans, segmenter, tmp_path: Path):
+    """Issue 22.16: only the exact temporary names the tool creates (an output's name, mkstemp's random part, the
+    output's own suffix) are removed as stale; a user's look-alikes in -o are left, by segment and segment-case."""
+    from monaiunetseg.batch.single import segment_single
+
+    out = tmp_path / "out"
+    out.mkdir()
+    users = [".notes.20251231.part", ".thesis.docx.backup01.part.docx", ".scan0_seg.nii.gz.backup01.part.gz",
+             ".holiday.png.abcd1234.part.png"]
+    for name in users:
+        (out / name).write_text("mine\n")
+    stale = out / ".scan0_seg.nii.gz.k3j_9x2a.part.nii.gz"
+    stale.write_bytes(b"half")
+    assert run_batch([scans["a"] / "scan0.nii.gz"], out, BatchOptions(progress=False), segmenter=segmenter).exit_code == 0
+    assert not stale.exists()
+    assert sorted(p.name for p in out.glob(".*.part*")) == sorted(users)
+    stale.write_bytes(b"half")
+    assert segment_single(scans["a"] / "scan0.nii.gz", out, BatchOptions(progress=False), segmenter=segmenter).status == "ok"
+    assert not stale.exists()
+    assert all((out / name).read_text() == "mine\n" for name in users)

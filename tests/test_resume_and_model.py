@@ -175,3 +175,65 @@ def test_config_expressions_of_a_bundle_never_run_on_the_segment_path(flair, tmp
     help_text = subprocess.run([sys.executable, "-m", "monaiunetseg.cli", "segment", "--help"], capture_output=True,
                                text=True).stdout
     assert "no config expression ($...) is run" in " ".join(help_text.split())
+
+
+def test_another_model_or_label_option_redoes_the_case_and_the_row_names_the_model(flair, ensemble_bundle,
+                                                                                   tmp_path: Path):
+    """Issue 22.5: ``--model fast`` then ``--model default`` into one -o used to keep the fast labelmap. Resume is
+    keyed on the model set (weights SHA-256s) and the label-changing options (flip TTA, post-processing,
+    threshold); the source record and the report row say which model made each labelmap."""
+    scan = save_nifti(*flair, tmp_path / "in" / "scan.nii.gz")
+    out = tmp_path / "out"
+
+    def run(model: str, bundle: Path = ensemble_bundle):
+        options = BatchOptions(progress=False, device="cpu", bundle=str(bundle), model=model)
+        (res,) = run_batch([scan], out, options).results
+        assert res.status == "ok", res.error
+        return res
+
+    fast = run("fast")
+    assert fast.model.startswith("fast (model ") and fast.seconds is not None
+    fast_labels = _labels(fast.output)
+    default = run("default")
+    assert default.seconds is not None and default.note.startswith(
+        f"model changed since the earlier output (made by {fast.model}, now default (model "), default.note
+    assert default.model.startswith("default (model ") and default.model != fast.model
+    fresh = run_batch([scan], tmp_path / "fresh", BatchOptions(progress=False, device="cpu", bundle=str(ensemble_bundle)))
+    assert np.array_equal(_labels(default.output), _labels(fresh.results[0].output))
+    assert not np.array_equal(_labels(default.output), fast_labels)  # two members + flip TTA: another labelmap
+    record = read_source_record(default.output)["model"]
+    members = [ensemble_bundle / "models" / n for n in ("fold0.pt", "fold1.pt")]
+    assert record["name"] == "default" and record["flip_tta"] is True
+    assert record["weights_sha256"] == [hashlib.sha256(m.read_bytes()).hexdigest() for m in members]
+    assert record["postprocessing"] == {"min_fraction": 0.1} and record["threshold"] == 0.5
+    kept = run("default")
+    assert kept.seconds is None and kept.note.startswith("existing output kept") and kept.model == default.model
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == [default.model]
+
+    changed = tmp_path / "changed"  # the same weights, another post-processing: another model key
+    shutil.copytree(ensemble_bundle, changed)
+    config = json.loads((changed / "configs" / "inference.json").read_text())
+    config["postprocessing"] = {"largest_only": True}
+    (changed / "configs" / "inference.json").write_text(json.dumps(config))
+    redone = run("default", changed)
+    assert redone.seconds is not None and redone.note.startswith("model changed since the earlier output"), redone.note
+
+
+def test_input_whose_scaling_overflows_fails_as_the_input_and_the_batch_goes_on(flair, segmenter, tmp_path: Path):
+    """Issue 22.12: float32 volumes of +-3e38 overflow the intensity scaling; the network's NaN was blamed on the
+    weights and, three cases in a row, stopped the batch. Now each such case fails naming the input's values, and
+    the next file is segmented."""
+    image, affine = flair
+    huge = np.where(image > image.mean(), 3e38, -3e38).astype(np.float32)
+    folder = tmp_path / "in"
+    for i in range(3):
+        save_nifti(np.roll(huge, i, axis=0), affine, folder / f"c{i}_huge.nii.gz", dtype=np.float32)
+    good = save_nifti(image, affine, folder / "c3_good.nii.gz")
+    result = run_batch([folder], tmp_path / "out", OPTS, segmenter=segmenter)
+    assert result.exit_code == 1 and [r.status for r in result.results] == ["failed"] * 3 + ["ok"]
+    for r in result.results[:3]:
+        assert r.error.startswith(f"{r.input}: segment: the image's intensities (-3e+38 to 3e+38) are so large that "
+                                  "the intensity scaling overflows"), r.error
+        assert "weights" not in r.error
+    assert result.results[3].input == str(good) and _labels(result.results[3].output).any()

@@ -127,3 +127,31 @@ def test_cli_import_stays_cheap_and_a_missing_package_is_named(tmp_path: Path):
     assert proc.returncode == 2
     assert "monaiunetseg segment-case: error: the segment-case command cannot be loaded" in proc.stderr
     assert "install the missing package (nibabel)" in proc.stderr
+
+
+def test_result_json_never_replaces_an_input_an_output_or_a_foreign_file(tmp_path: Path, capsys):
+    """Issue 22.1: ``--result-json`` naming the input scan, an output of -o, a link or a user's file is refused
+    (exit 2) before any work, and that file is left byte for byte as it was."""
+    array, affine = _sample_slices(2)
+    scan = tmp_path / "in" / "c1.nii.gz"
+    scan.parent.mkdir()
+    nib.save(nib.Nifti1Image(array, affine), scan)
+    out = tmp_path / "out"
+    out.mkdir()
+    labelmap = out / "c1_seg.nii.gz"
+    shutil.copy(scan, labelmap)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"mine": 1}\n')
+    link = tmp_path / "link.json"
+    link.symlink_to(outside)
+    before = {p: p.read_bytes() for p in (scan, labelmap, notes, outside)}
+    for target, message in [(scan, "is the input"), (labelmap, "name of a file MONAIUNetSeg writes"),
+                            (out / "run.json", "name of a file MONAIUNetSeg writes"),
+                            (notes, "is not a segment-case result"), (link, "is a symbolic link")]:
+        code = cli_main(["segment-case", str(scan), "-o", str(out), "--result-json", str(target), "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and f"--result-json {target}" in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ["c1_seg.nii.gz"]  # no lock, no run.json: nothing was done

@@ -319,8 +319,9 @@ def test_output_of_another_input_is_never_reused_or_overwritten(data, segmenter,
 
     assert run_batch([a], out, opts, segmenter=segmenter).exit_code == 0
     record = read_source_record(labelmap)
-    assert {k: record[k] for k in ("kind", "input", "sha256")} == {"kind": "nifti", "input": str(a.resolve()),
-                                                                  "sha256": hashlib.sha256(a.read_bytes()).hexdigest()}
+    assert record.pop("model")["weights_sha256"] == [hashlib.sha256(w.read_bytes()).hexdigest() for w in segmenter.weights]
+    assert record.pop("review") == "no" and float(record.pop("confidence")) >= 0.8 and record.pop("review_reasons") == ""
+    assert record == {"kind": "nifti", "input": str(a.resolve()), "sha256": hashlib.sha256(a.read_bytes()).hexdigest()}
     owned_by_a = labelmap.read_bytes()
     for other in (b, c):  # same grid: once reported as A's result; other grid: once silently overwritten
         result = run_batch([other], out, opts, segmenter=segmenter)

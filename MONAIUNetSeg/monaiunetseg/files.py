@@ -2,7 +2,9 @@
 
 Every output is first written to a hidden temporary file beside its target (``.<name>.<random>.part<suffix>``)
 and renamed onto it only when complete. A process killed meanwhile leaves that temporary file; a later run
-that holds the output folder removes such files (:func:`stale_parts`).
+that holds the output folder removes such files (:func:`stale_parts`), and only those: a name counts as ours only
+when its random part is mkstemp's, its suffix is the one given to its target, and the caller says the target is one
+of its outputs, so a user's ``.notes.20251231.part`` or ``.thesis.docx.backup01.part.docx`` is never touched.
 """
 
 from __future__ import annotations
@@ -14,10 +16,20 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
-# mkstemp names: prefix ".<target name>.", 8 random characters, suffix ".part<target suffix>"
-_PART = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.part(\.[A-Za-z0-9]+)*$")
+# mkstemp names: prefix ".<target name>.", 8 random characters (tempfile's alphabet), suffix ".part<target suffix>"
+_PART = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.part(?P<suffix>(\.[A-Za-z0-9]+)*)$")
+
+
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that are no UTF-8 (kept by Python as lone surrogates, which no
+    UTF-8 writer accepts) as backslash escapes: ``a\\xff.nii.gz``. For reports, records and console lines; the
+    path itself is kept as it is wherever a file is opened."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that came from no file-name byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _current_umask() -> int:
@@ -29,6 +41,11 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def _suffix_of(name: str) -> str:
+    """The suffix a temporary file of target ``name`` keeps (``.nii.gz`` as one)."""
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
 def _temp_beside(target: Path, suffix: str | None = None) -> Path:
     """A new empty temporary file next to ``target`` (same folder, so the final rename is atomic).
 
@@ -37,7 +54,7 @@ def _temp_beside(target: Path, suffix: str | None = None) -> Path:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
-        suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".nii.gz") else target.suffix
+        suffix = _suffix_of(target.name)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
     os.close(fd)
     os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the permissions of a normal write
@@ -129,17 +146,21 @@ class StagedFiles:
 
 
 def part_target(name: str) -> str | None:
-    """The target file name of a temporary file name written by this module, else None."""
+    """The target file name of a temporary file name written by this module (with its default suffix), else
+    None."""
     match = _PART.match(name)
-    return match.group("target") if match else None
+    if not match or match.group("suffix") != _suffix_of(match.group("target")):
+        return None
+    return match.group("target")
 
 
-def stale_parts(folder: str | os.PathLike, targets: Iterable[str] | None = None) -> list[Path]:
-    """Temporary files left in ``folder`` by killed writers: all of them, or those of the given target names.
+def stale_parts(folder: str | os.PathLike, targets: Iterable[str] | Callable[[str], bool]) -> list[Path]:
+    """Temporary files left in ``folder`` by killed writers of the given target names (or of the names
+    ``targets`` accepts): never a file of a name this tool does not write, even if it looks like one.
 
     Only call this while holding the folder (see ``batch.lock``): a running writer's files look the same.
     """
-    wanted = None if targets is None else set(targets)
+    wanted = targets if callable(targets) else set(targets).__contains__
     found = []
     try:
         entries = list(os.scandir(folder))
@@ -147,6 +168,6 @@ def stale_parts(folder: str | os.PathLike, targets: Iterable[str] | None = None)
         return []
     for entry in entries:
         target = part_target(entry.name)
-        if target is not None and (wanted is None or target in wanted) and entry.is_file(follow_symlinks=False):
+        if target is not None and wanted(target) and entry.is_file(follow_symlinks=False):
             found.append(Path(entry.path))
     return sorted(found)

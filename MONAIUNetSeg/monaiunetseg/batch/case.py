@@ -18,7 +18,7 @@ from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.naming import OutputPaths
 from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.report import FAILED, SKIPPED, CaseResult
-from monaiunetseg.batch.resume import base_result, content_digest, no_seg_note, source_record
+from monaiunetseg.batch.resume import base_result, content_digest, model_label, no_seg_note, source_record
 from monaiunetseg.errors import describe
 from monaiunetseg.files import StagedFiles
 from monaiunetseg.geometry import GeometryError, voxel_volume_ml
@@ -27,11 +27,11 @@ from monaiunetseg.io.itk_reader import ItkInputError
 from monaiunetseg.io.labelmap import write_labelmap
 from monaiunetseg.io.nifti import NiftiInputError
 from monaiunetseg.io.nrrd_mha import ImageInputError
-from monaiunetseg.model.errors import NonFiniteOutputError
+from monaiunetseg.model.errors import InputRangeError, NonFiniteOutputError
 
 # Errors whose message already names the input and the problem; and those that need only the input named.
 SELF_DESCRIBING = (NiftiInputError, ImageInputError, ItkInputError, DicomSeriesError, GeometryError)
-PLAIN_MESSAGE = (NonFiniteOutputError,)
+PLAIN_MESSAGE = (NonFiniteOutputError, InputRangeError)
 
 
 class CaseStepError(Exception):
@@ -72,8 +72,9 @@ def step(name: str) -> Iterator[None]:
 
 
 def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOptions,
-                 input_files: frozenset[str] = frozenset()) -> CaseResult:
-    """Read, segment and write one case; raises :class:`CaseStepError` (the caller makes it a failed row)."""
+                 input_files: frozenset[str] = frozenset(), model: dict | None = None) -> CaseResult:
+    """Read, segment and write one case; raises :class:`CaseStepError` (the caller makes it a failed row).
+    ``model``: the segmenter's key (``model_key.key_of``), recorded with the outputs and in the row."""
     for p in (paths.labelmap, paths.dicom_seg, paths.overlay, paths.probabilities):
         if os.path.realpath(p) in input_files:
             raise ValueError(f"{p}: output would overwrite an input file")
@@ -99,10 +100,11 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
         res.status = SKIPPED
         where = case.series.label() if case.series else str(case.source)
         res.error = f"{where}: flagged for review, no outputs written (--strict): {verdict.reasons_text}"
+        res.model = model_label(model)
         res.seconds = time.perf_counter() - t0
         return res
     t_seg = time.perf_counter()
-    source = {**source_record(case, digest), **res.verdict_record()}
+    source = {**source_record(case, digest, model), **res.verdict_record()}
     with StagedFiles() as staged:
         if options.dicom_seg and case.kind == "dicom":
             from monaiunetseg.io.dicom_seg import write_dicom_seg
@@ -131,6 +133,7 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
         with step("commit"):
             staged.commit()
     res.output = str(paths.labelmap)
+    res.model = model_label(model)
     t_end = time.perf_counter()
     res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
     res.seconds = t_end - t0

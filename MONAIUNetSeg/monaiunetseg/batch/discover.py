@@ -110,11 +110,29 @@ def _series_uid_of_unreadable(path: Path) -> str:
         return ""
 
 
-def _series_case(series: DicomSeries, all_series: bool, unreadable: list[str] | None = None) -> Case:
+def _truncated_candidate(path: Path) -> bool:
+    """An empty file that could have been a slice (no suffix, or a DICOM one): a truncated DICOM file, which
+    says nothing about its series, so only its folder ties it to one."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        return False
+    return empty and (not path.suffix or path.suffix.lower() in DICOM_SUFFIXES)
+
+
+def _series_case(series: DicomSeries, all_series: bool, unreadable: list[str] | None = None,
+                 in_folder: list[str] | None = None) -> Case:
+    """``unreadable``: files of this series (by their UID) that failed to read; ``in_folder``: files beside its
+    slices that failed to read without saying their series (empty or cut before the UID)."""
     if unreadable:  # a stack without those files may still look complete (first/last slice): never segment it
         return Case("problem", series.folder, series=series, status=FAILED,
                     problem=f"{series.label()}: incomplete series: {len(unreadable)} of its file(s) could not be "
                             f"read (e.g. {unreadable[0]}); not segmented")
+    if in_folder:  # e.g. its first or last slice truncated: the rest would still look like a whole series
+        return Case("problem", series.folder, series=series, status=FAILED,
+                    problem=f"{series.label()}: possibly incomplete series: {len(in_folder)} DICOM file(s) in its "
+                            f"folder are empty or truncated (e.g. {in_folder[0]}), so which series they belong to "
+                            "cannot be read; not segmented (remove or replace those files)")
     not_image = is_image_series(series)
     if not_image:
         return Case("problem", series.folder, series=series, status=SKIPPED, problem=f"{series.label()}: {not_image}")
@@ -141,6 +159,7 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
     dicom_files: list[DicomFile] = []
     seen: set[str] = set()  # real paths already taken (the same file reached through two inputs counts once)
     unreadable: dict[str, list[str]] = {}  # SeriesInstanceUID -> its files that failed to read
+    orphans: dict[Path, list[str]] = {}  # folder -> files in it that failed to read and name no series
 
     def scan(file: Path, explicit: bool) -> Path | DicomFile | Case | None:
         try:
@@ -151,6 +170,10 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
             uid = _series_uid_of_unreadable(file)
             if uid:
                 unreadable.setdefault(uid, []).append(str(file))
+            elif not explicit:
+                orphans.setdefault(file.parent, []).append(str(file))
+        elif item is None and _truncated_candidate(file):
+            orphans.setdefault(file.parent, []).append(str(file))
         return item
 
     def unreadable_folder(exc: OSError) -> None:  # os.walk's onerror
@@ -195,7 +218,9 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
             add(scan(path, explicit=True))  # type: ignore[arg-type]  # explicit: never None
         else:
             cases.append(_problem(path, FAILED, f"{path}: no such file or folder"))
-    cases.extend(_series_case(s, all_series, unreadable.get(s.uid)) for s in group_series(dicom_files))
+    for s in group_series(dicom_files):
+        beside = sorted({o for folder in {f.path.parent for f in s.files} for o in orphans.get(folder, [])})
+        cases.append(_series_case(s, all_series, unreadable.get(s.uid), beside))
     cases.sort(key=lambda c: c.key)
     assign_names(cases)
     return cases

@@ -28,13 +28,15 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
     import msvcrt  # type: ignore[import-not-found]
 
-from monaiunetseg.batch.outdir import OutputFolderError
+from monaiunetseg.batch.outdir import OutputFolderError, refuse_symlink
 
 LOCK_NAME = ".monaiunetseg.lock"
 WAIT_POLL_S = 0.5
 # Even without --wait a busy lock is retried this long: a finishing shard holds the folder lock exclusively for
 # a moment (to remove the file), which must not turn a shard starting at that instant away.
 GRACE_S = 1.0
+# Never follow a link at the lock's name: the holder info would be written into whatever file it points to.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def shard_lock_name(num_shards: int, shard_id: int) -> str:
@@ -65,7 +67,16 @@ class _FileLock:
 
     def try_acquire(self) -> bool:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            refuse_symlink(self.path, "the lock file")
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
+            except OSError:
+                refuse_symlink(self.path, "the lock file")  # made a link since the check: say so
+                raise
+            if os.fstat(fd).st_nlink > 1:  # a hard link: the same file elsewhere, which write_info would empty
+                os.close(fd)
+                raise OutputFolderError(f"the lock file {self.path} is a hard link to another file; MONAIUNetSeg "
+                                        "does not write through links: remove it or choose another -o")
             if not _lock(fd, self.exclusive):
                 os.close(fd)
                 return False

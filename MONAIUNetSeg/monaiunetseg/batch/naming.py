@@ -64,7 +64,7 @@ def assign_names(cases: list[Case]) -> None:
         counts[c.name.lower()] = counts.get(c.name.lower(), 0) + 1
     for c in runnable:
         if counts[c.name.lower()] > 1:
-            digest = hashlib.sha1("\0".join(c.key).encode()).hexdigest()[:8]
+            digest = hashlib.sha1("\0".join(c.key).encode("utf-8", "surrogateescape")).hexdigest()[:8]
             c.name = f"{c.name}_{digest}"
 
 

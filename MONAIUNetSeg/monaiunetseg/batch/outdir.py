@@ -10,6 +10,7 @@ Software text; report: the report schema; run.json: the run record's), anything 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -17,6 +18,10 @@ from typing import Iterable
 from monaiunetseg import TOOL_NAME
 
 CHOOSE_ANOTHER = "choose another -o"
+# Every name a run writes at the top of the output folder: outputs (naming), reports and run records (per shard).
+_SHARD = r"(\.shard\d+of\d+)?"
+OUTPUT_NAME = re.compile(rf"^(report{_SHARD}\.(csv|json)|run{_SHARD}\.json|"
+                         r".+_(seg\.(nii\.gz|nrrd|mha|dcm)|prob\.(nii\.gz|nrrd|mha)|overlay\.png))$")
 
 
 class OutputFolderError(RuntimeError):
@@ -38,6 +43,20 @@ def check_out_dir(inputs: Iterable[str | os.PathLike], out_dir: Path) -> None:
         if real.is_file() and out == real.parent:
             raise ValueError(f"output folder {out_dir} is the folder of the input {p}; choose another output folder "
                              "so that results are not written next to the inputs")
+
+
+def is_output_name(name: str) -> bool:
+    """Whether a run may write a file of this name in the output folder (whose stale temporary files it may
+    therefore remove)."""
+    return OUTPUT_NAME.match(name) is not None
+
+
+def refuse_symlink(path: Path, what: str) -> None:
+    """Stop (exit code 2) when ``path`` is a symbolic link: writing through it would change a file outside the
+    output folder (a lock, a record, a result), so such a link is never followed."""
+    if os.path.islink(path):
+        raise OutputFolderError(f"{what} {path} is a symbolic link (to {os.readlink(path)}); MONAIUNetSeg does not "
+                                "write through links: remove the link or choose another -o")
 
 
 def prepare_out_dir(out_dir: Path) -> None:

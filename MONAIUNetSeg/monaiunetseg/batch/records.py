@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from monaiunetseg.batch.outdir import refuse_symlink
 from monaiunetseg.batch.report import CaseResult, read_csv_rows
-from monaiunetseg.files import write_text_atomic
+from monaiunetseg.files import printable, write_text_atomic
 
 STATE_DIR = ".monaiunetseg"
 
@@ -40,6 +41,12 @@ class CaseRecords:
         self.folder = out_dir / STATE_DIR / "records" / report_name
         self.run = time.time_ns() if run is None else run
         self._records: dict[Path, dict] = {}
+
+    def check_folders(self) -> None:
+        """Refuse a link anywhere on the way to the records: records would be written, and files removed,
+        wherever it points (outside the output folder)."""
+        for folder in (self.folder.parent.parent, self.folder.parent, self.folder):
+            refuse_symlink(folder, "the record folder")
 
     def _file(self, data: dict) -> Path:
         key = "\0".join([str(data.get("input") or ""), str(data.get("series_uid") or "")])
@@ -66,11 +73,12 @@ class CaseRecords:
         ``legacy_report``: a report written before records existed; its rows become records (once), so an
         upgrade loses no row.
         """
+        self.check_folders()
         if not self.folder.exists() and legacy_report is not None and legacy_report.is_file():
             for order, data in enumerate(read_csv_rows(legacy_report)):
                 self._write(data, run=0, order=order)
         self._records = self._load()
-        roots = [os.path.abspath(p) for p in inputs]
+        roots = [printable(os.path.abspath(p)) for p in inputs]  # as rows hold them
         for path, record in list(self._records.items()):
             if _within(str(record["row"].get("input") or ""), roots):
                 self._remove(path)

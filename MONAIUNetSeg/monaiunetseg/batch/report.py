@@ -19,7 +19,7 @@ from enum import Enum
 from pathlib import Path
 
 from monaiunetseg import TOOL_NAME, __version__
-from monaiunetseg.files import write_text_atomic
+from monaiunetseg.files import printable, write_text_atomic
 
 REPORT_NAME = "report.csv"
 
@@ -41,7 +41,7 @@ class Status(str, Enum):
 
 OK, FAILED, SKIPPED, PENDING = Status.OK, Status.FAILED, Status.SKIPPED, Status.PENDING
 REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "confidence", "review", "review_reasons", "seconds",
-                  "series_uid", "series_description", "dicom_seg", "overlay", "probabilities", "note"]
+                  "series_uid", "series_description", "dicom_seg", "overlay", "probabilities", "note", "model"]
 NUMERIC_COLUMNS = ("volume_ml", "confidence", "seconds")
 # The verdict's columns (``trust.assessment``), also kept in the labelmap's source record for resumed rows.
 VERDICT_COLUMNS = ("confidence", "review", "review_reasons")
@@ -68,20 +68,24 @@ class CaseResult:
     overlay: str = ""
     probabilities: str = ""
     note: str = ""
+    model: str = ""  # the model that made the labelmap: set name and key (``batch.model_key.describe``)
     timings: dict[str, float] = field(default_factory=dict)
 
     def line(self, name: str = "") -> str:
-        """One console line for the case: status, what it is, and the result or the reason."""
+        """One console line for the case: status, what it is, and the result or the reason (file-name bytes that
+        are no UTF-8 escaped, so that the line can be printed)."""
         if self.status == OK:
             done = "existing output kept" if self.seconds is None else f"{self.seconds:.1f} s"
             volume = "" if self.volume_ml is None else f"{self.volume_ml:.2f} mL, "
             flag = f" [REVIEW: {self.review_reasons}]" if self.review == "yes" else ""
-            return f"{'ok':8s}{name or self.input}: {volume}{done} -> {self.output}{flag}"
-        return f"{str(self.status).upper() if self.status == FAILED else str(self.status):8s}{self.error or self.input}"
+            return printable(f"{'ok':8s}{name or self.input}: {volume}{done} -> {self.output}{flag}")
+        status = str(self.status).upper() if self.status == FAILED else str(self.status)
+        return printable(f"{status:8s}{self.error or self.input}")
 
     def data(self) -> dict:
-        """The row's raw values (what ``report.json`` holds): text as it is, numbers or None."""
-        values = {c: getattr(self, c) for c in REPORT_COLUMNS}
+        """The row's raw values (what ``report.json`` holds): text as it is (but file-name bytes that are no UTF-8
+        as backslash escapes: one odd name must not stop the report), numbers or None."""
+        values = {c: printable(v) if isinstance(v, str) else v for c in REPORT_COLUMNS for v in [getattr(self, c)]}
         values["status"] = str(self.status)
         return values
 

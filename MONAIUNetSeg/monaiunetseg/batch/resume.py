@@ -23,6 +23,7 @@ from monaiunetseg.io.labelmap import grid_of, is_our_labelmap, read_labels, read
 
 KEPT = "existing output kept (--overwrite redoes it)"
 DIGEST_KEY = "sha256"
+MODEL_KEY = "model"  # the model that made the labelmap (``model_key.make_key``)
 FORMAT_NAMES = {"nifti": "NIfTI", "nrrd": "NRRD", "metaimage": "MetaImage", "itk": "an ITK image file"}
 
 
@@ -59,16 +60,18 @@ def content_digest(case: Case) -> str:
     return hashlib.sha256("\n".join(files).encode("ascii")).hexdigest()
 
 
-def source_record(case: Case, digest: str | None = None) -> dict[str, str]:
+def source_record(case: Case, digest: str | None = None, model: dict | None = None) -> dict:
     """What a labelmap records as its source: the input file's kind and resolved path, or the DICOM
     SeriesInstanceUID (with the series folder, for messages); with ``digest`` (:func:`content_digest`) the
-    content it was made from."""
+    content it was made from; with ``model`` (``model_key.key_of``) the model that made it."""
     if case.is_file:
         record = {"kind": case.kind, "input": os.path.realpath(case.source)}
     else:
         record = {"kind": "dicom", "series_uid": case.series_uid, "input": str(case.source)}
     if digest:
         record[DIGEST_KEY] = digest
+    if model:
+        record[MODEL_KEY] = model
     return record
 
 
@@ -86,11 +89,30 @@ def _describe_source(record: dict | None) -> str:
     return str(record.get("input"))
 
 
-def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> CaseResult | str:
+def model_label(model: dict | None) -> str:
+    """``fast (model 1a2b3c4d5e6f)``: a model key (``model_key.make_key``) as the report names it."""
+    return "" if not model else f"{model.get('name')} (model {str(model.get('sha256'))[:12]})"
+
+
+def _model_change(earlier: object, model: dict | None) -> str:
+    """Why an earlier labelmap is not this model's result ("" when it is, or when the model is unknown)."""
+    if model is None:
+        return ""
+    if not isinstance(earlier, dict) or not earlier.get("sha256"):
+        return "earlier output has no record of the model that made it (an older version wrote it): redone"
+    if earlier["sha256"] != model["sha256"]:
+        return (f"model changed since the earlier output (made by {model_label(earlier)}, now "
+                f"{model_label(model)}): redone")
+    return ""
+
+
+def existing_result(case: Case, paths: OutputPaths, options: BatchOptions,
+                    model: dict | None = None) -> CaseResult | str:
     """The row of a case finished by an earlier run (all requested outputs present, the labelmap recording
     this input, with the same content, as its source), a failed row when the labelmap's name is taken by the
     result of another input (never written over without ``--overwrite``), or else why the case has to be
-    (re)done: "" when there is no earlier output, else a note for the row."""
+    (re)done: "" when there is no earlier output, else a note for the row. ``model``: the key of this run's
+    model (``model_key.key_of``); an output of another model is redone, as one of another input content is."""
     if not os.path.lexists(paths.labelmap) or not is_our_labelmap(paths.labelmap):
         return ""  # nothing there, or a file the tool did not write (the run refuses to replace it)
     try:
@@ -121,6 +143,9 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
     if digest != record[DIGEST_KEY]:  # type: ignore[index]
         return (f"input changed since the earlier output (content SHA-256 {digest[:12]}..., was "
                 f"{str(record[DIGEST_KEY])[:12]}...): redone")  # type: ignore[index]
+    changed = _model_change(record.get(MODEL_KEY), model)  # type: ignore[union-attr]
+    if changed:
+        return changed
     try:
         _, affine = grid_of(paths.labelmap)
         labels = read_labels(paths.labelmap)
@@ -133,6 +158,7 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions) -> Ca
     res.overlay = str(paths.overlay) if paths.overlay.is_file() else ""
     res.probabilities = str(paths.probabilities) if options.save_probabilities else ""
     res.note = KEPT
+    res.model = model_label(record.get(MODEL_KEY))  # type: ignore[union-attr]
     try:  # the verdict as the run that made the labelmap recorded it
         res.confidence = float(record["confidence"])  # type: ignore[index]
         res.review, res.review_reasons = str(record.get("review", "")), str(record.get("review_reasons", ""))  # type: ignore[union-attr]

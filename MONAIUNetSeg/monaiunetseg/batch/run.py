@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from monaiunetseg.batch.case import (  # noqa: F401  (re-exported: segment_case, failure_result, read_volume)
     CaseStepError,
@@ -29,12 +29,14 @@ from monaiunetseg.batch.case import (  # noqa: F401  (re-exported: segment_case,
 from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.discover import discover_cases, shard
 from monaiunetseg.batch.lock import OutputLock
+from monaiunetseg.batch.model_key import key_of
 from monaiunetseg.batch.naming import OutputPaths, output_paths
 from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.outdir import (
     check_out_dir,
     folder_error,
     foreign_files,
+    is_output_name,
     prepare_out_dir,
     refuse_foreign,
 )
@@ -53,7 +55,7 @@ from monaiunetseg.batch.report import (
     write_report,
 )
 from monaiunetseg.batch.resume import base_result, existing_result
-from monaiunetseg.files import stale_parts
+from monaiunetseg.files import printable, stale_parts
 
 # A model whose output is NaN/infinite on each of its first cases is broken, not the cases: stop the batch.
 ABORT_AFTER_NON_FINITE = 3
@@ -102,7 +104,7 @@ class BatchResult:
 
     def summary(self) -> str:
         shard = f" (this shard of {self.n_cases_total})" if len(self.results) != self.n_cases_total else ""
-        return (f"segment: {len(self.results)} case(s){shard}: {self.count(OK)} ok ({self.n_existing} already done), "
+        return printable(f"segment: {len(self.results)} case(s){shard}: {self.count(OK)} ok ({self.n_existing} already done), "
                 f"{self.count(FAILED)} failed, {self.count(SKIPPED)} skipped in {self.seconds:.1f} s; report: {self.report}")
 
 
@@ -186,7 +188,8 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
     cases = shard(all_cases, options.num_shards, options.shard_id)
     report = report_path(out_dir, options.num_shards, options.shard_id)
     run_json = record_path(out_dir, options.num_shards, options.shard_id)
-    mine = None  # whose temporary files a killed run may have left: all of them, or only this shard's
+    CaseRecords(out_dir, report.name).check_folders()  # before any work: never write through a link
+    mine: Callable[[str], bool] | set[str] = is_output_name  # whose temporary files a killed run may have left: all of ours, or only this shard's
     if not whole_folder:
         mine = {report.name, json_path(report).name, run_json.name}
         mine |= {p.name for c in cases for p in dataclasses.astuple(output_paths(out_dir, c, options.output_format))}
@@ -196,6 +199,7 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
     if not options.overwrite:
         refuse_foreign(foreign + foreign_files([(run_json, "run_record")]))
     input_files = frozenset(os.path.realpath(c.source) for c in all_cases if c.is_file)
+    model = key_of(options, segmenter)  # resume keeps only this model's outputs
 
     results: list[CaseResult] = []
     todo: list[tuple[int, Case, OutputPaths, str]] = []
@@ -206,7 +210,7 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
             results.append(res)
             continue
         paths = output_paths(out_dir, case, options.output_format)
-        existing = "" if options.overwrite else existing_result(case, paths, options)
+        existing = "" if options.overwrite else existing_result(case, paths, options, model)
         if isinstance(existing, CaseResult):
             results.append(existing)
             continue
@@ -232,7 +236,7 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
         if res.status != PENDING:
             _show(res, case, options)
     try:
-        _segment_all(todo, results, book, segmenter, options, input_files)
+        _segment_all(todo, results, book, segmenter, options, input_files, model)
     finally:  # a batch stopped for a broken model is recorded too
         try:
             record.finish(cases, results, segmenter if todo else None)
@@ -248,7 +252,7 @@ def _show(result: CaseResult, case: Case, options: BatchOptions) -> None:
 
 
 def _segment_all(todo: list[tuple[int, Case, OutputPaths, str]], results: list[CaseResult], book: _Report,
-                 segmenter, options: BatchOptions, input_files: frozenset[str]) -> None:
+                 segmenter, options: BatchOptions, input_files: frozenset[str], model: dict | None) -> None:
     """Segment the ``todo`` cases in order, recording each; stop when the model itself is broken."""
     # The bar (stderr) only where it can redraw: disable=None lets tqdm turn it off when stderr is no terminal.
     bar = tqdm(todo, desc="segment", unit="case", disable=True if not options.progress or not todo else None)
@@ -257,7 +261,7 @@ def _segment_all(todo: list[tuple[int, Case, OutputPaths, str]], results: list[C
         bar.set_postfix_str(case.name[-40:])
         t0 = time.perf_counter()
         try:
-            res = segment_case(case, paths, segmenter, options, input_files)
+            res = segment_case(case, paths, segmenter, options, input_files, model)
             model_ok += 1
         except Exception as exc:  # a bad case never stops the batch
             res = failure_result(case, exc)

@@ -21,6 +21,7 @@ from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.cli import add_model_options, add_probability_option, add_strict_option, check_model_options
 from monaiunetseg.batch.discover import discover_cases
 from monaiunetseg.batch.lock import OutputLock
+from monaiunetseg.batch.model_key import key_of
 from monaiunetseg.batch.naming import OUTPUT_FORMATS, output_paths
 from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.outdir import check_out_dir, folder_error, foreign_files, prepare_out_dir, refuse_foreign
@@ -28,7 +29,7 @@ from monaiunetseg.batch.record import RunRecord, record_path
 from monaiunetseg.batch.report import FAILED, OK, SKIPPED, CaseResult
 from monaiunetseg.batch.resume import existing_result
 from monaiunetseg.batch.run import output_candidates
-from monaiunetseg.files import stale_parts, write_text_atomic
+from monaiunetseg.files import printable, stale_parts, write_text_atomic
 
 # The caller named one series: it is segmented whatever it shows (no FLAIR check; a series that is no volume is
 # still skipped). A folder holding several 3D series fails: which one was meant is not guessed.
@@ -101,7 +102,8 @@ def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -
     paths = output_paths(out_dir, case, options.output_format)
     for part in stale_parts(out_dir, [p.name for p, _ in output_candidates(paths, case, options)]):  # left by a killed run
         part.unlink()
-    existing = "" if options.overwrite else existing_result(case, paths, options)
+    model = key_of(options, segmenter)  # resume keeps only this model's outputs
+    existing = "" if options.overwrite else existing_result(case, paths, options, model)
     if isinstance(existing, CaseResult):
         return existing, None
     if not options.overwrite:
@@ -113,7 +115,7 @@ def _segment_held(case: Case, out_dir: Path, options: BatchOptions, segmenter) -
     input_files = frozenset([os.path.realpath(case.source)] if case.is_file else [])
     t0 = time.perf_counter()
     try:
-        result = segment_case(case, paths, segmenter, options, input_files)
+        result = segment_case(case, paths, segmenter, options, input_files, model)
     except Exception as exc:  # a bad case is a result, not a crash
         result = failure_result(case, exc)
         result.seconds = time.perf_counter() - t0
@@ -128,7 +130,43 @@ def result_json(result: CaseResult) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
+def _is_result_file(path: Path) -> bool:
+    """An empty file (made by the caller to reserve the name) or an earlier result of this command."""
+    if path.stat().st_size == 0:
+        return True
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"status", "input", "output", "error"} <= set(data)
+
+
+def check_result_path(result_json: str | os.PathLike, input_path: str | os.PathLike,
+                      out_dir: str | os.PathLike) -> None:
+    """Refuse (``ValueError``: exit code 2, nothing written) a ``--result-json`` that would replace something:
+    the input or a file among the inputs, a name of the output folder's own files, a link, or any existing file
+    that is no earlier result. Called before any work, since the result file is written even for a bad request."""
+    path = Path(os.path.abspath(result_json))
+    bad = f"--result-json {path}"
+    if os.path.islink(path):
+        raise ValueError(f"{bad} is a symbolic link (to {os.readlink(path)}); give the path of a plain file")
+    real, source = Path(os.path.realpath(path)), Path(os.path.realpath(input_path))
+    if real == source:
+        raise ValueError(f"{bad} is the input {input_path}: it would be replaced; give another result path")
+    if source.is_dir() and source in real.parents:
+        raise ValueError(f"{bad} is inside the input folder {input_path}; give a result path outside the inputs")
+    out = Path(os.path.realpath(out_dir))
+    ours = real.parent == out and (real.suffix != ".json" or real.name.startswith((".", "run", "report")))
+    if ours or (out / ".monaiunetseg") in real.parents:  # outputs, report, run record, lock; per-case records
+        raise ValueError(f"{bad} has the name of a file MONAIUNetSeg writes in the output folder {out_dir}; give "
+                         "another result path")
+    if os.path.lexists(path) and (not path.is_file() or not _is_result_file(path)):
+        raise ValueError(f"{bad} exists and is not a segment-case result file; it is left as it is: give another "
+                         "result path")
+
+
 def _segment_case(args: argparse.Namespace) -> int:
+    check_result_path(args.result_json, args.input, args.out_dir)  # before anything, even the failed-result file
     options = BatchOptions(device=args.device, overwrite=args.overwrite, bundle=args.bundle, weights=args.weights,
                            model=args.model, progress=False, output_format=args.output_format, wait=args.wait,
                            save_probabilities=args.save_probabilities, strict=args.strict)
@@ -143,14 +181,14 @@ def _segment_case(args: argparse.Namespace) -> int:
     if result.status == OK:
         flag = f"; REVIEW: {result.review_reasons}" if result.review == "yes" else ""
         conf = "" if result.confidence is None else f", confidence {result.confidence:.2f}"
-        print(f"segment-case: ok: {result.output} ({result.volume_ml:.1f} mL{conf}{flag}); "
-              f"result: {args.result_json}")
+        print(printable(f"segment-case: ok: {result.output} ({result.volume_ml:.1f} mL{conf}{flag}); "
+                        f"result: {args.result_json}"))
         return 0
     if result.status == SKIPPED:
-        print(f"segment-case: skipped: {result.error}; result: {args.result_json}")
+        print(printable(f"segment-case: skipped: {result.error}; result: {args.result_json}"))
         return 1
-    print(f"FAILED  {result.error}", file=sys.stderr)
-    print(f"segment-case: failed; result: {args.result_json}")
+    print(printable(f"FAILED  {result.error}"), file=sys.stderr)
+    print(printable(f"segment-case: failed; result: {args.result_json}"))
     return 1
 
 

@@ -28,11 +28,33 @@ def read_source_record(path: str | os.PathLike) -> dict | None:
     return nifti.read_source_record(path) if _is_nifti(path) else nrrd_mha.read_source_record(path)
 
 
-def is_our_labelmap(path: str | os.PathLike) -> bool:
-    """True for a labelmap this project wrote (any format)."""
+def _claims_ours(path: str | os.PathLike) -> bool:
+    """The header says this project wrote the file (description / field): what a copied header also says."""
     if _is_nifti(path):
         return nifti.is_our_labelmap(path)
     return nrrd_mha.image_format(path) is not None and nrrd_mha.is_our_labelmap(path)
+
+
+def has_output_content(values: np.ndarray) -> bool:
+    """Voxels as this project writes them: uint8 labels 0/1, or float32 probabilities in [0, 1]. A scan saved
+    with an output's header copied (``descrip`` and all) has neither: integer intensities or many float values."""
+    if values.dtype == np.uint8:
+        return int(values.max(initial=0)) <= 1
+    if values.dtype == np.float32:
+        return bool(np.isfinite(values).all()) and float(values.min(initial=0)) >= 0 and float(values.max(initial=0)) <= 1
+    return False
+
+
+def is_our_labelmap(path: str | os.PathLike) -> bool:
+    """True for a labelmap (or probability map) this project wrote, in any format: the header says so *and* the
+    voxels are what it writes (:func:`has_output_content`), so a real scan that carries a copied output header is
+    still a scan (segmented, never taken for an earlier output nor replaced as one)."""
+    if not _claims_ours(path):
+        return False
+    try:
+        return has_output_content(read_labels(path))
+    except Exception:  # unreadable: not known to be ours
+        return False
 
 
 def grid_of(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:

@@ -112,6 +112,21 @@ def _data_bytes_present(path: Path, needed: int) -> int:
     return got
 
 
+def check_offset(img: nib.Nifti1Image, path: Path, offset: int) -> None:
+    """Refuse a single-file NIfTI whose voxel data would start inside its own header (``vox_offset`` below
+    352 for NIfTI-1, 540 for NIfTI-2; the standard requires at least that): read from there, the header's bytes
+    become voxels and the image comes out shifted, yet looks fine."""
+    magic = bytes(np.asarray(img.header["magic"]).tobytes()).rstrip(b"\0")
+    if magic not in (b"n+1", b"n+2"):  # a .hdr/.img pair: the data file begins at its own offset
+        return
+    minimum = 352 if magic == b"n+1" else 540
+    if offset < minimum:
+        version = "NIfTI-1" if magic == b"n+1" else "NIfTI-2"
+        raise NiftiInputError(f"{path}: invalid header: vox_offset is {offset}, but a single-file {version} image "
+                              f"keeps its voxel data after its {minimum}-byte header (vox_offset >= {minimum}); "
+                              "the voxels would be read from the header: fix or re-save the file")
+
+
 def check_header(img: nib.Nifti1Image, path: Path) -> None:
     """Refuse, before any voxel is read, an image whose header asks for more voxels than the budget, holds
     complex values, or describes more data than the file holds (a truncated or forged file)."""
@@ -125,6 +140,7 @@ def check_header(img: nib.Nifti1Image, path: Path) -> None:
     if dtype.fields is not None or dtype.kind not in "biuf":
         raise NiftiInputError(f"{path}: voxel type {dtype} (e.g. RGB): expected a single real-valued channel")
     offset = int(getattr(img.dataobj, "offset", 0))  # the file's (the image's header copy has it reset)
+    check_offset(img, path, offset)
     needed = offset + int(np.prod(img.shape, dtype=np.int64)) * dtype.itemsize
     present = _data_bytes_present(path, needed)
     if present < needed:

@@ -8,6 +8,23 @@ class NonFiniteOutputError(RuntimeError):
     labelmap, i.e. a silent "nothing found", so the case fails instead; the message names the weights."""
 
 
+class InputRangeError(ValueError):
+    """The input's intensities are so large (e.g. float32 values near +-3e38) that its intensity scaling
+    overflows to NaN/infinity: the input's problem, not the model's (the batch fails the case and goes on, and
+    never counts it against the weights)."""
+
+
+def input_out_of_range(array) -> InputRangeError:
+    """The one wording of that failure, with the input's value range."""
+    import numpy as np
+
+    finite = np.asarray(array)[np.isfinite(array)]
+    span = f"{finite.min():.3g} to {finite.max():.3g}" if finite.size else "none finite"
+    return InputRangeError(f"the image's intensities ({span}) are so large that the intensity scaling overflows "
+                           "(NaN); no labelmap written: store the image with smaller values (e.g. rescaled to "
+                           "its scanner's range)")
+
+
 def non_finite_output(weights) -> NonFiniteOutputError:
     """The one wording of that failure, naming the weights (a path or a list of paths)."""
     names = ", ".join(map(str, weights)) if isinstance(weights, (list, tuple)) else str(weights)

@@ -9,6 +9,8 @@ or MONAI (``import monai`` alone takes 3.6-5 s) and without whole-volume float c
   bilinear per slice, ``align_corners=False``, after MONAI's anti-aliasing Gaussian when shrinking) are linear
   along each in-plane axis, so each axis is one small ``MODEL_GRID x n`` matrix (the zero padding is a column
   slice of it) applied to every slice;
+* a fill value (a background of -1e6 or -FLT_MAX written in place of 0: see :func:`fill_value`) replaced by the
+  lowest real intensity, per channel, before anything else (``transforms.ReplaceFillValued``);
 * the 1st/99th percentile scaling of the resized volume, per channel;
 * the inverse: the per-axis matrices of MONAI's inverse resize (bilinear, no anti-aliasing), cropped by the
   padding, then the inverse flip/transpose.
@@ -127,25 +129,70 @@ def _apply(x: np.ndarray, m0: np.ndarray | None, m1: np.ndarray | None) -> np.nd
     return np.ascontiguousarray(x)
 
 
+# A fill value: the minimum, held by at least this share of the voxels, and this many times the range of the other
+# voxels below the lowest of them. A normal scan's background (0, just below its tissue) is never one.
+FILL_MIN_SHARE = 0.01
+FILL_MIN_GAP = 10.0
+
+
+def fill_value(channel: np.ndarray, chunk: int = 16) -> tuple[float, float] | None:
+    """``(fill, replacement)`` when one channel ``(..., z)`` holds a fill value, else None.
+
+    Some exports write the background outside the head as -1e6 or -FLT_MAX instead of 0: the 1st percentile is
+    then the fill, the brain is squeezed into a sliver of the scaled range and the network finds nothing. Such a
+    fill is the minimum, shared by many voxels, and lies far below every other voxel; it is replaced by the lowest
+    other value (what the background would have been). Computed in slice chunks, so no copy of the volume is made.
+    """
+    lo = float(np.min(channel))
+    count, above_lo, hi, n = 0, np.inf, -np.inf, 0
+    for start in range(0, channel.shape[-1], chunk):
+        part = np.asarray(channel[..., start:start + chunk], dtype=np.float64)
+        at_lo = part == lo
+        count += int(np.count_nonzero(at_lo))
+        n += part.size
+        rest = part[~at_lo]
+        if rest.size:
+            above_lo, hi = min(above_lo, float(rest.min())), max(hi, float(rest.max()))
+    if not np.isfinite(above_lo) or hi <= above_lo or count < FILL_MIN_SHARE * n:
+        return None
+    if above_lo - lo <= FILL_MIN_GAP * (hi - above_lo):
+        return None
+    return lo, above_lo
+
+
+def replace_fill(chunk: np.ndarray, fills: list[tuple[float, float] | None]) -> np.ndarray:
+    """``(C, ...)`` ``chunk`` with each channel's fill value (:func:`fill_value`) replaced; as it is when none."""
+    if not any(fills):
+        return chunk
+    chunk = np.array(chunk, dtype=np.float32)
+    for c, fill in enumerate(fills):
+        if fill is not None:
+            channel = chunk[c]
+            channel[channel == np.float32(fill[0])] = np.float32(fill[1])
+    return chunk
+
+
 def scale_intensities(volume: np.ndarray) -> None:
     """In place, per channel of ``(D, C, H, W)``: the ``INTENSITY_PERCENTILES`` of the (resized) volume -> 0
     and 1, unclipped (``ScaleIntensityRangePercentiles(channel_wise=True)``; equal percentiles: shift only)."""
     for c in range(volume.shape[1]):
         channel = volume[:, c]
         lo, hi = np.percentile(channel, INTENSITY_PERCENTILES).astype(np.float32)
-        channel -= lo
-        if hi != lo:
-            channel /= hi - lo
+        with np.errstate(over="ignore", invalid="ignore"):  # values near +-FLT_MAX: the caller checks for NaN
+            channel -= lo
+            if hi != lo:
+                channel /= hi - lo
 
 
 def model_grid_volume(array: np.ndarray, plan: GridPlan, chunk: int = 16) -> np.ndarray:
     """The network's input volume ``(D, C, MODEL_GRID, MODEL_GRID)`` float32 of ``(C, x, y, z)`` ``array``
     (any real dtype), built ``chunk`` slices at a time so that no float copy of the input grid is made."""
+    fills = [fill_value(array[c]) for c in range(array.shape[0])]
     oriented = plan.orient(array)
     d = plan.n_slices
     out = np.empty((d, array.shape[0], MODEL_GRID, MODEL_GRID), dtype=np.float32)
     for start in range(0, d, chunk):
-        out[start:start + chunk] = plan.to_model(oriented[..., start:start + chunk])
+        out[start:start + chunk] = plan.to_model(replace_fill(oriented[..., start:start + chunk], fills))
     scale_intensities(out)
     return out
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from monaiunetseg.model.bundle import DEFAULT_MODEL, read_spec
 from monaiunetseg.model.fast_preprocess import GridPlan, model_grid_volume, neighbour_slices
-from monaiunetseg.model.errors import non_finite_output
+from monaiunetseg.model.errors import input_out_of_range, non_finite_output
 from monaiunetseg.model.postprocess import PostProcessing
 from monaiunetseg.trust.signals import PredictionStats
 
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     import torch
 
 BACKEND_ENV = "MONAIUNETSEG_BACKEND"  # auto (default), onnx or torch
+# Scaled intensities put the 1st/99th percentiles at 0/1; an input beyond this many times that range makes a
+# network's NaN the input's doing, not the weights'.
+SCALED_LIMIT = 1e6
 log = logging.getLogger(__name__)
 
 
@@ -178,6 +181,8 @@ class Segmenter:
             raise ValueError("image contains NaN or infinite voxels")
         plan = GridPlan.of(array.shape[1:], affine)
         volume = model_grid_volume(array, plan)
+        if not np.isfinite(volume).all():  # the scaling overflowed: the network would give NaN, blamed on it
+            raise input_out_of_range(array)
         t1 = time.perf_counter()
         model = invert = 0.0
         step, context = self.runner.batch_size, self.spec.context
@@ -187,6 +192,8 @@ class Segmenter:
             ta = time.perf_counter()
             prob, members = self.runner.run(neighbour_slices(volume, start, stop, context), self.flip_tta)
             if not np.isfinite(prob).all():  # thresholding NaN gives an empty labelmap: a silent "nothing found"
+                if np.abs(volume).max() > SCALED_LIMIT:  # finite, but no network is meant for such inputs
+                    raise input_out_of_range(array)
                 raise non_finite_output(self.weights)
             stats.update(members)
             tb = time.perf_counter()

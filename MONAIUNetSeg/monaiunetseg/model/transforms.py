@@ -25,6 +25,25 @@ from monai.transforms import (
 from monai.transforms.inverse import InvertibleTransform
 
 from monaiunetseg.geometry import INTENSITY_PERCENTILES, MODEL_AXCODES, MODEL_GRID, RAS_LABELS  # noqa: F401
+from monaiunetseg.model.fast_preprocess import fill_value, replace_fill
+
+
+class ReplaceFillValued(MapTransform):
+    """Per channel, a fill value (a background of -1e6 or -FLT_MAX in place of 0) -> the lowest real intensity,
+    before anything else: otherwise the percentile scaling collapses and nothing is found. The rule is
+    ``fast_preprocess.fill_value``'s (the inference path's); a normal scan passes unchanged."""
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            values = d[key].as_tensor() if isinstance(d[key], MetaTensor) else d[key]
+            array = values.detach().cpu().numpy()  # (C, ...): the rule runs on numpy, as in inference
+            fills = [fill_value(array[c]) for c in range(array.shape[0])]
+            if any(fills):  # a copy (metadata kept): the caller's tensor is left as it is
+                replaced = d[key].clone()
+                replaced.copy_(torch.from_numpy(replace_fill(array, fills)))
+                d[key] = replaced
+        return d
 
 
 class PadToSquareInPlaned(MapTransform, InvertibleTransform):
@@ -97,7 +116,8 @@ class SlicesToChannelsd(MapTransform):
 
 
 def preprocessing(image_keys: Sequence[str] = ("image",), label_keys: Sequence[str] = ()) -> Compose:
-    """Orientation -> square in-plane FOV -> ``MODEL_GRID`` x ``MODEL_GRID`` -> percentile intensity scaling.
+    """Fill value replaced -> orientation -> square in-plane FOV -> ``MODEL_GRID`` x ``MODEL_GRID`` -> percentile
+    intensity scaling.
 
     Inputs are channel-first MetaTensors with an affine (what ``LoadImaged`` + ``EnsureChannelFirstd`` give).
     Slices along the third spatial axis are kept as they are: the model is slice-wise 2D.
@@ -107,6 +127,7 @@ def preprocessing(image_keys: Sequence[str] = ("image",), label_keys: Sequence[s
     modes = ["bilinear"] * len(image_keys) + ["nearest"] * len(label_keys)
     return Compose(
         [
+            ReplaceFillValued(keys=image_keys),
             Orientationd(keys=keys, axcodes=MODEL_AXCODES, labels=RAS_LABELS),
             PadToSquareInPlaned(keys=keys),
             Resized(

@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     # 2: the network and inference; and the scores of a segmentation, which use the model's post-processing
     "monaiunetseg.model": 2,
     "monaiunetseg.metrics": 2,
+    "monaiunetseg.measure": 2,  # measurements of a labelmap and their change (reads files with io)
     # 3: pictures (evaluation panels, overlays, summary figures)
     "monaiunetseg.visual": 3,
     # 4: the jobs built on the above

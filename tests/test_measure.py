@@ -276,3 +276,35 @@ def test_growth_without_dates_has_no_velocity():
         import datetime
 
         growth(row, row, (datetime.date(2021, 1, 1), datetime.date(2020, 1, 1)))
+
+
+def write_seg(labels: np.ndarray, affine: np.ndarray, folder: Path, study_date: str) -> Path:
+    """A DICOM SEG of ``labels`` over a synthetic MR series on the grid ``affine`` (axial, so S orders the slices)."""
+    import pydicom
+
+    from dicom_factory import write_series
+    from monaiunetseg.io.dicom_seg import write_dicom_seg
+
+    series = write_series(np.full(labels.shape, 100.0), affine, folder / "mr")
+    datasets = sorted((pydicom.dcmread(p) for p in series["paths"]), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    for ds in datasets:
+        ds.StudyDate = study_date
+    return write_dicom_seg(labels.astype(np.uint8), datasets, folder / "seg.dcm")
+
+
+def test_dicom_seg_labelmaps_measure_like_nifti_and_give_growth_their_study_dates(tmp_path: Path):
+    from monaiunetseg.measure.report import growth_files, measure_files
+
+    shape = (31, 31, 21)
+    affine = grid_affine((0.9, 0.9, 2.0), shape)
+    small, large = ellipsoid(shape, affine, (8, 6, 8)), ellipsoid(shape, affine, (10, 8, 10))
+    seg0 = write_seg(small, affine, tmp_path / "t0", "20200101")
+    seg1 = write_seg(large, affine, tmp_path / "t1", "20210101")
+    (row,) = measure_files([seg0])
+    expected = measure_labelmap(small, affine)
+    for column in ("volume_ml", "max_diameter_mm", "axial_longest_mm", "axial_perpendicular_mm", "centroid_r",
+                   "centroid_a", "centroid_s"):
+        assert row[column] == pytest.approx(expected[column], abs=1e-4), column
+    change = growth_files(seg0, seg1)
+    assert change["interval_days"] == 366 and change["baseline_date"] == "2020-01-01"
+    assert change["mtd_velocity_mm_per_year"] > 0 and change["rano_lgg_category"] == "progressive disease"

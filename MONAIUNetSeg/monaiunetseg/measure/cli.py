@@ -6,10 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+# At the top, so that a missing package (nibabel, scipy) is named when the command is registered (``cli.py``).
+from monaiunetseg.measure.growth import parse_date, summary_line
+from monaiunetseg.measure.report import (growth_files, measure_files, summary, write_growth_json, write_measure_csv,
+                                         write_measure_json)
+
 
 def _measure(args: argparse.Namespace) -> int:
-    from monaiunetseg.measure.report import measure_files, summary, write_measure_csv, write_measure_json
-
     rows = measure_files(args.labelmaps, args.image)
     for row in rows:
         print(summary(row), file=sys.stderr if row.get("error") else sys.stdout)
@@ -21,9 +24,6 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _growth(args: argparse.Namespace) -> int:
-    from monaiunetseg.measure.growth import parse_date, summary_line
-    from monaiunetseg.measure.report import growth_files, write_growth_json
-
     dates = None if not args.dates else (parse_date(args.dates[0]), parse_date(args.dates[1]))
     change = growth_files(args.baseline, args.followup, dates)
     print(summary_line(change))

@@ -6,12 +6,14 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from monaiunetseg.cli import main
 from monaiunetseg.measure.growth import growth, rano_lgg_category
+from monaiunetseg.measure.shape import COLUMNS as SHAPE_COLUMNS
 from monaiunetseg.measure.shape import axial_axis, farthest_pair, measure_labelmap
 
 from conftest import SAMPLE_FLAIR, SAMPLE_LABEL
@@ -308,3 +310,86 @@ def test_dicom_seg_labelmaps_measure_like_nifti_and_give_growth_their_study_date
     change = growth_files(seg0, seg1)
     assert change["interval_days"] == 366 and change["baseline_date"] == "2020-01-01"
     assert change["mtd_velocity_mm_per_year"] > 0 and change["rano_lgg_category"] == "progressive disease"
+
+
+class EllipsoidSegmenter:
+    """Stand-in for the model: a fixed lesion, so that segment's measurement columns have known values."""
+
+    def __init__(self, centre=(-10.0, 5.0, 0.0)) -> None:
+        self.centre = centre
+        self.timings = SimpleNamespace(preprocess=0.0, model=0.0, postprocess=0.0)
+
+    def segment(self, array, affine):
+        return ellipsoid(array.shape, affine, (9, 6, 5), rotation("z", 20), centre=self.centre).astype(np.uint8)
+
+
+@pytest.fixture
+def head_scan(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A synthetic head (bright ellipsoid centred 6 mm right of x = 0), as NIfTI."""
+    import nibabel as nib
+
+    shape = (61, 61, 31)
+    affine = grid_affine((1.0, 1.0, 2.0), shape)
+    head = ellipsoid(shape, affine, (25, 28, 25), centre=(6, 0, 0)).astype(np.int16) * 400 + 10
+    path = tmp_path / "in" / "head.nii.gz"
+    path.parent.mkdir()
+    nib.Nifti1Image(head, affine).to_filename(path)
+    return path, head, affine
+
+
+def test_segment_measure_fills_the_report_columns_for_new_and_kept_results(head_scan, tmp_path: Path):
+    from monaiunetseg.batch.options import BatchOptions
+    from monaiunetseg.batch.report import INTEGER_COLUMNS, MEASURE_COLUMNS, REPORT_COLUMNS
+    from monaiunetseg.batch.run import run_batch
+
+    path, head, affine = head_scan
+    assert MEASURE_COLUMNS == [c for c in SHAPE_COLUMNS if c not in ("lesion", "volume_ml")]
+    assert REPORT_COLUMNS[-len(MEASURE_COLUMNS):] == MEASURE_COLUMNS  # new columns at the end
+    segmenter = EllipsoidSegmenter()
+    expected = measure_labelmap(segmenter.segment(head, affine), affine, image=(head, affine))
+    assert expected["side"] == "left" and expected["midline_r"] == pytest.approx(6, abs=0.6)
+    out = tmp_path / "out"
+    for attempt in ("new", "kept"):
+        (res,) = run_batch([path], out, BatchOptions(progress=False, measure=True), segmenter=segmenter).results
+        assert res.status == "ok" and (res.seconds is None) == (attempt == "kept")
+        with open(out / "report.csv", newline="") as fh:
+            (row,) = list(csv.DictReader(fh))
+        raw = json.loads((out / "report.json").read_text())["rows"][0]
+        for column in MEASURE_COLUMNS:
+            if column == "side":
+                assert row[column] == raw[column] == "left"
+            elif column in INTEGER_COLUMNS:
+                assert row[column] == str(expected[column]) and raw[column] == expected[column], column
+            else:
+                assert float(row[column]) == pytest.approx(expected[column], abs=1e-3), column
+                assert raw[column] == pytest.approx(expected[column]), column
+    (res,) = run_batch([path], tmp_path / "plain", BatchOptions(progress=False), segmenter=segmenter).results
+    with open(tmp_path / "plain" / "report.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["volume_ml"] != "" and all(row[c] == "" for c in MEASURE_COLUMNS)  # costly: only when asked
+
+
+def test_segment_case_json_carries_the_measurements(head_scan, tmp_path: Path):
+    from monaiunetseg.batch.options import BatchOptions
+    from monaiunetseg.batch.single import result_json, segment_single
+
+    path, head, affine = head_scan
+    result = segment_single(path, tmp_path / "out", BatchOptions(progress=False, measure=True),
+                            segmenter=EllipsoidSegmenter())
+    data = json.loads(result_json(result))
+    expected = measure_labelmap(EllipsoidSegmenter().segment(head, affine), affine, image=(head, affine))
+    assert data["status"] == "ok" and data["components"] == 1 and data["side"] == "left"
+    assert data["max_diameter_mm"] == pytest.approx(expected["max_diameter_mm"])
+    assert data["bidimensional_mm2"] == pytest.approx(expected["bidimensional_mm2"])
+
+
+def test_a_report_of_an_earlier_version_is_not_foreign(tmp_path: Path):
+    from monaiunetseg.batch.report import REPORT_COLUMNS, foreign_reports
+
+    report = tmp_path / "report.csv"
+    report.write_text(",".join(REPORT_COLUMNS[:12]) + "\n")  # before the measurement columns
+    assert foreign_reports(report) == []
+    report.write_text(",".join(REPORT_COLUMNS[:4]) + "\n")
+    assert foreign_reports(report) == [report]
+    report.write_text("input,output,status,error,something,else\n")
+    assert foreign_reports(report) == [report]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from monaiunetseg.batch.options import BatchOptions
+from monaiunetseg.batch.report import REPORT_COLUMNS
 from monaiunetseg.batch.run import run_batch
 from monaiunetseg.cli import main as cli_main
 
@@ -181,12 +182,10 @@ def test_full_disk_report_is_an_exit_2_error_and_a_failed_late_step_leaves_no_ou
     proc = private_tmpfs(out, "size=48k", f"{run} --overlay >/dev/null; echo rc=$?; ls -A '{out}'; cat '{out}/report.csv'")
     lines = proc.stdout.splitlines()
     assert lines[0] == "rc=1", (proc.stdout, proc.stderr)
-    (row,) = csv.DictReader(lines[lines.index("input,output,status,error,volume_ml,seconds,series_uid,"
-                                              "series_description,dicom_seg,overlay,probabilities,note"):])
+    (row,) = csv.DictReader(lines[lines.index(",".join(REPORT_COLUMNS)):])
     assert row["status"] == "failed" and row["output"] == "" and row["overlay"] == ""
     assert row["error"].startswith(f"{scan}: overlay: OSError: [Errno 28] No space left on device"), row["error"]
-    assert set(lines[1:lines.index("input,output,status,error,volume_ml,seconds,series_uid,series_description,"
-                                   "dicom_seg,overlay,probabilities,note")]) == {".monaiunetseg", "report.csv", "report.json", "run.json"}
+    assert set(lines[1:lines.index(",".join(REPORT_COLUMNS))]) == {".monaiunetseg", "report.csv", "report.json", "run.json"}
 
 
 def test_temporary_files_of_a_killed_run_are_removed(scans, segmenter, tmp_path: Path):

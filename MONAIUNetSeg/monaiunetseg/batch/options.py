@@ -25,3 +25,4 @@ class BatchOptions:
     output_format: str = "same"  # labelmap format: same (as the input; NIfTI for DICOM), nifti, nrrd or mha
     wait: bool = False  # wait for another run holding the output folder instead of stopping
     save_probabilities: bool = False  # also write <name>_prob.*: the (averaged) foreground probability, float32
+    measure: bool = False  # fill the report's measurement columns (diameters, centroid, side: measure.shape)

@@ -40,9 +40,17 @@ class Status(str, Enum):
 
 
 OK, FAILED, SKIPPED, PENDING = Status.OK, Status.FAILED, Status.SKIPPED, Status.PENDING
+# The finding's measurements (``segment --measure``; defined in ``measure.shape``, whose columns they are but for
+# ``lesion`` and ``volume_ml``); empty without the flag.
+MEASURE_COLUMNS = ["components", "max_diameter_mm", "axial_longest_mm", "axial_perpendicular_mm", "bidimensional_mm2",
+                   "axial_slice", "sum_products_mm2", "mean_tumour_diameter_mm", "centroid_r", "centroid_a",
+                   "centroid_s", "side", "midline_r", "axial_axis", "axial_tilt_deg"]
 REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "seconds", "series_uid", "series_description",
-                  "dicom_seg", "overlay", "probabilities", "note"]
-NUMERIC_COLUMNS = ("volume_ml", "seconds")
+                  "dicom_seg", "overlay", "probabilities", "note", *MEASURE_COLUMNS]
+INTEGER_COLUMNS = ("components", "axial_slice", "axial_axis")
+NUMERIC_COLUMNS = ("volume_ml", "seconds", *(c for c in MEASURE_COLUMNS if c != "side"))
+# A report.csv whose header is the first columns of REPORT_COLUMNS, at least these, was written by an earlier version.
+EARLIEST_COLUMNS = 12
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -63,6 +71,21 @@ class CaseResult:
     overlay: str = ""
     probabilities: str = ""
     note: str = ""
+    components: int | None = None
+    max_diameter_mm: float | None = None
+    axial_longest_mm: float | None = None
+    axial_perpendicular_mm: float | None = None
+    bidimensional_mm2: float | None = None
+    axial_slice: int | None = None
+    sum_products_mm2: float | None = None
+    mean_tumour_diameter_mm: float | None = None
+    centroid_r: float | None = None
+    centroid_a: float | None = None
+    centroid_s: float | None = None
+    side: str = ""
+    midline_r: float | None = None
+    axial_axis: int | None = None
+    axial_tilt_deg: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def line(self, name: str = "") -> str:
@@ -72,6 +95,12 @@ class CaseResult:
             volume = "" if self.volume_ml is None else f"{self.volume_ml:.2f} mL, "
             return f"{'ok':8s}{name or self.input}: {volume}{done} -> {self.output}"
         return f"{str(self.status).upper() if self.status == FAILED else str(self.status):8s}{self.error or self.input}"
+
+    def add_measurements(self, measured: dict) -> None:
+        """Fill the measurement columns from a ``measure.shape.measure_labelmap`` row."""
+        for c in MEASURE_COLUMNS:
+            setattr(self, c, measured.get(c))
+        self.side = measured.get("side") or ""
 
     def data(self) -> dict:
         """The row's raw values (what ``report.json`` holds): text as it is, numbers or None."""
@@ -89,7 +118,7 @@ class CaseResult:
                 continue
             if c in NUMERIC_COLUMNS:
                 try:
-                    value = float(value)
+                    value = int(float(value)) if c in INTEGER_COLUMNS else float(value)
                 except (TypeError, ValueError):
                     continue
             elif c == "status":
@@ -110,13 +139,17 @@ def csv_text(value: str) -> str:
     return "'" + text if text.startswith(FORMULA_START) else text
 
 
+def _number(column: str, value) -> str:
+    return str(int(value)) if column in INTEGER_COLUMNS else f"{float(value):.3f}"
+
+
 def csv_row(data: dict) -> dict[str, str]:
     """Raw row values (see :meth:`CaseResult.data`) as CSV cells: numbers with 3 decimals, text made safe."""
     row = {}
     for c in REPORT_COLUMNS:
         value = data.get(c)
         if c in NUMERIC_COLUMNS:
-            row[c] = "" if value is None or value == "" else f"{float(value):.3f}"
+            row[c] = "" if value is None or value == "" else _number(c, value)
         else:
             row[c] = csv_text("" if value is None else value)
     return row
@@ -153,7 +186,8 @@ def read_csv_rows(path: Path) -> list[dict]:
 
 def foreign_reports(path: Path) -> list[Path]:
     """The report files at ``path`` (CSV) and its JSON twin that exist but were not written by this tool: a CSV
-    whose header is not the report's, a JSON that is not a report of ``TOOL_NAME``."""
+    whose header is not the report's (nor an earlier version's: its first columns), a JSON that is not a report of
+    ``TOOL_NAME``."""
     found = []
     if path.exists():
         try:
@@ -161,7 +195,7 @@ def foreign_reports(path: Path) -> list[Path]:
                 header = next(csv.reader(fh), None)
         except (OSError, UnicodeDecodeError, csv.Error):
             header = None
-        if header != REPORT_COLUMNS:
+        if not (header and len(header) >= EARLIEST_COLUMNS and header == REPORT_COLUMNS[:len(header)]):
             found.append(path)
     twin = json_path(path)
     if twin.exists():

@@ -67,7 +67,7 @@ def add_measure_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measure", action="store_true",
                    help="also fill the report's measurement columns: components, 3D and axial diameters, "
                         "bidimensional product, mean tumour diameter, centroid and side (as 'monaiunetseg "
-                        "measure'; about 0.3 s per case)")
+                        "measure'; about 0.2 s for the sample)")
 
 
 def add_probability_option(p: argparse.ArgumentParser) -> None:

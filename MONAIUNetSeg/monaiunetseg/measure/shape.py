@@ -76,23 +76,32 @@ def _independent_coordinates(points: np.ndarray) -> np.ndarray:
     return centred @ vt[:rank].T
 
 
+def _hull_vertices(points: np.ndarray) -> np.ndarray | None:
+    """Indices of the convex hull's vertices; None for a set without a full-dimensional hull."""
+    if len(points) <= points.shape[1] + 1:
+        return np.arange(len(points))
+    try:
+        return ConvexHull(points).vertices
+    except QhullError:
+        return None
+
+
 def farthest_pair(points: np.ndarray) -> tuple[int, int, float]:
     """Indices of the two points farthest apart and their distance (among convex hull vertices: fast)."""
-    n = len(points)
-    if n < 2:
+    points = np.asarray(points, dtype=float)
+    if len(points) < 2:
         return 0, 0, 0.0
-    coords = _independent_coordinates(np.asarray(points, dtype=float))
-    if coords.shape[1] == 0:
-        return 0, 0, 0.0
-    if coords.shape[1] == 1:
-        i, j = int(np.argmin(coords[:, 0])), int(np.argmax(coords[:, 0]))
-        return i, j, float(coords[j, 0] - coords[i, 0])
-    candidates = np.arange(n)
-    if n > coords.shape[1] + 1:
-        try:
-            candidates = ConvexHull(coords).vertices
-        except QhullError:  # nearly flat beyond the rank tolerance: every point stays a candidate
-            pass
+    coords, candidates = points, _hull_vertices(points)
+    if candidates is None:  # flat or straight: measure in the subspace the points span
+        coords = _independent_coordinates(points)
+        if coords.shape[1] == 0:
+            return 0, 0, 0.0
+        if coords.shape[1] == 1:
+            i, j = int(np.argmin(coords[:, 0])), int(np.argmax(coords[:, 0]))
+            return i, j, float(coords[j, 0] - coords[i, 0])
+        candidates = _hull_vertices(coords)
+        if candidates is None:  # nearly flat beyond the rank tolerance: every point stays a candidate
+            candidates = np.arange(len(points))
     p = coords[candidates]
     best = (0, 0, -1.0)
     for start in range(0, len(p), _PAIR_CHUNK):
@@ -101,6 +110,13 @@ def farthest_pair(points: np.ndarray) -> tuple[int, int, float]:
         if d2[i, j] > best[2]:
             best = (int(candidates[start + i]), int(candidates[j]), float(d2[i, j]))
     return best[0], best[1], math.sqrt(best[2])
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    """The voxels of ``mask`` with a face neighbour outside it (or on the grid's edge): the only ones that can be
+    vertices of the convex hull of voxel centres (any other is the midpoint of two neighbours), so distances
+    between the farthest voxels need only these."""
+    return mask & ~ndimage.binary_erosion(mask)
 
 
 def _plane_frame(affine: np.ndarray, axis: int) -> tuple[tuple[int, int], np.ndarray]:
@@ -116,7 +132,7 @@ def _plane_frame(affine: np.ndarray, axis: int) -> tuple[tuple[int, int], np.nda
 def slice_diameters(mask2d: np.ndarray, to_mm: np.ndarray) -> tuple[float, float]:
     """(longest, perpendicular) in mm of the lesion voxels of one slice; ``to_mm`` maps the slice's two voxel
     indices to in-plane mm (see the module docstring for the definitions)."""
-    idx = np.argwhere(mask2d)
+    idx = np.argwhere(surface(mask2d))
     if len(idx) < 2:
         return 0.0, 0.0
     pts = idx @ to_mm.T
@@ -159,14 +175,14 @@ def axial_diameters(mask: np.ndarray, affine: np.ndarray) -> dict:
     bounds = []
     for k in slices:
         plane = np.take(mask, k, axis=axis)
-        pts = np.argwhere(plane) @ to_mm.T
+        pts = np.argwhere(surface(plane)) @ to_mm.T
         i, j, longest = farthest_pair(pts)
         width = 0.0
         if longest > 0:
             u = (pts[j] - pts[i]) / longest
             across = pts @ np.array([-u[1], u[0]])
             width = float(across.max() - across.min())
-        bounds.append((longest * width, int(k), len(pts)))
+        bounds.append((longest * width, int(k), int(np.count_nonzero(plane))))
     # Ties (a lesion with equal cross-sections) go to the larger area, then to the slice nearest the lesion's
     # centre: the same slice whichever way the volume is stored.
     centre = float(np.average(slices, weights=[b[2] for b in bounds]))
@@ -213,19 +229,22 @@ def _measure(mask: np.ndarray, affine: np.ndarray, midline: float, box: tuple[sl
     """The columns of one mask (a lesion, or all of them) apart from ``lesion``, ``components`` and
     ``sum_products_mm2``. ``mask`` and ``affine`` are its crop to ``box``, its bounding box in the labelmap, from
     whose start ``axial_slice`` is counted."""
-    idx = np.argwhere(mask)
-    volume_ml = len(idx) * voxel_volume_ml(affine)
+    count = int(np.count_nonzero(mask))
+    volume_ml = count * voxel_volume_ml(affine)
     row = {"volume_ml": volume_ml, "max_diameter_mm": 0.0,
            "mean_tumour_diameter_mm": (2.0 * volume_ml * 1000.0) ** (1.0 / 3.0),
            "centroid_r": None, "centroid_a": None, "centroid_s": None, "side": "", "midline_r": midline}
     row.update(axial_diameters(mask, affine))
     if row["axial_slice"] is not None:
         row["axial_slice"] += box[row["axial_axis"]].start
-    if len(idx):
-        world = idx @ affine[:3, :3].T + affine[:3, 3]
-        row["max_diameter_mm"] = farthest_pair(world)[2]
-        row["centroid_r"], row["centroid_a"], row["centroid_s"] = (float(c) for c in world.mean(axis=0))
-        row["side"] = _side(world[:, 0], midline)
+    if count:
+        edge = np.argwhere(surface(mask))
+        row["max_diameter_mm"] = farthest_pair(edge @ affine[:3, :3].T)[2]
+        idx = np.nonzero(mask)
+        centre = affine[:3, :3] @ [float(i.mean()) for i in idx] + affine[:3, 3]
+        row["centroid_r"], row["centroid_a"], row["centroid_s"] = (float(c) for c in centre)
+        r = sum(affine[0, axis] * i for axis, i in enumerate(idx)) + affine[0, 3]  # each voxel's R coordinate
+        row["side"] = _side(r, midline)
     return row
 
 
@@ -260,9 +279,12 @@ def measure_labelmap(mask: np.ndarray, affine: np.ndarray, image=None) -> dict:
                   **_measure(components[box] == label, _crop(affine, box), midline, box)}
         lesion["sum_products_mm2"] = lesion["bidimensional_mm2"]
         lesions.append(lesion)
-    box = ndimage.find_objects(mask.astype(np.int8))
-    box = box[0] if box else tuple(slice(0, 0) for _ in range(3))
-    row = {"lesion": 0, "components": n, **_measure(mask[box], _crop(affine, box), midline, box)}
+    if n == 1:  # the labelmap is its one lesion
+        row = {**lesions[0], "lesion": 0}
+    else:
+        box = ndimage.find_objects(mask.astype(np.int8))
+        box = box[0] if box else tuple(slice(0, 0) for _ in range(3))
+        row = {"lesion": 0, "components": n, **_measure(mask[box], _crop(affine, box), midline, box)}
     row["sum_products_mm2"] = float(sum(lesion["bidimensional_mm2"] for lesion in lesions))
     row = {c: row[c] for c in COLUMNS}
     row["lesions"] = [{c: lesion[c] for c in COLUMNS} for lesion in lesions]

@@ -416,3 +416,33 @@ def test_diameters_match_brute_force_on_irregular_blobs():
         labels, n = ndimage.label(blob, structure=np.ones((3, 3, 3)))
         brute = [pdist(np.argwhere(labels == i) @ affine[:3, :3].T).max(initial=0.0) for i in range(1, n + 1)]
         assert sorted(lesion["max_diameter_mm"] for lesion in row["lesions"]) == pytest.approx(sorted(brute))
+
+
+def test_growth_of_scans_segments_them_first(head_scan, tmp_path: Path):
+    from monaiunetseg.measure.report import growth_files
+
+    path, head, affine = head_scan
+
+    class Growing(EllipsoidSegmenter):
+        def __init__(self):
+            super().__init__()
+            self.scale = 1.0
+
+        def segment(self, array, affine):
+            self.scale += 0.2  # the second scan's lesion: 1.4 / 1.2 of the first's in every direction
+            return ellipsoid(array.shape, affine, (9 * self.scale, 6 * self.scale, 5 * self.scale),
+                             centre=self.centre).astype(np.uint8)
+
+    change = growth_files(path, path, segmenter=Growing())
+    assert change["followup_volume_ml"] > change["baseline_volume_ml"] > 0
+    assert change["rano_lgg_category"] == "progressive disease" and change["mtd_velocity_mm_per_year"] is None
+    assert change["baseline"]["side"] == "left" and change["baseline"]["midline_r"] == pytest.approx(6, abs=0.6)
+
+
+def test_growth_cli_on_the_bundled_scan_with_the_shipped_model(tmp_path: Path, capsys):
+    assert main(["growth", str(SAMPLE_FLAIR), str(SAMPLE_FLAIR), "--images", "--device", "cpu",
+                 "--dates", "2020-01-01", "2020-07-01", "--json", str(tmp_path / "g.json")]) == 0
+    change = json.loads((tmp_path / "g.json").read_text())
+    assert change["baseline_volume_ml"] > 10 and change["volume_change_ml"] == 0
+    assert change["mtd_velocity_mm_per_year"] == 0 and change["rano_lgg_category"] == "stable disease"
+    assert "stable disease" in capsys.readouterr().out

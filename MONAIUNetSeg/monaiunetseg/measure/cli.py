@@ -25,7 +25,12 @@ def _measure(args: argparse.Namespace) -> int:
 
 def _growth(args: argparse.Namespace) -> int:
     dates = None if not args.dates else (parse_date(args.dates[0]), parse_date(args.dates[1]))
-    change = growth_files(args.baseline, args.followup, dates)
+    segmenter = None
+    if args.images:
+        from monaiunetseg.model.predictor import Segmenter
+
+        segmenter = Segmenter(device=args.device)
+    change = growth_files(args.baseline, args.followup, dates, segmenter=segmenter)
     print(summary_line(change))
     if args.json:
         write_growth_json(change, args.json)
@@ -64,8 +69,12 @@ def add_growth_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                     "diameter and its velocity (mm/year), change of the sum of bidimensional products (%) and the "
                     "RANO-LGG category that change alone gives. Research use only: RANO-LGG also needs clinical "
                     "data and imaging beyond this.")
-    p.add_argument("baseline", type=Path, help="labelmap of the first time point")
-    p.add_argument("followup", type=Path, help="labelmap of the later time point")
+    p.add_argument("baseline", type=Path, help="labelmap (or with --images, scan) of the first time point")
+    p.add_argument("followup", type=Path, help="labelmap (or with --images, scan) of the later time point")
+    p.add_argument("--images", action="store_true",
+                   help="BASELINE and FOLLOWUP are FLAIR scans (NIfTI, NRRD, MetaImage): segment them with the "
+                        "shipped model first (side then against each scan's head midline)")
+    p.add_argument("--device", default="auto", help="with --images: auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--dates", nargs=2, metavar=("D1", "D2"),
                    help="scan dates YYYY-MM-DD (default: the StudyDates of DICOM SEG labelmaps; none: no velocity)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the change and both measurements to FILE")

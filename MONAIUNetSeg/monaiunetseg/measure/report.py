@@ -60,16 +60,26 @@ def write_measure_json(rows: list[dict], path: str | os.PathLike) -> None:
     write_json({"columns": MEASURE_COLUMNS, "rows": rows}, path)
 
 
+def _time_point(path: str | os.PathLike, segmenter) -> tuple[dict, object]:
+    """The measurement row of one time point and its date (or None): a labelmap, or with ``segmenter`` a scan
+    segmented with it (measured against its own head midline)."""
+    if segmenter is None:
+        labels = read_labelmap(path)
+        return {"labelmap": str(path), **measure_labelmap(labels.array, labels.affine)}, labels.study_date
+    scan = read_scan(path)
+    labels = segmenter.segment(scan.array, scan.affine)
+    return {"labelmap": str(path), **measure_labelmap(labels, scan.affine, image=scan)}, None
+
+
 def growth_files(baseline: str | os.PathLike, followup: str | os.PathLike,
-                 dates: tuple[datetime.date, datetime.date] | None = None) -> dict:
-    """The change from the labelmap ``baseline`` to ``followup``, with both measurement rows. Without ``dates``,
-    the StudyDates of DICOM SEG labelmaps are used when both have one."""
-    labels = [read_labelmap(p) for p in (baseline, followup)]
-    if dates is None and all(lab.study_date for lab in labels):
-        dates = (labels[0].study_date, labels[1].study_date)
-    rows = [{"labelmap": str(path), **measure_labelmap(lab.array, lab.affine)}
-            for path, lab in zip((baseline, followup), labels)]
-    return {**growth(rows[0], rows[1], dates), "baseline": rows[0], "followup": rows[1]}
+                 dates: tuple[datetime.date, datetime.date] | None = None, segmenter=None) -> dict:
+    """The change from ``baseline`` to ``followup``, with both measurement rows: labelmaps, or with ``segmenter``
+    (e.g. ``model.predictor.Segmenter``) scans segmented with it. Without ``dates``, the StudyDates of DICOM SEG
+    labelmaps are used when both have one."""
+    (row0, date0), (row1, date1) = (_time_point(p, segmenter) for p in (baseline, followup))
+    if dates is None and date0 and date1:
+        dates = (date0, date1)
+    return {**growth(row0, row1, dates), "baseline": row0, "followup": row1}
 
 
 def summary(row: dict) -> str:

@@ -2,13 +2,16 @@
 
 Every distance is between voxel centres placed in the world by the labelmap's affine (no resampling), so
 anisotropic, oblique and sagittally or coronally stored grids give the same numbers as an axial one up to the
-voxel size. Any non-zero voxel is lesion; a lesion is a 26-connected component.
+voxel size. Any non-zero voxel is lesion; a lesion is a 26-connected component. Each lesion is measured on its
+own, and the labelmap's row (``lesion`` 0) on all lesion voxels together: with several lesions its diameters
+span them (a segment from one to another); ``sum_products_mm2`` adds the lesions' own products instead.
 
 * ``max_diameter_mm``: the largest distance between two lesion voxel centres (3D), found among the vertices of
   their convex hull.
 * "Axial" is the patient's axial plane: the slices of the voxel axis whose slice planes are closest to
-  perpendicular to the patient S axis (axis 2 of an axial scan, axis 1 of a coronal one, axis 0 of a sagittal
-  one). On an oblique grid these planes are tilted by ``axial_tilt_deg`` from true axial; nothing is resampled.
+  perpendicular to the patient S axis (``axial_axis``: 2 for an axial stack; for coronal or sagittal DICOM slices
+  the row axis, 1). On an oblique grid these planes are tilted by ``axial_tilt_deg`` from true axial and the
+  measurement stays in them; nothing is resampled.
 * ``axial_longest_mm``: on one axial slice, the longest segment between two lesion voxel centres.
 * ``axial_perpendicular_mm``: the longest chord *inside* the lesion perpendicular to that segment on the same
   slice: lines exactly perpendicular to the longest segment, every half voxel across it, are sampled every

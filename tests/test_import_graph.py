@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "monaiunetseg.metrics": 2,
     # 2: whether to trust a result (prediction signals the runners gather, input checks, the verdict)
     "monaiunetseg.trust": 2,
+    "monaiunetseg.measure": 2,  # measurements of a labelmap and their change (reads files with io)
     # 3: pictures (evaluation panels, overlays, summary figures)
     "monaiunetseg.visual": 3,
     # 4: the jobs built on the above

@@ -45,10 +45,15 @@ INFERENCE_COMMANDS = (
     ("segment", "monaiunetseg.batch.cli", "add_segment_parser"),
     ("segment-case", "monaiunetseg.batch.single", "add_segment_case_parser"),
 )
+# Commands on labelmaps (nibabel, scipy; highdicom for a DICOM SEG), registered the same way.
+MEASURE_COMMANDS = (
+    ("measure", "monaiunetseg.measure.cli", "add_measure_parser"),
+    ("growth", "monaiunetseg.measure.cli", "add_growth_parser"),
+)
 
 
 def _add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
-    for name, module, register in INFERENCE_COMMANDS:
+    for name, module, register in INFERENCE_COMMANDS + MEASURE_COMMANDS:
         try:
             add_parser = getattr(importlib.import_module(module), register)
         except ImportError as exc:  # a missing dependency: say which, never drop the command silently

@@ -19,6 +19,7 @@ from monaiunetseg.batch.naming import OutputPaths
 from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.report import FAILED, SKIPPED, CaseResult
 from monaiunetseg.batch.resume import base_result, content_digest, model_label, no_seg_note, source_record
+from monaiunetseg.batch.volume import read_volume
 from monaiunetseg.errors import describe
 from monaiunetseg.files import StagedFiles
 from monaiunetseg.geometry import GeometryError, voxel_volume_ml
@@ -40,25 +41,6 @@ class CaseStepError(Exception):
     def __init__(self, step: str, error: Exception) -> None:
         super().__init__(f"{step}: {error}")
         self.step, self.error = step, error
-
-
-def read_volume(case: Case):
-    """The case's volume (``.array`` float32 (i, j, k), ``.affine`` RAS, plus what its writer needs), by kind."""
-    if case.kind == "nifti":
-        from monaiunetseg.io.nifti import read_nifti_volume
-
-        return read_nifti_volume(case.source)
-    if case.kind in ("nrrd", "metaimage"):
-        from monaiunetseg.io.nrrd_mha import read_image_volume
-
-        return read_image_volume(case.source)
-    if case.kind == "itk":
-        from monaiunetseg.io.itk_reader import read_itk_volume
-
-        return read_itk_volume(case.source)
-    from monaiunetseg.io.dicom_volume import load_volume
-
-    return load_volume(case.series)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -104,6 +86,12 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
         res.seconds = time.perf_counter() - t0
         return res
     t_seg = time.perf_counter()
+    if options.measure:
+        with step("measure"):  # before any file is written: a failure here leaves nothing, as for the others
+            from monaiunetseg.measure.shape import measure_labelmap
+
+            res.add_measurements(measure_labelmap(labels, affine, image=(array, affine)))
+
     source = {**source_record(case, digest, model), **res.verdict_record()}
     with StagedFiles() as staged:
         if options.dicom_seg and case.kind == "dicom":

@@ -53,7 +53,7 @@ def _segment(args: argparse.Namespace) -> int:
                            shard_id=args.shard_id, bundle=args.bundle, weights=args.weights, model=args.model,
                            progress=not args.quiet,
                            output_format=args.output_format, wait=args.wait,
-                           save_probabilities=args.save_probabilities, strict=args.strict)
+                           save_probabilities=args.save_probabilities, strict=args.strict, measure=args.measure)
     result = run_batch(args.inputs, args.out_dir, options)
     if args.quiet:  # otherwise every case, failures included, was shown live
         for r in result.results:
@@ -67,6 +67,13 @@ def add_strict_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true",
                    help="skip a case flagged for review (review = yes: low confidence, members disagreeing, "
                         "an input that is not a head FLAIR) instead of writing its outputs with the flag")
+
+
+def add_measure_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--measure", action="store_true",
+                   help="also fill the report's measurement columns: components, 3D and axial diameters, "
+                        "bidimensional product, mean tumour diameter, centroid and side (as 'monaiunetseg "
+                        "measure'; about 0.2 s for the sample)")
 
 
 def add_probability_option(p: argparse.ArgumentParser) -> None:
@@ -118,6 +125,7 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                    help="also write <name>_overlay.png: the middle slice of the finding with its outline")
     add_probability_option(p)
     add_strict_option(p)
+    add_measure_option(p)
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="same",
                    help="labelmap format: same (default: the input's own, <name>_seg.nrrd for NRRD, _seg.mha for "
                         "MetaImage, _seg.nii.gz for NIfTI and DICOM), nifti, nrrd or mha")

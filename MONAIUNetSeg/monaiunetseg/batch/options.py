@@ -26,3 +26,4 @@ class BatchOptions:
     wait: bool = False  # wait for another run holding the output folder instead of stopping
     save_probabilities: bool = False  # also write <name>_prob.*: the (averaged) foreground probability, float32
     strict: bool = False  # a case flagged for review is skipped (no outputs) instead of written with the flag
+    measure: bool = False  # fill the report's measurement columns (diameters, centroid, side: measure.shape)

@@ -40,9 +40,16 @@ class Status(str, Enum):
 
 
 OK, FAILED, SKIPPED, PENDING = Status.OK, Status.FAILED, Status.SKIPPED, Status.PENDING
+# The finding's measurements (``segment --measure``; defined in ``measure.shape``, whose columns they are but for
+# ``lesion`` and ``volume_ml``); empty without the flag.
+MEASURE_COLUMNS = ["components", "max_diameter_mm", "axial_longest_mm", "axial_perpendicular_mm", "bidimensional_mm2",
+                   "axial_slice", "sum_products_mm2", "mean_tumour_diameter_mm", "centroid_r", "centroid_a",
+                   "centroid_s", "side", "midline_r", "axial_axis", "axial_tilt_deg"]
 REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "confidence", "review", "review_reasons", "seconds",
-                  "series_uid", "series_description", "dicom_seg", "overlay", "probabilities", "note", "model"]
-NUMERIC_COLUMNS = ("volume_ml", "confidence", "seconds")
+                  "series_uid", "series_description", "dicom_seg", "overlay", "probabilities", "note", "model",
+                  *MEASURE_COLUMNS]
+INTEGER_COLUMNS = ("components", "axial_slice", "axial_axis")
+NUMERIC_COLUMNS = ("volume_ml", "confidence", "seconds", *(c for c in MEASURE_COLUMNS if c != "side"))
 # The verdict's columns (``trust.assessment``), also kept in the labelmap's source record for resumed rows.
 VERDICT_COLUMNS = ("confidence", "review", "review_reasons")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -69,6 +76,21 @@ class CaseResult:
     probabilities: str = ""
     note: str = ""
     model: str = ""  # the model that made the labelmap: set name and key (``batch.model_key.describe``)
+    components: int | None = None
+    max_diameter_mm: float | None = None
+    axial_longest_mm: float | None = None
+    axial_perpendicular_mm: float | None = None
+    bidimensional_mm2: float | None = None
+    axial_slice: int | None = None
+    sum_products_mm2: float | None = None
+    mean_tumour_diameter_mm: float | None = None
+    centroid_r: float | None = None
+    centroid_a: float | None = None
+    centroid_s: float | None = None
+    side: str = ""
+    midline_r: float | None = None
+    axial_axis: int | None = None
+    axial_tilt_deg: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def line(self, name: str = "") -> str:
@@ -81,6 +103,12 @@ class CaseResult:
             return printable(f"{'ok':8s}{name or self.input}: {volume}{done} -> {self.output}{flag}")
         status = str(self.status).upper() if self.status == FAILED else str(self.status)
         return printable(f"{status:8s}{self.error or self.input}")
+
+    def add_measurements(self, measured: dict) -> None:
+        """Fill the measurement columns from a ``measure.shape.measure_labelmap`` row."""
+        for c in MEASURE_COLUMNS:
+            setattr(self, c, measured.get(c))
+        self.side = measured.get("side") or ""
 
     def data(self) -> dict:
         """The row's raw values (what ``report.json`` holds): text as it is (but file-name bytes that are no UTF-8
@@ -109,7 +137,7 @@ class CaseResult:
                 continue
             if c in NUMERIC_COLUMNS:
                 try:
-                    value = float(value)
+                    value = int(float(value)) if c in INTEGER_COLUMNS else float(value)
                 except (TypeError, ValueError):
                     continue
             elif c == "status":
@@ -130,13 +158,17 @@ def csv_text(value: str) -> str:
     return "'" + text if text.startswith(FORMULA_START) else text
 
 
+def _number(column: str, value) -> str:
+    return str(int(value)) if column in INTEGER_COLUMNS else f"{float(value):.3f}"
+
+
 def csv_row(data: dict) -> dict[str, str]:
     """Raw row values (see :meth:`CaseResult.data`) as CSV cells: numbers with 3 decimals, text made safe."""
     row = {}
     for c in REPORT_COLUMNS:
         value = data.get(c)
         if c in NUMERIC_COLUMNS:
-            row[c] = "" if value is None or value == "" else f"{float(value):.3f}"
+            row[c] = "" if value is None or value == "" else _number(c, value)
         else:
             row[c] = csv_text("" if value is None else value)
     return row
@@ -171,15 +203,22 @@ def read_csv_rows(path: Path) -> list[dict]:
     return [CaseResult.from_data(r).data() for r in rows]
 
 
+# The columns of the first report.csv: every version's report has them (columns are added, never renamed).
+FIRST_COLUMNS = ("input", "output", "status", "error", "volume_ml", "seconds", "series_uid", "series_description",
+                 "dicom_seg", "overlay", "probabilities", "note")
+
+
 def is_report_header(header: list[str] | None) -> bool:
-    """A ``report.csv`` header of this tool, this version's or an earlier one's (columns are added between
-    versions, never renamed): it starts with ``input,output,status`` and names only report columns."""
-    return bool(header) and header[:3] == REPORT_COLUMNS[:3] and set(header) <= set(REPORT_COLUMNS)  # type: ignore[index]
+    """A ``report.csv`` header of this tool, this version's or an earlier one's: it starts with
+    ``input,output,status``, has the first version's columns and names only report columns."""
+    return (bool(header) and header[:3] == REPORT_COLUMNS[:3]  # type: ignore[index]
+            and set(FIRST_COLUMNS) <= set(header) <= set(REPORT_COLUMNS))  # type: ignore[arg-type]
 
 
 def foreign_reports(path: Path) -> list[Path]:
     """The report files at ``path`` (CSV) and its JSON twin that exist but were not written by this tool: a CSV
-    whose header is not the report's, a JSON that is not a report of ``TOOL_NAME``."""
+    whose header is not the report's (nor an earlier version's: its first columns), a JSON that is not a report of
+    ``TOOL_NAME``."""
     found = []
     if path.exists():
         try:

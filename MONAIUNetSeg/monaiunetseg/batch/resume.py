@@ -154,6 +154,15 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions,
     res = base_result(case)
     res.output = str(paths.labelmap)
     res.volume_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(affine)
+    if options.measure:  # as for a new result: the input is read for the head's midline
+        try:
+            from monaiunetseg.batch.volume import read_volume
+            from monaiunetseg.measure.shape import measure_labelmap
+
+            volume = read_volume(case)
+            res.add_measurements(measure_labelmap(labels, affine, image=(volume.array, volume.affine)))
+        except Exception as exc:  # noqa: BLE001  any problem: segment it again, which says what fails
+            return f"earlier output not measurable ({type(exc).__name__}: {exc}): redone"
     res.dicom_seg = str(paths.dicom_seg) if paths.dicom_seg.is_file() and case.kind == "dicom" else ""
     res.overlay = str(paths.overlay) if paths.overlay.is_file() else ""
     res.probabilities = str(paths.probabilities) if options.save_probabilities else ""

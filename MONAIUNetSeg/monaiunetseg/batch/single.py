@@ -18,7 +18,8 @@ from pathlib import Path
 
 from monaiunetseg.batch.case import failure_result, segment_case
 from monaiunetseg.batch.cases import Case
-from monaiunetseg.batch.cli import add_model_options, add_probability_option, add_strict_option, check_model_options
+from monaiunetseg.batch.cli import (add_measure_option, add_model_options, add_probability_option, add_strict_option,
+                                    check_model_options)
 from monaiunetseg.batch.discover import discover_cases
 from monaiunetseg.batch.lock import OutputLock
 from monaiunetseg.batch.model_key import key_of
@@ -169,7 +170,7 @@ def _segment_case(args: argparse.Namespace) -> int:
     check_result_path(args.result_json, args.input, args.out_dir)  # before anything, even the failed-result file
     options = BatchOptions(device=args.device, overwrite=args.overwrite, bundle=args.bundle, weights=args.weights,
                            model=args.model, progress=False, output_format=args.output_format, wait=args.wait,
-                           save_probabilities=args.save_probabilities, strict=args.strict)
+                           save_probabilities=args.save_probabilities, strict=args.strict, measure=args.measure)
     try:
         check_model_options(args)  # fail before any work, as ``segment`` does
         result = segment_single(args.input, args.out_dir, options)
@@ -211,6 +212,7 @@ def add_segment_case_parser(subparsers: argparse._SubParsersAction) -> argparse.
     add_model_options(p)
     add_probability_option(p)
     add_strict_option(p)
+    add_measure_option(p)
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="same",
                    help="labelmap format: same (default: the input's own; NIfTI for DICOM), nifti, nrrd or mha")
     p.add_argument("--overwrite", action="store_true",

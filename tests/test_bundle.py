@@ -25,7 +25,7 @@ from monaiunetseg.training.datalist import load_split
 
 from conftest import BUNDLE_DIR, REPO, SAMPLE_DIR
 
-SCHEMA_DIR = REPO.parent / "shared" / "monai"
+SCHEMA = BUNDLE_DIR / "docs" / "meta_schema_20240725.json"  # MONAI's metadata schema, committed (25.3)
 TRAIN = "configs/train.json"
 EVALUATE = "['configs/train.json','configs/evaluate.json']"
 MULTI_GPU = "['configs/train.json','configs/multi_gpu_train.json']"
@@ -364,22 +364,63 @@ def test_metadata_required_fields():
 
 
 def test_metadata_validates_against_schema():
-    """Offline check against MONAI's published metadata schema (what ``verify_metadata`` downloads)."""
+    """Offline check against MONAI's published metadata schema (what ``verify_metadata`` downloads), the copy
+    committed in the bundle: the one ``metadata.json``'s ``schema`` URL names."""
     jsonschema = pytest.importorskip("jsonschema")
-    schemas = sorted(SCHEMA_DIR.glob("meta_schema_*.json")) if SCHEMA_DIR.is_dir() else []
-    if not schemas:
-        pytest.skip(f"no meta_schema_*.json in {SCHEMA_DIR}")
     meta = metadata()
-    if meta.get("schema"):
-        named = [s for s in schemas if s.name == meta["schema"].rsplit("/", 1)[-1]]
-        assert named, f"metadata schema {meta['schema']} is not among {[s.name for s in schemas]}"
-        schemas = named
-    for path in schemas:
-        schema = json.loads(path.read_text())
-        cls = jsonschema.validators.validator_for(schema)
-        cls.check_schema(schema)
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in cls(schema).iter_errors(meta)]
-        assert not errors, f"{path.name}:\n" + "\n".join(errors)
+    assert meta["schema"].rsplit("/", 1)[-1] == SCHEMA.name
+    schema = json.loads(SCHEMA.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in cls(schema).iter_errors(meta)]
+    assert not errors, f"{SCHEMA.name}:\n" + "\n".join(errors)
+
+
+NO_NETWORK = """import socket
+
+
+def _refuse(*args, **kwargs):
+    raise OSError("network disabled by the test")
+
+
+socket.socket.connect = _refuse
+socket.create_connection = _refuse
+socket.getaddrinfo = _refuse
+"""
+
+
+def test_verify_metadata_runs_offline_from_a_clone(tmp_path: Path):
+    """The documented command, run in a copy of the bundle with the network cut off: it succeeds with the committed
+    schema and creates nothing outside the copy (MONAI creates --filepath's folder and downloads when the file is
+    missing)."""
+    pytest.importorskip("jsonschema")
+    clone = tmp_path / "clone" / "monai_bundle"
+    shutil.copytree(BUNDLE_DIR, clone, ignore=shutil.ignore_patterns("models", "__pycache__", "runs", "eval"))
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(NO_NETWORK)
+    home, mpl = tmp_path / "home", tmp_path / "matplotlib"  # matplotlib (imported by MONAI) caches its font list
+    home.mkdir()
+    mpl.mkdir()
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+           "MPLCONFIGDIR": str(mpl),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    readme = (REPO / "README.md").read_text() + (BUNDLE_DIR / "docs" / "README.md").read_text()
+    command = "-m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath docs/meta_schema_20240725.json"
+    assert command in readme
+    proc = subprocess.run([sys.executable, *command.split()], cwd=clone, env=env, capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "metadata is verified with no error." in out, out[-3000:]
+    assert "skipped downloading" in out
+    kept = lambda p: "__pycache__" not in p.parts and p.parts[0] != "matplotlib"  # noqa: E731
+    assert [p for p in sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) if kept(p)] == \
+        [p for p in before if kept(p)]
+
+    # The network really is cut off in that process: without the file, MONAI's download fails there.
+    proc = subprocess.run([sys.executable, *command.replace("docs/meta_schema", "missing/meta_schema").split()],
+                          cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "network disabled by the test" in proc.stdout + proc.stderr
 
 
 def _parsed_network_args(files: list[str], context: int | None = None) -> dict:
@@ -396,9 +437,7 @@ def _parsed_network_args(files: list[str], context: int | None = None) -> dict:
 def test_verify_metadata_needs_jsonschema_and_the_docs_say_how_to_get_it(tmp_path: Path):
     """Without jsonschema MONAI's verify_metadata fails with an unrelated-looking TypeError: the README and the model
     card must name the package and quote that error, and the quoted error must be the one MONAI really gives."""
-    schema = SCHEMA_DIR / "meta_schema_20240725.json"
-    if not schema.is_file():
-        pytest.skip(f"MONAI metadata schema not found at {schema}")
+    schema = SCHEMA
     code = ("import sys\n"
             "sys.modules['jsonschema'] = None  # not installed\n"
             "from monai.bundle import verify_metadata\n"

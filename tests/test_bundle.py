@@ -4,6 +4,7 @@ real LGG patients: train, resume, evaluate, infer, export, verify, metadata and 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import os
@@ -251,6 +252,45 @@ def test_evaluating_writes_per_patient_metrics(trained: TrainRun, two_val_datase
     assert "no panel" not in log
     assert sorted(p.stem for p in (out / "panels").glob("*.png")) == [r["patient"] for r in rows]
     assert (out / "summary.png").is_file() and all(f'id="{r["patient"]}"' in (out / "index.html").read_text() for r in rows)
+
+
+def _volume_ml(labels: np.ndarray, affine: np.ndarray) -> float:
+    return float(np.count_nonzero(labels)) * abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+
+
+@pytest.mark.parametrize("model", ["default", "fast"])
+def test_evaluating_scores_a_shipped_model_set_as_users_get_it(model: str, two_val_dataset: Path, tmp_path: Path):
+    """``evaluating`` without ``--model_path`` scores a model set of ``configs/inference.json`` (``default`` unless
+    ``--model`` says otherwise) with the bundle's post-processing: every predicted volume is the one
+    ``monaiunetseg segment`` gives for that scan (the same Segmenter), and the summary and pictures say what was
+    scored; the summary line is printed once."""
+    from monaiunetseg.model.bundle import read_spec
+    from monaiunetseg.model.postprocess import PostProcessing
+    from monaiunetseg.model.predictor import Segmenter
+
+    out = tmp_path / "eval"
+    args = ["run", "evaluating", "--config_file", EVALUATE, *COMMON, "--dataset_dir", str(two_val_dataset),
+            "--output_dir", str(out), "--num_workers", "0"]
+    log = run_bundle(args if model == "default" else [*args, "--model", model])
+    spec = read_spec(BUNDLE_DIR)
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    pp = PostProcessing.from_dict(spec.postprocessing)
+    assert not pp.is_identity
+    members = spec.weights(model)
+    assert summary["evaluated"].startswith(f"model set '{model}' ({len(members)} model(s): ")
+    assert summary["evaluated"].endswith(f"post-processing: {pp.name}")
+    assert html.escape(summary["evaluated"]) in (out / "index.html").read_text()
+    assert log.count("per-patient metrics (") == 1, log[-3000:]
+
+    with open(out / "metrics_per_patient.csv", newline="") as fh:
+        rows = {r["patient"]: r for r in csv.DictReader(fh)}
+    _, val = load_split(two_val_dataset, 0)
+    assert sorted(rows) == sorted(v["patient"] for v in val) and len(rows) == 2
+    segmenter = Segmenter(BUNDLE_DIR, device="cpu", model=model)
+    for item in val:
+        img = nib.load(item["image"])
+        labels = segmenter.segment(img.get_fdata(dtype=np.float32), img.affine)
+        assert math.isclose(float(rows[item["patient"]]["pred_ml"]), _volume_ml(labels, img.affine), abs_tol=2e-3)
 
 
 # ----------------------------------------------------------------------------------------------- inference
@@ -523,10 +563,11 @@ def test_latest_checkpoint_picks_highest_epoch_not_newest_file(tmp_path: Path) -
 
 
 def test_shipped_model_card_agrees_with_evaluating_rerun(kaggle_dir: Path, tmp_path: Path) -> None:
-    """The committed per-patient table (docs/metrics_per_patient.csv and the model card) is what `evaluating`
-    gives today: shipped weights on fold 0 of the raw shared data, prepared on the fly by the bundle."""
+    """The committed per-patient table (docs/metrics_per_patient.csv and the model card's fold-0 history) is what
+    `evaluating` gives today for fold model 0 alone without post-processing (``--model fast --postprocessing {}``)
+    on fold 0 of the raw shared data, prepared on the fly by the bundle."""
     run_bundle(["run", "evaluating", "--config_file", EVALUATE, *COMMON, "--dataset_dir", str(kaggle_dir),
-                "--output_dir", str(tmp_path / "eval")])
+                "--output_dir", str(tmp_path / "eval"), "--model", "fast", "--postprocessing", "{}"])
     with open(tmp_path / "eval" / "metrics_per_patient.csv") as f:
         rerun = {r["patient"]: r for r in csv.DictReader(f)}
     with open(BUNDLE_DIR / "docs" / "metrics_per_patient.csv") as f:

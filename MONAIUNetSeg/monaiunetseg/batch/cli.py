@@ -98,8 +98,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="MONAI bundle folder (default: the installed/shipped one, or $MONAIUNETSEG_BUNDLE). "
                         "Only plain values of its configs/inference.json are read: no config code runs here")
     p.add_argument("--model", default="default", metavar="SET",
-                   help="the bundle's model set (configs/inference.json 'models'): 'default' (the shipped default; "
-                        "the fold ensemble once it ships) or 'fast' (one model); --weights overrides it")
+                   help="the bundle's model set ('models' in configs/inference.json); shipped: 'default' (fold "
+                        "models 0-2, probabilities averaged), 'fast' (fold model 0 alone) and 'full' (all five fold "
+                        "models); each with the bundle's post-processing; --weights overrides it")
     p.add_argument("--weights", default=None, help="model weights (default: the bundle's model set)")
 
 

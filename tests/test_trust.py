@@ -300,3 +300,18 @@ def test_report_of_an_earlier_version_is_kept_and_extended(tmp_path, segmenter):
     assert result.exit_code == 0
     rows = list(csv.DictReader(open(out / "report.csv")))
     assert [r["input"] for r in rows][0] == "/elsewhere/old.nii.gz" and rows[-1]["review"] == "no"
+
+
+def test_dicom_series_that_is_not_flair_is_flagged_by_its_header(tmp_path, segmenter):
+    """A T1 series segmented anyway (``--all-series``): the header says so in the reasons, confidence 0."""
+    from dicom_factory import write_series
+
+    array, affine = _sample()
+    folder = tmp_path / "dicom" / "t1"
+    write_series(np.clip(array[:, :, 14:22], 0, None), affine, folder, description="AX T1 MPRAGE")
+    result = run_batch([tmp_path / "dicom"], tmp_path / "out", BatchOptions(progress=False, all_series=True),
+                       segmenter=segmenter)
+    (row,) = result.results
+    assert str(row.status) == "ok", row.error
+    assert row.review == "yes" and row.confidence == 0.0
+    assert "DICOM header does not say FLAIR ('AX T1 MPRAGE'" in row.review_reasons

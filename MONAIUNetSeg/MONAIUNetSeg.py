@@ -437,8 +437,9 @@ class MONAIUNetSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentId, result.segmentId)
         self.assertTrue(segmentations.reference_geometry_matches(result.segmentationNode, volumeNode))
         dice = segmentations.dice_with_labelmap(result.segmentationNode, segmentId, volumeNode, referenceNode)
-        self.delayDisplay(f"Dice {dice:.3f} against the reference mask, {result.volumeMl:.1f} mL")
+        self.delayDisplay(f"Dice {dice:.3f} against the reference mask, {result.volumeMl:.1f} mL, {result.verdictText()}")
         self.assertGreaterEqual(dice, self.MIN_DICE)
+        self.assertFalse(result.review, f"the sample was flagged for review: {result.reviewReasons}")
         return dice
 
     def test_sample_in_process(self):

@@ -2,7 +2,7 @@
 
 In-process rows run the batch code path itself (``monaiunetseg.batch.run.segment_case``), each row in a fresh
 process (so that its peak RSS is its own), after one warm-up run, ``--runs`` times: medians of read /
-preprocess / model / invert / write / total, slices per second and the process's peak RSS. Rows:
+preprocess / model / invert / verdict (the input checks and confidence, ``trust``) / write / total, slices per second and the process's peak RSS. Rows:
 
 * the bundled sample (256 x 256 x 38 FLAIR) with each model set of the shipped bundle (``default``, ``fast``,
   ``full``), and with stand-ins of a single model and of a 5-member ensemble (5 copies of ``models/model.pt``),
@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MONAIUNetSeg"))  # the core, also when not pip-installed
 SAMPLE = REPO / "MONAIUNetSeg" / "Resources" / "Sample" / "TCGA_DU_A5TR_19970726_flair.nii.gz"
-STAGES = ("read", "preprocess", "model", "invert", "write", "total")
+STAGES = ("read", "preprocess", "model", "invert", "assess", "write", "total")
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "MONAIUNetSeg"), os.environ.get("PYTHONPATH", "")])}
 
 
@@ -245,13 +245,13 @@ def main() -> None:
           f"load average {load:.1f} at the end")
     print(f"Inputs: {', '.join(f'{n} {s}' for n, s in shapes.items())}; in-process rows: median of the runs after "
           "1 warm-up, each row in its own process (seconds; CPU s: all threads' CPU time per case; peak RSS of that process)\n")
-    print("| input | model | backend | runs | load | read | preprocess | model | invert | write | total | CPU s | slices/s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| input | model | backend | runs | load | read | preprocess | model | invert | verdict | write | total | CPU s | slices/s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, bundle, runs, r in rows:
         model = {"default5": "5 members (stand-in: 5 copies of model.pt)", "single": "single (model.pt)",
                  "shipped": f"shipped `{r['model_set']}` ({r['members']} member(s))"}[bundle]
         print(f"| {name} | {model} | {r['backend']} | {runs} | {r['load_s']:.2f} | {r['read']:.3f} | {r['preprocess']:.3f} | "
-              f"{r['model']:.3f} | {r['invert']:.3f} | {r['write']:.3f} | **{r['total']:.3f}** | {r['cpu']:.2f} | {r['slices_per_s']:.0f} | "
+              f"{r['model']:.3f} | {r['invert']:.3f} | {r['assess']:.3f} | {r['write']:.3f} | **{r['total']:.3f}** | {r['cpu']:.2f} | {r['slices_per_s']:.0f} | "
               f"{r['peak_rss_mb']:.0f} |")
     if cli:
         print("\nWhole processes (`/usr/bin/time`, CPU): median wall and max RSS\n")

@@ -300,3 +300,39 @@ def test_report_of_an_earlier_version_is_kept_and_extended(tmp_path, segmenter):
     assert result.exit_code == 0
     rows = list(csv.DictReader(open(out / "report.csv")))
     assert [r["input"] for r in rows][0] == "/elsewhere/old.nii.gz" and rows[-1]["review"] == "no"
+
+
+def test_dicom_series_that_is_not_flair_is_flagged_by_its_header(tmp_path, segmenter):
+    """A T1 series segmented anyway (``--all-series``): the header says so in the reasons, confidence 0."""
+    from dicom_factory import write_series
+
+    array, affine = _sample()
+    folder = tmp_path / "dicom" / "t1"
+    write_series(np.clip(array[:, :, 14:22], 0, None), affine, folder, description="AX T1 MPRAGE")
+    result = run_batch([tmp_path / "dicom"], tmp_path / "out", BatchOptions(progress=False, all_series=True),
+                       segmenter=segmenter)
+    (row,) = result.results
+    assert str(row.status) == "ok", row.error
+    assert row.review == "yes" and row.confidence == 0.0
+    assert "DICOM header does not say FLAIR ('AX T1 MPRAGE'" in row.review_reasons
+
+
+def test_calibrate_trust_command_on_a_small_cv(prepared_small, tmp_path):
+    """``monaiunetseg calibrate-trust``: out-of-fold signals of each patient from its own fold's model, the fit
+    and its cross-validated table written where asked (3 patients, 3 folds: the machinery, not the figures)."""
+    from monaiunetseg.cli import main as cli_main
+    from monaiunetseg.training.cv import RECORD
+
+    cv = tmp_path / "cv"
+    for fold in range(3):
+        (cv / f"fold{fold}").mkdir(parents=True)
+        shutil.copy(BUNDLE_DIR / "models" / "model.pt", cv / f"fold{fold}" / "model.pt")
+        (cv / f"fold{fold}" / RECORD).write_text(json.dumps({"status": "done", "epochs": 1, "overrides": {"context": 0}}))
+    docs = tmp_path / "docs"
+    assert cli_main(["calibrate-trust", str(cv), str(prepared_small), "--docs-dir", str(docs), "--device", "cpu"]) == 0
+    calibration = json.loads((docs / "trust_calibration.json").read_text())
+    assert calibration["n_patients"] == 3 and calibration["confidence"]["features"] == ["uncertain_ratio", "mean_probability"]
+    assert sum(r["patients"] for r in calibration["cv_review_table"]) == 3
+    rows = list(csv.DictReader(open(docs / "trust_oof_per_patient.csv")))
+    assert len(rows) == 3 and all(0.0 <= float(r["confidence_cv"]) <= 1.0 for r in rows)
+    assert (cv / "oof_probs").is_dir() and len(list((cv / "oof_probs").glob("*.npz"))) == 3

@@ -75,6 +75,7 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
             labels = segmenter.segment(array, affine, probabilities=probabilities)
         else:  # any object with segment(array, affine) will do (e.g. a stand-in in tests or a plug-in)
             labels = segmenter.segment(array, affine)
+    t_labels = time.perf_counter()
     with step("assess"):
         verdict = assess_case(case, segmenter, array, affine)
         res.set_verdict(verdict)
@@ -127,7 +128,8 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
     res.seconds = t_end - t0
     st = segmenter.timings
     res.timings = {"hash": t_hash - t0, "read": t_read - t_hash, "preprocess": st.preprocess, "model": st.model,
-                   "invert": st.postprocess, "segment": t_seg - t_read, "extras": t_extras - t_seg,
+                   "invert": st.postprocess, "segment": t_labels - t_read, "assess": t_seg - t_labels,
+                   "extras": t_extras - t_seg,
                    "write": t_end - t_extras, "total": t_end - t0}
     return res
 

@@ -445,7 +445,7 @@ def test_verify_metadata_runs_offline_from_a_clone(tmp_path: Path):
            "MPLCONFIGDIR": str(mpl),
            "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    readme = (REPO / "README.md").read_text() + (BUNDLE_DIR / "docs" / "README.md").read_text()
+    readme = (REPO / "docs" / "bundle.md").read_text() + (BUNDLE_DIR / "docs" / "README.md").read_text()
     command = "-m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath docs/meta_schema_20240725.json"
     assert command in readme
     proc = subprocess.run([sys.executable, *command.split()], cwd=clone, env=env, capture_output=True, text=True,
@@ -475,7 +475,7 @@ def _parsed_network_args(files: list[str], context: int | None = None) -> dict:
 
 
 def test_verify_metadata_needs_jsonschema_and_the_docs_say_how_to_get_it(tmp_path: Path):
-    """Without jsonschema MONAI's verify_metadata fails with an unrelated-looking TypeError: the README and the model
+    """Without jsonschema MONAI's verify_metadata fails with an unrelated-looking TypeError: the bundle page and the model
     card must name the package and quote that error, and the quoted error must be the one MONAI really gives."""
     schema = SCHEMA
     code = ("import sys\n"
@@ -485,7 +485,7 @@ def test_verify_metadata_needs_jsonschema_and_the_docs_say_how_to_get_it(tmp_pat
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     quoted = "TypeError: catching classes that do not inherit from BaseException is not allowed"
     assert proc.returncode != 0 and quoted in proc.stderr, proc.stderr[-2000:]
-    for doc in (REPO / "README.md", BUNDLE_DIR / "docs" / "README.md"):
+    for doc in (REPO / "docs" / "bundle.md", BUNDLE_DIR / "docs" / "README.md"):
         text = doc.read_text()
         assert "verify_metadata" in text and "pip install jsonschema" in text and quoted in text, doc
 

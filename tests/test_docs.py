@@ -170,3 +170,62 @@ def test_extension_screenshot_is_a_real_result(segmenter):
     lab_lps, _, axis, _ = to_lps(labels, volume.affine)
     expected = caption(labels, volume.affine, pick_slice(lab_lps, axis) + 1, labels.shape[axis], axis)
     assert image.info["Description"].startswith(expected + "; confidence "), (image.info["Description"], expected)
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation (backticks, colons, ...) dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors_of(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    seen: dict[str, int] = {}
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.M):
+        slug = github_anchor(heading)
+        anchors.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+LINKED_DOCS = [*DOCS, REPO / "monai_bundle" / "docs" / "README.md", REPO / "MONAIUNetSeg" / "Resources" / "Sample" / "README.md"]
+
+
+def test_readme_is_short_and_every_relative_link_resolves():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 250
+    assert len(DOCS) >= 10  # the README's detail lives in docs/
+    checked = 0
+    for doc in LINKED_DOCS:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):  # http(s), mailto: not checked here
+                continue
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            assert file.exists(), f"{doc.relative_to(REPO)}: link to missing {target}"
+            if anchor:
+                assert anchor in anchors_of(file), f"{doc.relative_to(REPO)}: no heading for #{anchor} in {file.name}"
+            checked += 1
+    assert checked >= 20
+
+
+def test_readme_links_every_docs_page():
+    readme = (REPO / "README.md").read_text()
+    for page in DOCS[1:]:
+        assert f"](docs/{page.name})" in readme, page.name
+
+
+def test_readme_model_table_is_the_committed_figures():
+    """The README's one table of shipped models: the sets of configs/inference.json, the recipe's out-of-fold figure
+    and fold model 0's own fold, as docs/oof_summary.json has them."""
+    readme = (REPO / "README.md").read_text()
+    sets = json.loads((BUNDLE_DIR / "configs" / "inference.json").read_text())["models"]
+    oof = json.loads((BUNDLE_DIR / "docs" / "oof_summary.json").read_text())
+    rows = {r.split("|")[1].strip().strip("`"): r for r in readme.splitlines() if re.match(r"\| `\w+` \|", r)}
+    assert list(rows) == list(sets)
+    recipe = f"{oof['all']['mean']:.3f} / {oof['all']['median']:.3f} ({oof['all']['n']} patients)"
+    assert recipe in rows["default"]
+    fold0 = oof["by_fold"]["0"]
+    assert f"{fold0['mean']:.3f} / {fold0['median']:.3f} on the {fold0['n']} patients of fold 0" in rows["fast"]
+    assert "fold models 0, 1, 2" in rows["default"] and "all five fold models" in rows["full"]

@@ -495,3 +495,23 @@ def test_diameters_of_lesions_are_on_the_labelmap_grid_and_absent_when_empty():
         assert mask[tuple(ends.T)].all()  # voxel centres of the lesion itself, in labelmap indices
     empty = measure_labelmap(np.zeros(SHAPE, np.uint8), affine)
     assert empty["diameters"] == {"longest": None, "perpendicular": None}
+
+
+def test_segment_overlay_with_measure_draws_the_reported_diameters(head_scan, tmp_path: Path):
+    from PIL import Image
+
+    from monaiunetseg.batch.options import BatchOptions
+    from monaiunetseg.batch.run import run_batch
+
+    path, head, affine = head_scan
+    out = tmp_path / "out"
+    (res,) = run_batch([path], out, BatchOptions(progress=False, measure=True, overlay=True),
+                       segmenter=EllipsoidSegmenter()).results
+    assert res.status == "ok"
+    text = Image.open(res.overlay).text
+    expected = f"RANO {res.axial_longest_mm:.1f} x {res.axial_perpendicular_mm:.1f} mm = {res.bidimensional_mm2:.0f} mm²"
+    assert f"{expected} (measured slice)" in text["Description"] and text["RANO lines"] == "drawn"
+    assert text["Description"].startswith(f"slice {res.axial_slice + 1}/31 (axial)")
+    (plain,) = run_batch([path], tmp_path / "plain", BatchOptions(progress=False, overlay=True),
+                         segmenter=EllipsoidSegmenter()).results
+    assert "RANO" not in Image.open(plain.overlay).text["Description"]  # without --measure: as before

@@ -128,6 +128,7 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    from matplotlib import patheffects
     from matplotlib.figure import Figure
 
     img_lps, spacing, axis, reversed_slices = to_lps(np.asarray(image, dtype=np.float32), affine)
@@ -163,7 +164,7 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
         ax.plot(ends[:, 0], ends[:, 1], color=LINE_COLOURS[name], linewidth=2, solid_capstyle="butt")
         label = f"{measurements[LENGTH_KEYS[name]]:.1f} mm"
         ax.annotate(label, ends[1], xytext=(4, 4), textcoords="offset points", color=LINE_COLOURS[name],
-                    fontsize=9, fontweight="bold")
+                    fontsize=9, fontweight="bold", path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])
     ax.set_xlim(-0.5, cols - 0.5)
     ax.set_ylim(rows - 0.5, -0.5)
     ax.set_axis_off()

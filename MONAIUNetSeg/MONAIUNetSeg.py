@@ -439,8 +439,12 @@ class MONAIUNetSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentId, result.segmentId)
         self.assertTrue(segmentations.reference_geometry_matches(result.segmentationNode, volumeNode))
         dice = segmentations.dice_with_labelmap(result.segmentationNode, segmentId, volumeNode, referenceNode)
-        self.delayDisplay(f"Dice {dice:.3f} against the reference mask, {result.volumeMl:.1f} mL")
+        self.delayDisplay(f"Dice {dice:.3f} against the reference mask, {result.volumeMl:.1f} mL, "
+                          f"RANO {result.measurementText()}")
         self.assertGreaterEqual(dice, self.MIN_DICE)
+        self.assertEqual(sorted(result.lineNodes), ["longest", "perpendicular"], "no RANO diameter lines")
+        for lineNode in result.lineNodes.values():
+            self.assertGreater(lineNode.GetLineLengthWorld(), 0.0)
         return dice
 
     def test_sample_in_process(self):

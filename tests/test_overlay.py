@@ -116,3 +116,17 @@ def test_overlay_without_a_measurable_finding_draws_no_lines(tmp_path: Path):
     png = write_overlay(image, empty, affine, tmp_path / "none.png", measurements=measure_labelmap(empty, affine))
     text = Image.open(png).text
     assert text["Description"] == "slice 5/9 (axial), FLAIR abnormality 0.0 mL" and "RANO lines" not in text
+
+
+def test_overlay_says_so_when_the_measured_slices_cannot_be_shown_axially(tmp_path: Path):
+    """The fallback for a grid whose measured slices do not reorient to LPS axial ones (a strongly oblique
+    acquisition), exercised with a row that names another voxel axis as the measured one."""
+    from monaiunetseg.measure.shape import measure_labelmap
+    from monaiunetseg.visual.overlay import measured_view
+
+    image, labels, affine = _ellipse_scan()
+    measured = {**measure_labelmap(labels, affine), "axial_axis": 0}
+    assert measured_view(labels.shape, affine, measured) is None
+    png = write_overlay(image, labels, affine, tmp_path / "oblique.png", measurements=measured)
+    text = Image.open(png).text
+    assert "(diameters not drawn: measured plane not shown)" in text["Description"] and text["RANO lines"] == "not drawn"

@@ -93,9 +93,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     """``--device``, ``--bundle``, ``--weights``: the same model choice for every inference command."""
     p.add_argument("--device", default="auto", type=device_name,
                    help="auto (CUDA with AMP when present, else CPU), cuda, cuda:N or cpu")
-    p.add_argument("--bundle", default=None,
-                   help="MONAI bundle folder (default: the installed/shipped one, or $MONAIUNETSEG_BUNDLE). "
-                        "Only plain values of its configs/inference.json are read: no config code runs here")
+    p.add_argument("--bundle", "--model-dir", dest="bundle", default=None,
+                   help="MONAI bundle or model folder (configs/inference.json + models/, e.g. made by 'monaiunetseg "
+                        "finetune'; default: the installed/shipped one, or $MONAIUNETSEG_BUNDLE). Only plain values "
+                        "of its configs/inference.json are read: no config code runs here")
     p.add_argument("--model", default="default", metavar="SET",
                    help="the bundle's model set (configs/inference.json 'models'): 'default' (the shipped default; "
                         "the fold ensemble once it ships) or 'fast' (one model); --weights overrides it")

@@ -90,5 +90,9 @@ def test_finetune_from_shipped_weights_resumes_and_runs_elsewhere(prepared: Path
 def test_finetune_refuses_a_different_source_on_resume(prepared: Path, tmp_path: Path):
     model = tmp_path / "model"
     (model / "train").mkdir(parents=True)
-    (model / "train" / "finetune.json").write_text(json.dumps({"source": "none", "epochs": 3}))
-    assert cli_main(["finetune", str(prepared), "-o", str(model), "--from", "fast", "--epochs", "1"]) == 2
+    (model / "train" / "finetune.json").write_text(json.dumps({"source": "none", "epochs": 3, "fold": 0}))
+    assert cli_main(["finetune", str(prepared), "-o", str(model), "--from", "fast", "--epochs", "3"]) == 2
+    assert cli_main(["finetune", str(prepared), "-o", str(model), "--from", "none", "--epochs", "2"]) == 2  # fewer
+    assert cli_main(["finetune", str(prepared), "-o", str(model), "--from", "none", "--fold", "1", "--epochs", "3"]) == 2
+    assert cli_main(["finetune", str(prepared), "-o", str(tmp_path / "other"), "--fold", "7"]) == 2  # no such fold
+    assert not (tmp_path / "other").exists() and not (model / "train" / "train.log").exists()

@@ -56,12 +56,19 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
     prepared, model_dir = Path(prepared).resolve(), Path(model_dir).resolve()
     if not (prepared / DATALIST_NAME).is_file():
         raise FileNotFoundError(f"{prepared}: no {DATALIST_NAME} (run prepare-pairs or prepare-lgg first)")
+    folds = {e["fold"] for e in json.loads((prepared / DATALIST_NAME).read_text())["training"]}
+    if fold not in folds or len(folds) < 2:
+        raise ValueError(f"{prepared}: --fold {fold} is not one of its folds {sorted(folds)} (and training needs "
+                         "another fold)")
     work = model_dir / WORK
-    work.mkdir(parents=True, exist_ok=True)
     record = read_record(work)
     if record and record.get("source") != source:
         raise ValueError(f"{model_dir} was started --from {record.get('source')}; resume it with that, or use "
                          "another folder")
+    if record and (record.get("fold") != fold or int(record.get("epochs", 0)) > epochs):
+        raise ValueError(f"{model_dir} was trained with --fold {record.get('fold')} --epochs {record.get('epochs')}: "
+                         "resume it with that fold and at least as many epochs, or use another folder")
+    work.mkdir(parents=True, exist_ok=True)
     if not (record.get("status") == "done" and record.get("epochs") == epochs and (work / "model.pt").is_file()):
         weights = source_weights(source)
         dev = device_name(device)

@@ -1,7 +1,8 @@
 """3D Slicer module: FLAIR abnormality (lower-grade glioma) segmentation with the project's MONAI U-Net.
 
 GUI wiring only. Everything that computes lives beside this file: in MONAIUNetSegLib ``mrml`` (volume nodes <->
-arrays/files), ``segmentations`` (segmentation node, volume, checks), ``jobs`` (the background job queue the Logic
+arrays/files), ``segmentations`` (segmentation node, volume, checks), ``markups`` (the RANO diameters as line
+nodes), ``jobs`` (the background job queue the Logic
 owns) and ``dependencies`` (dependency check), and in the Slicer-free core package ``monaiunetseg``. Research use only, not for clinical use.
 """
 
@@ -254,8 +255,9 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         verdict = result.verdictText()
         self.ui.reviewLabel.text = verdict or "-"
         self.ui.reviewLabel.setStyleSheet("color: #E69F00; font-weight: bold" if result.review else "")
+        self.ui.measureLabel.text = result.measurementText()
         self._log(f"FLAIR abnormality in '{name}': {result.volumeMl:.1f} mL ({result.seconds:.0f} s)"
-                  + (f"; {verdict}" if verdict else ""))
+                  + (f"; {verdict}" if verdict else "") + f"; RANO {result.measurementText()}")
 
     def _showSummary(self, update):
         self.ui.progressBar.setVisible(False)
@@ -437,9 +439,13 @@ class MONAIUNetSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentId, result.segmentId)
         self.assertTrue(segmentations.reference_geometry_matches(result.segmentationNode, volumeNode))
         dice = segmentations.dice_with_labelmap(result.segmentationNode, segmentId, volumeNode, referenceNode)
-        self.delayDisplay(f"Dice {dice:.3f} against the reference mask, {result.volumeMl:.1f} mL, {result.verdictText()}")
+        self.delayDisplay(f"Dice {dice:.3f} against the reference mask, {result.volumeMl:.1f} mL, "
+                          f"RANO {result.measurementText()}, {result.verdictText()}")
         self.assertGreaterEqual(dice, self.MIN_DICE)
         self.assertFalse(result.review, f"the sample was flagged for review: {result.reviewReasons}")
+        self.assertEqual(sorted(result.lineNodes), ["longest", "perpendicular"], "no RANO diameter lines")
+        for lineNode in result.lineNodes.values():
+            self.assertGreater(lineNode.GetLineLengthWorld(), 0.0)
         return dice
 
     def test_sample_in_process(self):

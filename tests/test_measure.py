@@ -448,3 +448,70 @@ def test_growth_cli_on_the_bundled_scan_with_the_shipped_model(tmp_path: Path, c
     assert change["baseline_volume_ml"] > 10 and change["volume_change_ml"] == 0
     assert change["mtd_velocity_mm_per_year"] == 0 and change["rano_lgg_category"] == "stable disease"
     assert "stable disease" in capsys.readouterr().out
+
+
+def _distance_to_border(points_ijk: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World distance (mm) from each point to the nearest voxel centre of the lesion's border (inside voxels
+    with a face neighbour outside)."""
+    from scipy import ndimage
+
+    border = np.argwhere(mask & ~ndimage.binary_erosion(mask)) @ affine[:3, :3].T + affine[:3, 3]
+    world = np.asarray(points_ijk) @ affine[:3, :3].T + affine[:3, 3]
+    return np.sqrt(((world[:, None, :] - border[None]) ** 2).sum(-1)).min(axis=1)
+
+
+@pytest.mark.parametrize("storage", ["axial", "sagittal"])
+def test_diameter_end_points_lie_on_the_border_and_span_the_measured_lengths(storage: str):
+    from segment_data import permuted
+
+    affine = grid_affine()
+    mask = ellipsoid(SHAPE, affine, (30, 18, 12), rotation("z", 25))
+    if storage == "sagittal":
+        mask, affine = permuted(mask, affine, (1, 2, 0))
+    row = measure_labelmap(mask, affine)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    for name, column in (("longest", "axial_longest_mm"), ("perpendicular", "axial_perpendicular_mm")):
+        segment = row["diameters"][name]
+        ijk, ras = np.asarray(segment["ijk"]), np.asarray(segment["ras"])
+        assert ijk.shape == ras.shape == (2, 3)
+        assert np.allclose(ijk[:, row["axial_axis"]], row["axial_slice"])  # on the measured slice
+        assert np.allclose(ijk @ affine[:3, :3].T + affine[:3, 3], ras)
+        assert segment["length_mm"] == pytest.approx(row[column], abs=1e-6)
+        assert (_distance_to_border(ijk, mask, affine) <= spacing.max()).all()  # within a voxel of the border
+    long_dir = np.diff(np.asarray(row["diameters"]["longest"]["ras"]), axis=0)[0]
+    perp_dir = np.diff(np.asarray(row["diameters"]["perpendicular"]["ras"]), axis=0)[0]
+    assert abs(long_dir @ perp_dir) < 1e-6 * np.linalg.norm(long_dir) * np.linalg.norm(perp_dir)
+    assert row["axial_longest_mm"] == pytest.approx(60, abs=2 * VOXEL)
+    assert row["axial_perpendicular_mm"] == pytest.approx(36, abs=2 * VOXEL)
+
+
+def test_diameters_of_lesions_are_on_the_labelmap_grid_and_absent_when_empty():
+    affine = grid_affine()
+    mask = ellipsoid(SHAPE, affine, (8, 6, 4), centre=(20, 0, 0)) | ellipsoid(SHAPE, affine, (5, 5, 3),
+                                                                             centre=(-20, 10, 5))
+    row = measure_labelmap(mask, affine)
+    for lesion in row["lesions"]:
+        ends = np.rint(np.asarray(lesion["diameters"]["longest"]["ijk"])).astype(int)
+        assert mask[tuple(ends.T)].all()  # voxel centres of the lesion itself, in labelmap indices
+    empty = measure_labelmap(np.zeros(SHAPE, np.uint8), affine)
+    assert empty["diameters"] == {"longest": None, "perpendicular": None}
+
+
+def test_segment_overlay_with_measure_draws_the_reported_diameters(head_scan, tmp_path: Path):
+    from PIL import Image
+
+    from monaiunetseg.batch.options import BatchOptions
+    from monaiunetseg.batch.run import run_batch
+
+    path, head, affine = head_scan
+    out = tmp_path / "out"
+    (res,) = run_batch([path], out, BatchOptions(progress=False, measure=True, overlay=True),
+                       segmenter=EllipsoidSegmenter()).results
+    assert res.status == "ok"
+    text = Image.open(res.overlay).text
+    expected = f"RANO {res.axial_longest_mm:.1f} x {res.axial_perpendicular_mm:.1f} mm = {res.bidimensional_mm2:.0f} mm²"
+    assert f"{expected} (measured slice)" in text["Description"] and text["RANO lines"] == "drawn"
+    assert text["Description"].startswith(f"slice {res.axial_slice + 1}/31 (axial)")
+    (plain,) = run_batch([path], tmp_path / "plain", BatchOptions(progress=False, overlay=True),
+                         segmenter=EllipsoidSegmenter()).results
+    assert "RANO" not in Image.open(plain.overlay).text["Description"]  # without --measure: as before

@@ -57,3 +57,76 @@ def test_overlay_of_nothing_found_says_zero(tmp_path: Path):
     png = write_overlay(image, np.zeros_like(labels), affine, tmp_path / "none.png")
     assert Image.open(png).text["Description"] == "slice 5/9 (axial), FLAIR abnormality 0.0 mL"
     assert _outline_columns(png).size == 0
+
+
+def _ellipse_scan() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 61 x 61 x 15 LPS-stored scan (1 x 1 x 3 mm) with an ellipsoidal lesion, 40 x 24 mm in plane, turned by
+    30 degrees, on the patient's left."""
+    affine = np.diag([-1.0, -1.0, 3.0, 1.0])
+    i, j, k = np.indices((61, 61, 15), dtype=float)
+    x, y, z = i - 38, j - 30, (k - 7) * 3
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    u, v = c * x + s * y, -s * x + c * y
+    labels = ((u / 20) ** 2 + (v / 12) ** 2 + (z / 10) ** 2 <= 1).astype(np.uint8)
+    image = np.where(labels > 0, 400.0, 100.0).astype(np.float32)
+    return image, labels, affine
+
+
+@pytest.mark.parametrize("storage", ["as_is", "sagittal"])
+def test_overlay_draws_the_measured_diameters_on_the_measured_axial_slice(storage: str, tmp_path: Path):
+    from scipy import ndimage
+
+    from monaiunetseg.measure.shape import measure_labelmap
+    from monaiunetseg.visual.overlay import display_plane, measured_view, to_lps
+
+    image, labels, affine = _ellipse_scan()
+    if storage == "sagittal":  # stored sagittally: the overlay still shows the measured axial slice
+        (image, affine), labels = permuted(image, affine, (1, 2, 0)), permuted(labels, affine, (1, 2, 0))[0]
+    measured = measure_labelmap(labels, affine)
+    longest, perpendicular = measured["axial_longest_mm"], measured["axial_perpendicular_mm"]
+    assert longest == pytest.approx(40, abs=1.5) and perpendicular == pytest.approx(24, abs=1.5)
+
+    k, lines = measured_view(labels.shape, affine, measured)
+    lab2d = display_plane(np.take(to_lps(labels, affine)[0], k, axis=2), 2)
+    border = np.argwhere(lab2d & ~ndimage.binary_erosion(lab2d))[:, ::-1]  # (column, row) pixel centres
+    for name, length in (("longest", longest), ("perpendicular", perpendicular)):
+        ends = lines[name]
+        assert np.sqrt(((ends[:, None] - border[None]) ** 2).sum(-1)).min(axis=1).max() <= 1.0  # on the border
+        assert np.linalg.norm(ends[1] - ends[0]) == pytest.approx(length)  # 1 mm pixels in plane
+
+    png = write_overlay(image, labels, affine, tmp_path / "overlay.png", title="case", measurements=measured)
+    text = Image.open(png).text
+    slice_number = measured["axial_slice"] + 1
+    assert text["Description"].startswith(f"slice {slice_number}/{labels.shape[measured['axial_axis']]} (axial)")
+    assert (f"RANO {longest:.1f} x {perpendicular:.1f} mm = {measured['bidimensional_mm2']:.0f} mm² "
+            "(measured slice)") in text["Description"]
+    assert text["RANO longest"] == f"{longest:.1f} mm" and text["RANO perpendicular"] == f"{perpendicular:.1f} mm"
+    assert text["RANO lines"] == "drawn"
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    vermillion = (np.abs(rgb - [0xD5, 0x5E, 0x00]).sum(-1) < 40).sum()
+    green = (np.abs(rgb - [0x00, 0x9E, 0x73]).sum(-1) < 40).sum()
+    assert vermillion > 100 and green > 60  # both lines (and their labels) are drawn
+
+
+def test_overlay_without_a_measurable_finding_draws_no_lines(tmp_path: Path):
+    from monaiunetseg.measure.shape import measure_labelmap
+
+    image, labels, affine = _scan_with_left_lesion()
+    empty = np.zeros_like(labels)
+    png = write_overlay(image, empty, affine, tmp_path / "none.png", measurements=measure_labelmap(empty, affine))
+    text = Image.open(png).text
+    assert text["Description"] == "slice 5/9 (axial), FLAIR abnormality 0.0 mL" and "RANO lines" not in text
+
+
+def test_overlay_says_so_when_the_measured_slices_cannot_be_shown_axially(tmp_path: Path):
+    """The fallback for a grid whose measured slices do not reorient to LPS axial ones (a strongly oblique
+    acquisition), exercised with a row that names another voxel axis as the measured one."""
+    from monaiunetseg.measure.shape import measure_labelmap
+    from monaiunetseg.visual.overlay import measured_view
+
+    image, labels, affine = _ellipse_scan()
+    measured = {**measure_labelmap(labels, affine), "axial_axis": 0}
+    assert measured_view(labels.shape, affine, measured) is None
+    png = write_overlay(image, labels, affine, tmp_path / "oblique.png", measurements=measured)
+    text = Image.open(png).text
+    assert "(diameters not drawn: measured plane not shown)" in text["Description"] and text["RANO lines"] == "not drawn"

@@ -36,7 +36,7 @@ MODULE_DIR = REPO / "MONAIUNetSeg"
 MODULE_FILE = MODULE_DIR / "MONAIUNetSeg.py"
 LIB_DIR = MODULE_DIR / "MONAIUNetSegLib"  # Slicer-only glue
 CORE_DIR = MODULE_DIR / "monaiunetseg"  # the Slicer-free core, loaded by the module and its background process
-SLICER_CALLING_FILES = (MODULE_FILE, LIB_DIR / "mrml.py", LIB_DIR / "segmentations.py")
+SLICER_CALLING_FILES = (MODULE_FILE, LIB_DIR / "mrml.py", LIB_DIR / "segmentations.py", LIB_DIR / "markups.py")
 
 # Declared C++ bases of the classes the module touches (JSON lists methods under the declaring class).
 BASES = {
@@ -44,6 +44,9 @@ BASES = {
     "vtkMRMLScalarVolumeNode": "vtkMRMLVolumeNode",
     "vtkMRMLVolumeNode": "vtkMRMLDisplayableNode",
     "vtkMRMLSegmentationNode": "vtkMRMLDisplayableNode",
+    "vtkMRMLMarkupsLineNode": "vtkMRMLMarkupsNode",
+    "vtkMRMLMarkupsNode": "vtkMRMLDisplayableNode",
+    "vtkMRMLMarkupsDisplayNode": "vtkMRMLDisplayNode",
     "vtkMRMLTransformNode": "vtkMRMLDisplayableNode",
     "vtkMRMLLinearTransformNode": "vtkMRMLTransformNode",
     "vtkMRMLDisplayableNode": "vtkMRMLTransformableNode",
@@ -74,6 +77,7 @@ RECEIVERS = {
     "factory": "vtkSegmentationConverterFactory", "rule": "vtkSegmentationConverterRule",
     "imageData": "vtkImageData", "segmentIds": "vtkStringArray",
     "calldata": "vtkMRMLNode", "vtkMatrix": "vtkMatrix4x4", "matrix": "vtkMatrix4x4",
+    "lineNode": "vtkMRMLMarkupsLineNode", "lineDisplayNode": "vtkMRMLMarkupsDisplayNode",
 }
 SUFFIX_RECEIVERS = (  # checked in order
     ("LabelmapNode", "vtkMRMLLabelMapVolumeNode"),

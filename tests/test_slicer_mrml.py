@@ -952,3 +952,111 @@ def test_widget_shows_the_review_warning(headless_widget, module_logic, segmente
     assert headless_widget.ui.reviewLabel.text.startswith("REVIEW (confidence 0.00)")
     assert "E69F00" in headless_widget.ui.reviewLabel.style
     assert "REVIEW" in headless_widget.ui.logTextEdit.lines[-1]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RANO diameters as markup lines (MONAIUNetSegLib.markups)
+# ---------------------------------------------------------------------------------------------------------
+
+class BrightSegmenter:
+    """Segments the voxels brighter than 200: exactly the synthetic lesion of ``ellipsoid_file``."""
+
+    def segment(self, array, affine):
+        return (array > 200).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def ellipsoid_file(tmp_path_factory) -> Path:
+    """An axial 1 x 1 x 3 mm scan holding an ellipsoidal lesion 40 x 24 mm in plane (18 mm high), turned by 30
+    degrees about S, stored sagittally (the patient's axial plane is not a stored slice)."""
+    i, j, k = np.indices((81, 81, 15), dtype=float)
+    x, y, z = i - 40, j - 38, (k - 7) * 3.0
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    lesion = ((c * x + s * y) / 20) ** 2 + ((-s * x + c * y) / 12) ** 2 + (z / 9) ** 2 <= 1
+    data = np.where(lesion, 400, 100).astype(np.int16)
+    affine = np.diag([-1.0, -1.0, 3.0, 1.0])
+    affine[:3, 3] = [40.0, 38.0, -21.0]
+    path = tmp_path_factory.mktemp("rano") / "ellipsoid.nii.gz"
+    nib.save(nib.Nifti1Image(*_permuted(data, affine, (1, 2, 0))), path)
+    return path
+
+
+def _line_nodes(scene) -> dict[str, object]:
+    return {node.GetName(): node for node in (scene.GetNthNodeByClass(i, "vtkMRMLMarkupsLineNode")
+                                              for i in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode")))}
+
+
+def _world_border(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World positions of the segment's border voxel centres (inside, with a face neighbour outside)."""
+    from scipy import ndimage
+
+    return np.argwhere(mask & ~ndimage.binary_erosion(mask)) @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _check_lines(result, volumeNode) -> None:
+    """Two lines named after the volume, on the segment's border, as long as the core's diameters."""
+    from monaiunetseg.measure.shape import measure_labelmap
+
+    scene = volumeNode.GetScene()
+    name = volumeNode.GetName()
+    lines = _line_nodes(scene)
+    assert set(lines) == {f"{name} RANO longest", f"{name} RANO perpendicular"}
+    mask = segmentations.segment_array_xyz(result.segmentationNode, result.segmentId, volumeNode) > 0
+    affine = mrml.world_affine(volumeNode)
+    expected = measure_labelmap(mask, affine)  # the core on the segment as Slicer holds it
+    border = _world_border(mask, affine)
+    in_plane = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))[[a for a in range(3) if a != expected["axial_axis"]]]
+    for key, column in (("longest", "axial_longest_mm"), ("perpendicular", "axial_perpendicular_mm")):
+        lineNode = lines[f"{name} RANO {key}"]
+        assert result.lineNodes[key] is lineNode and lineNode.GetLocked()
+        assert lineNode.GetTransformNodeID() == volumeNode.GetTransformNodeID()
+        assert lineNode.GetLineLengthWorld() == pytest.approx(expected[column], abs=1e-3)
+        assert result.measurements[column] == pytest.approx(expected[column], abs=1e-6)
+        ends = np.array([lineNode.GetLineStartPositionWorld(), lineNode.GetLineEndPositionWorld()])
+        distances = np.sqrt(((ends[:, None] - border[None]) ** 2).sum(-1)).min(axis=1)
+        assert distances.max() <= in_plane.max() + 1e-6  # within a voxel of the segment's boundary
+    assert result.measurementText().startswith(f"{expected['axial_longest_mm']:.1f} x "
+                                               f"{expected['axial_perpendicular_mm']:.1f} mm")
+    assert result.segmentationNode.GetAttribute("MONAIUNetSeg.RANO") == result.measurementText()
+
+
+def test_logic_creates_the_rano_lines_on_the_lesion_border(module_logic, ellipsoid_file):
+    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = BrightSegmenter()
+    scene = module_logic.slicer.mrmlScene
+    volumeNode = mrml.load_volume(ellipsoid_file, scene)
+    logic = module_logic.MONAIUNetSegLogic()
+    result = logic.run(volumeNode, device="cpu")
+    _check_lines(result, volumeNode)
+    assert result.measurements["axial_longest_mm"] == pytest.approx(40, abs=1.5)
+    assert result.measurements["axial_perpendicular_mm"] == pytest.approx(24, abs=1.5)
+
+    again = logic.run(volumeNode, device="cpu", segmentationNode=result.segmentationNode)  # a rerun: same lines
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode") == 2
+    assert again.lineNodes["longest"] is result.lineNodes["longest"]
+    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = EmptySegmenter()
+    empty = logic.run(volumeNode, device="cpu", segmentationNode=result.segmentationNode)  # nothing to measure
+    assert empty.lineNodes == {} and scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode") == 0
+    assert empty.measurementText() == "-"
+
+
+def test_rano_lines_follow_the_inputs_transform(scene, ellipsoid_file):
+    volumeNode = mrml.load_volume(ellipsoid_file, scene)
+    transformNode = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "turn and shift")
+    matrix = vtk.vtkMatrix4x4()
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    for (r, col), value in {(0, 0): c, (0, 1): -s, (1, 0): s, (1, 1): c, (0, 3): 15.0, (2, 3): -8.0}.items():
+        matrix.SetElement(r, col, value)
+    transformNode.SetMatrixTransformToParent(matrix)
+    volumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+    result = segmentations.segment_volume_node(volumeNode, BrightSegmenter())
+    _check_lines(result, volumeNode)  # world positions: through the transform, like the segmentation
+
+
+def test_widget_shows_the_rano_figures(headless_widget, module_logic, ellipsoid_file):
+    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = BrightSegmenter()
+    result = headless_widget.logic.run(mrml.load_volume(ellipsoid_file, module_logic.slicer.mrmlScene), device="cpu")
+    outcome = types.SimpleNamespace(request=types.SimpleNamespace(name="ellipsoid"), ok=True, result=result, error=None)
+    headless_widget._showOutcome(outcome)
+    assert headless_widget.ui.measureLabel.text == result.measurementText()
+    assert re.match(r"\d+\.\d x \d+\.\d mm = \d+ mm² \(axial, S -?\d+\.\d mm\); max \d+\.\d mm$", result.measurementText())
+    assert "RANO" in headless_widget.ui.logTextEdit.lines[-1]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from monaiunetseg import labels
 from monaiunetseg.batch.naming import safe_name
+from MONAIUNetSegLib import markups
 from MONAIUNetSegLib.mrml import (
     ijk_to_ras,
     read_labelmap_nifti,
@@ -67,6 +68,12 @@ class SegmentationResult:
     confidence: float | None = None  # 0-1, the Dice the result is expected to have
     review: bool = False  # the result needs a second look (why: ``reviewReasons``)
     reviewReasons: str = ""
+    measurements: dict | None = None  # the core's measurement row of the segment (``measure_labelmap``)
+    lineNodes: dict = field(default_factory=dict)  # "longest" / "perpendicular" -> vtkMRMLMarkupsLineNode
+
+    def measurementText(self) -> str:
+        """The RANO figures for the panel (``-`` when nothing measurable was found)."""
+        return markups.measurement_text(self.measurements) if self.measurements else "-"
 
     def verdictText(self) -> str:
         """One line for the panel: the confidence, and why to review the result when it should be."""
@@ -321,7 +328,8 @@ def apply_verdict(result: SegmentationResult, confidence: float | None, review: 
 
 
 def finish_result(labelmapNode, volumeNode, segmentationNode=None, keepLabelmap: bool = False, started: float | None = None) -> SegmentationResult:
-    """Labelmap on the input grid -> styled segmentation node placed in the hierarchy, shown in 3D, measured."""
+    """Labelmap on the input grid -> styled segmentation node placed in the hierarchy, shown in 3D, measured
+    (volume, and the RANO diameters as markup lines: ``markups``)."""
     scene = volumeNode.GetScene()
     try:
         segmentationNode, segmentId = segmentation_from_labelmap(labelmapNode, volumeNode, segmentationNode)
@@ -335,10 +343,14 @@ def finish_result(labelmapNode, volumeNode, segmentationNode=None, keepLabelmap:
         exportedLabelmapNode = export_segment_to_labelmap(segmentationNode, segmentId, volumeNode, labelmapNode=labelmapNode)
         exportedLabelmapNode.SetName(segmentationNode.GetName() + " label")
         place_in_subject_hierarchy(exportedLabelmapNode, volumeNode)
-    volumeMl = segment_volume_ml(segmentationNode, segmentId, volumeNode)
+    mask = segment_array_xyz(segmentationNode, segmentId, volumeNode)  # what the segment holds, as shown
+    volumeMl = float(mask.sum()) * voxel_volume_ml(volumeNode)
     segmentationNode.SetAttribute(VOLUME_ATTRIBUTE, f"{volumeMl:.3f}")
+    measured = markups.measure_mask(mask, volumeNode)
+    lineNodes = markups.add_diameter_lines(measured, volumeNode, segmentationNode)
     seconds = time.perf_counter() - started if started is not None else 0.0
-    return SegmentationResult(segmentationNode, segmentId, volumeMl, exportedLabelmapNode, seconds)
+    return SegmentationResult(segmentationNode, segmentId, volumeMl, exportedLabelmapNode, seconds,
+                              measurements=measured, lineNodes=lineNodes)
 
 
 def segment_volume_node(volumeNode, segmenter, segmentationNode=None, createLabelmap: bool = False) -> SegmentationResult:

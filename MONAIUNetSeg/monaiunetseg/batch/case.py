@@ -87,11 +87,13 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
         res.seconds = time.perf_counter() - t0
         return res
     t_seg = time.perf_counter()
+    measured = None
     if options.measure:
         with step("measure"):  # before any file is written: a failure here leaves nothing, as for the others
             from monaiunetseg.measure.shape import measure_labelmap
 
-            res.add_measurements(measure_labelmap(labels, affine, image=(array, affine)))
+            measured = measure_labelmap(labels, affine, image=(array, affine))
+            res.add_measurements(measured)
 
     source = {**source_record(case, digest, model), **res.verdict_record()}
     with StagedFiles() as staged:
@@ -110,7 +112,8 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
             with step("overlay"):
                 title = f"{case.name} (research use only)"
                 write_overlay(array, labels, affine, staged.path(paths.overlay), title=title,
-                              verdict=verdict.caption() if verdict else None, review=bool(verdict and verdict.review))
+                              verdict=verdict.caption() if verdict else None, review=bool(verdict and verdict.review),
+                              measurements=measured)  # the measured slice with its diameters drawn
             res.overlay = str(paths.overlay)
         if probabilities is not None:
             with step("probabilities"):

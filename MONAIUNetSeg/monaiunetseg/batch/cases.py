@@ -12,7 +12,7 @@ from pathlib import Path
 from monaiunetseg.batch.report import Status
 from monaiunetseg.io.dicom_series import DicomSeries
 
-FILE_KINDS = ("nifti", "nrrd", "metaimage", "itk")  # one file, one case (the rest: "dicom", "problem")
+FILE_KINDS = ("nifti", "nrrd", "metaimage", "itk", "picture")  # one file, one case (the rest: "dicom", "problem")
 
 
 @dataclass

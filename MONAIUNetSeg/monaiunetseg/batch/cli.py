@@ -94,9 +94,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     """``--device``, ``--bundle``, ``--weights``: the same model choice for every inference command."""
     p.add_argument("--device", default="auto", type=device_name,
                    help="auto (CUDA with AMP when present, else CPU), cuda, cuda:N or cpu")
-    p.add_argument("--bundle", default=None,
-                   help="MONAI bundle folder (default: the installed/shipped one, or $MONAIUNETSEG_BUNDLE). "
-                        "Only plain values of its configs/inference.json are read: no config code runs here")
+    p.add_argument("--bundle", "--model-dir", dest="bundle", default=None,
+                   help="MONAI bundle or model folder (configs/inference.json + models/, e.g. made by 'monaiunetseg "
+                        "finetune'; default: the installed/shipped one, or $MONAIUNETSEG_BUNDLE). Only plain values "
+                        "of its configs/inference.json are read: no config code runs here")
     p.add_argument("--model", default="default", metavar="SET",
                    help="the bundle's model set ('models' in configs/inference.json); shipped: 'default' (fold "
                         "models 0-2, probabilities averaged), 'fast' (fold model 0 alone) and 'full' (all five fold "
@@ -111,7 +112,8 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="segment FLAIR abnormality in NIfTI/NRRD/MetaImage files and DICOM series (batch, resumable)",
         description="Segment the FLAIR abnormality of lower-grade gliomas (research use only, not for diagnosis). "
                     "INPUT: image files (NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, MetaImage .mha/.mhd; MINC, ITK "
-                    "HDF5, GIPL, VTK with the itk extra), DICOM series folders or any folder tree (scanned "
+                    "HDF5, GIPL, VTK with the itk extra), 2D pictures named here (PNG, TIFF, JPEG: a model from 'finetune' on "
+                    "pictures; a PNG mask of the picture's size), DICOM series folders or any folder tree (scanned "
                     "recursively; DICOM files, classic or enhanced multi-frame, are grouped into series by "
                     "SeriesInstanceUID). Writes <name>_seg labelmaps (0 background, 1 FLAIR abnormality) on each "
                     "input's own voxel grid, one line per case, and OUTDIR/report.csv (+ report.json, run.json). "

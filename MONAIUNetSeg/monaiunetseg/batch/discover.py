@@ -27,6 +27,7 @@ from monaiunetseg.io.dicom_series import (
 )
 from monaiunetseg.io.dicom_volume import volume_problem
 from monaiunetseg.io.guard import not_regular, open_header
+from monaiunetseg.io.image2d import is_image2d_path
 from monaiunetseg.io.itk_reader import itk_available, itk_format, missing_extra_message
 from monaiunetseg.io.labelmap import is_our_labelmap, labelmap_reason
 from monaiunetseg.io.nifti import is_nifti_path
@@ -36,10 +37,14 @@ from monaiunetseg.io.nrrd_mha import image_format
 DETACHED_DATA_SUFFIXES = (".raw", ".raw.gz", ".zraw")
 
 
-def file_kind(path: str | os.PathLike) -> str | None:
-    """The case kind of an image file from its name (``nifti``, ``nrrd``, ``metaimage``, ``itk``), else None."""
+def file_kind(path: str | os.PathLike, explicit: bool = False) -> str | None:
+    """The case kind of an image file from its name (``nifti``, ``nrrd``, ``metaimage``, ``itk``; ``picture`` for
+    a PNG/TIFF/JPEG named on the command line: in folders such files are thumbnails, screenshots or our own
+    overlays, not scans), else None."""
     if is_nifti_path(path):
         return "nifti"
+    if explicit and is_image2d_path(path):
+        return "picture"
     return image_format(path) or ("itk" if itk_format(path) else None)
 
 
@@ -58,7 +63,7 @@ def _scan_file(path: Path, explicit: bool, include_labelmaps: bool = False) -> P
     irregular = not_regular(path)
     if irregular:
         return _problem(path, FAILED if explicit else SKIPPED, f"{path}: {irregular}, not a regular file: not read")
-    kind = file_kind(path)
+    kind = file_kind(path, explicit)
     if kind == "itk" and not itk_available():
         return _problem(path, FAILED if explicit else SKIPPED, missing_extra_message(path))
     if kind:
@@ -197,7 +202,7 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
         elif isinstance(item, Case):
             cases.append(item)
         else:
-            cases.append(Case(file_kind(item) or "nifti", item))
+            cases.append(Case(file_kind(item, explicit=True) or "nifti", item))  # accepted by _scan_file
 
     for raw in inputs:
         path = Path(os.path.abspath(raw))

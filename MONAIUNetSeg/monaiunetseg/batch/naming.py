@@ -15,8 +15,9 @@ LABELMAP_SUFFIX, SEG_SUFFIX, OVERLAY_SUFFIX = "_seg.nii.gz", "_seg.dcm", "_overl
 PROBABILITY_TAG = "_prob"  # --save-probabilities: <name>_prob<labelmap extension>
 OUTPUT_FORMATS = ("same", "nifti", "nrrd", "mha")  # --output-format; "same": the input's format family
 # Labelmap suffix per output format, and the format "same" gives each input kind (DICOM and other ITK formats: NIfTI).
-FORMAT_SUFFIX = {"nifti": LABELMAP_SUFFIX, "nrrd": "_seg.nrrd", "mha": "_seg.mha"}
-SAME_FORMAT = {"nifti": "nifti", "nrrd": "nrrd", "metaimage": "mha", "itk": "nifti", "dicom": "nifti"}
+# A 2D picture's mask is a PNG of its size ("same" only: --output-format nifti/nrrd/mha give a 1-slice volume).
+FORMAT_SUFFIX = {"nifti": LABELMAP_SUFFIX, "nrrd": "_seg.nrrd", "mha": "_seg.mha", "png": "_seg.png"}
+SAME_FORMAT = {"nifti": "nifti", "nrrd": "nrrd", "metaimage": "mha", "itk": "nifti", "dicom": "nifti", "picture": "png"}
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
@@ -78,5 +79,7 @@ def labelmap_suffix(case: Case, output_format: str = "same") -> str:
 def output_paths(out_dir: Path, case: Case, output_format: str = "same") -> OutputPaths:
     suffix = labelmap_suffix(case, output_format)
     extension = suffix[len("_seg"):]
+    if extension == ".png":  # probabilities are float32: a 1-slice NIfTI beside the PNG mask
+        extension = LABELMAP_SUFFIX[len("_seg"):]
     return OutputPaths(out_dir / f"{case.name}{suffix}", out_dir / f"{case.name}{SEG_SUFFIX}",
                        out_dir / f"{case.name}{OVERLAY_SUFFIX}", out_dir / f"{case.name}{PROBABILITY_TAG}{extension}")

@@ -8,6 +8,10 @@ from monaiunetseg.batch.cases import Case
 
 def read_volume(case: Case):
     """The case's volume (``.array`` float32 (i, j, k), ``.affine`` RAS, plus what its writer needs), by kind."""
+    if case.kind == "picture":
+        from monaiunetseg.io.image2d import read_picture_volume
+
+        return read_picture_volume(case.source)
     if case.kind == "nifti":
         from monaiunetseg.io.nifti import read_nifti_volume
 

@@ -1,4 +1,4 @@
-"""Labelmap files in every output format (NIfTI, NRRD, MetaImage): write one, and read back what resume needs
+"""Labelmap files in every output format (NIfTI, NRRD, MetaImage; PNG for a 2D picture): write one, and read back what resume needs
 (which input it is the result of, its grid, its voxels), choosing the reader from the file name.
 
 The writers keep the input's grid exactly: a labelmap of a NIfTI input is written from the input's header, one
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monaiunetseg.io import nifti, nrrd_mha
+from monaiunetseg.io import image2d, nifti, nrrd_mha
 from monaiunetseg.io.guard import voxel_budget_problem
 
 # Output formats: the suffix of ``<name>_seg<suffix>``.
@@ -26,6 +26,8 @@ def _is_nifti(path: str | os.PathLike) -> bool:
 
 def read_source_record(path: str | os.PathLike) -> dict | None:
     """The source record written with the labelmap at ``path`` (None when there is none)."""
+    if image2d.is_png_path(path):
+        return image2d.read_mask_source(path)
     return nifti.read_source_record(path) if _is_nifti(path) else nrrd_mha.read_source_record(path)
 
 
@@ -33,6 +35,8 @@ def _claims_ours(path: str | os.PathLike) -> bool:
     """The header says this project wrote the file (description / field): what a copied header also says."""
     if _is_nifti(path):
         return nifti.is_our_labelmap(path)
+    if image2d.is_png_path(path):
+        return image2d.is_our_mask_png(path)
     return nrrd_mha.image_format(path) is not None and nrrd_mha.is_our_labelmap(path)
 
 
@@ -60,11 +64,15 @@ def is_our_labelmap(path: str | os.PathLike) -> bool:
 
 def grid_of(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
     """(3D shape, RAS affine) of an image or labelmap file, from its header."""
+    if image2d.is_png_path(path):
+        return read_labels(path).shape, image2d.unit_affine()
     return nifti.grid_of(path) if _is_nifti(path) else nrrd_mha.grid_of(path)
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
     """A labelmap's voxels, (i, j, k)."""
+    if image2d.is_png_path(path):
+        return image2d.read_mask_png(path)
     if _is_nifti(path):
         import nibabel as nib
 
@@ -77,6 +85,8 @@ def write_labelmap(labels: np.ndarray, volume, target: str | os.PathLike, source
     keeps its own header geometry; anything else gives its ``affine``) in the format of ``target``'s suffix.
     A float array is written as a float32 probability map (``--save-probabilities``) with the same geometry."""
     target = Path(target)
+    if image2d.is_png_path(target):
+        return image2d.write_mask_png(labels, target, source=source)
     if _is_nifti(target):
         if isinstance(volume, nifti.NiftiVolume):
             return nifti.write_labelmap_like(labels, volume, target, source=source)

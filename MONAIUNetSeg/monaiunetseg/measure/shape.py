@@ -132,12 +132,15 @@ def _plane_frame(affine: np.ndarray, axis: int) -> tuple[tuple[int, int], np.nda
     return (a, b), np.array([[ca @ e1, cb @ e1], [ca @ e2, cb @ e2]])
 
 
-def slice_diameters(mask2d: np.ndarray, to_mm: np.ndarray) -> tuple[float, float]:
-    """(longest, perpendicular) in mm of the lesion voxels of one slice; ``to_mm`` maps the slice's two voxel
-    indices to in-plane mm (see the module docstring for the definitions)."""
+def slice_chords(mask2d: np.ndarray, to_mm: np.ndarray) -> tuple[float, float, np.ndarray | None, np.ndarray | None]:
+    """(longest, perpendicular, longest end points, perpendicular end points) of the lesion voxels of one slice;
+    ``to_mm`` maps the slice's two voxel indices to in-plane mm (see the module docstring for the definitions).
+    End points are 2x2 arrays of (fractional) slice indices, so a viewer can draw exactly what was measured: the
+    longest segment's are voxel centres, the perpendicular chord's lie on its line where the first and last
+    voxel centres of its run project."""
     idx = np.argwhere(surface(mask2d))
     if len(idx) < 2:
-        return 0.0, 0.0
+        return 0.0, 0.0, None, None
     pts = idx @ to_mm.T
     i, j, longest = farthest_pair(pts)
     u = (pts[j] - pts[i]) / longest
@@ -147,7 +150,7 @@ def slice_diameters(mask2d: np.ndarray, to_mm: np.ndarray) -> tuple[float, float
     ts = np.arange(t.min(), t.max() + 1e-9, LINE_STEP * step)
     ss = np.arange(s.min() - step, s.max() + step + 1e-9, SAMPLE_STEP * step)
     to_index = np.linalg.inv(to_mm).T
-    perpendicular = 0.0
+    perpendicular, chord = 0.0, None  # chord: (t of its line, first s, last s)
     for start in range(0, len(ts), _LINE_CHUNK):  # in chunks of lines: bounded memory for large lesions
         samples = ts[start:start + _LINE_CHUNK, None, None] * u + ss[None, :, None] * v  # (line, sample, 2) mm
         ind = np.rint(samples @ to_index).astype(np.int64)
@@ -159,17 +162,42 @@ def slice_diameters(mask2d: np.ndarray, to_mm: np.ndarray) -> tuple[float, float
             continue
         across = (ind @ to_mm.T) @ v  # where each sample's voxel centre lies across the long axis
         labels = np.arange(1, n + 1)
-        extent = np.asarray(ndimage.maximum(across, runs, labels)) - np.asarray(ndimage.minimum(across, runs, labels))
-        perpendicular = max(perpendicular, float(extent.max()))
-    return longest, perpendicular
+        low = np.asarray(ndimage.minimum(across, runs, labels))
+        high = np.asarray(ndimage.maximum(across, runs, labels))
+        best = int(np.argmax(high - low))
+        if high[best] - low[best] > perpendicular:
+            line = start + int(np.argwhere(runs == best + 1)[0, 0])
+            perpendicular, chord = float(high[best] - low[best]), (ts[line], low[best], high[best])
+    longest_ends = idx[[i, j]].astype(float)
+    perpendicular_ends = None
+    if chord is not None:
+        perpendicular_ends = np.array([chord[0] * u + chord[1] * v, chord[0] * u + chord[2] * v]) @ to_index
+    return longest, perpendicular, longest_ends, perpendicular_ends
+
+
+def slice_diameters(mask2d: np.ndarray, to_mm: np.ndarray) -> tuple[float, float]:
+    """(longest, perpendicular) in mm of the lesion voxels of one slice (``slice_chords`` without end points)."""
+    return slice_chords(mask2d, to_mm)[:2]
+
+
+def _ends_3d(ends: np.ndarray | None, axis: int, k: int, plane_axes: tuple[int, int]) -> np.ndarray | None:
+    """2x3 voxel indices of a slice's 2x2 end points on slice ``k`` of ``axis``."""
+    if ends is None:
+        return None
+    out = np.empty((2, 3))
+    out[:, axis] = k
+    out[:, plane_axes[0]], out[:, plane_axes[1]] = ends[:, 0], ends[:, 1]
+    return out
 
 
 def axial_diameters(mask: np.ndarray, affine: np.ndarray) -> dict:
-    """Longest and perpendicular axial diameters on the slice where their product is largest."""
+    """Longest and perpendicular axial diameters on the slice where their product is largest, with their end
+    points as 2x3 voxel indices (``_longest_ijk``, ``_perpendicular_ijk``; None when there is no segment)."""
     axis, tilt = axial_axis(affine)
     (a, b), to_mm = _plane_frame(affine, axis)
     result = {"axial_longest_mm": 0.0, "axial_perpendicular_mm": 0.0, "bidimensional_mm2": 0.0,
-              "axial_slice": None, "axial_axis": axis, "axial_tilt_deg": tilt}
+              "axial_slice": None, "axial_axis": axis, "axial_tilt_deg": tilt,
+              "_longest_ijk": None, "_perpendicular_ijk": None}
     slices = [k for k in np.flatnonzero(mask.any(axis=(a, b)))]
     if not slices:
         return result
@@ -189,17 +217,18 @@ def axial_diameters(mask: np.ndarray, affine: np.ndarray) -> dict:
     # Ties (a lesion with equal cross-sections) go to the larger area, then to the slice nearest the lesion's
     # centre: the same slice whichever way the volume is stored.
     centre = float(np.average(slices, weights=[b[2] for b in bounds]))
-    best_key, best = None, (0.0, 0.0, None, 0.0)  # product, longest, slice, perpendicular
+    best_key, best = None, (0.0, 0.0, None, 0.0, None, None)  # product, longest, slice, perpendicular, ends
     for bound, k, area in sorted(bounds, key=lambda x: -x[0]):
         if best_key is not None and bound < best[0] - TIE_MM2:
             break
-        longest, perpendicular = slice_diameters(np.take(mask, k, axis=axis), to_mm)
+        longest, perpendicular, ends_l, ends_p = slice_chords(np.take(mask, k, axis=axis), to_mm)
         product = longest * perpendicular
         key = (round(product / TIE_MM2), round(longest / TIE_MM2), area, -abs(k - centre))
         if best_key is None or key > best_key:
-            best_key, best = key, (product, longest, k, perpendicular)
+            best_key, best = key, (product, longest, k, perpendicular, ends_l, ends_p)
     result.update(axial_longest_mm=best[1], axial_perpendicular_mm=best[3], bidimensional_mm2=best[0],
-                  axial_slice=best[2])
+                  axial_slice=best[2], _longest_ijk=_ends_3d(best[4], axis, best[2], (a, b)),
+                  _perpendicular_ijk=_ends_3d(best[5], axis, best[2], (a, b)))
     return result
 
 
@@ -240,6 +269,9 @@ def _measure(mask: np.ndarray, affine: np.ndarray, midline: float, box: tuple[sl
     row.update(axial_diameters(mask, affine))
     if row["axial_slice"] is not None:
         row["axial_slice"] += box[row["axial_axis"]].start
+    start = np.array([b.start for b in box], dtype=float)
+    row["diameters"] = {name: _segment(row.pop(f"_{name}_ijk"), start, affine)
+                        for name in ("longest", "perpendicular")}
     if count:
         edge = np.argwhere(surface(mask))
         row["max_diameter_mm"] = farthest_pair(edge @ affine[:3, :3].T)[2]
@@ -249,6 +281,16 @@ def _measure(mask: np.ndarray, affine: np.ndarray, midline: float, box: tuple[sl
         r = sum(affine[0, axis] * i for axis, i in enumerate(idx)) + affine[0, 3]  # each voxel's R coordinate
         row["side"] = _side(r, midline)
     return row
+
+
+def _segment(ijk: np.ndarray | None, start: np.ndarray, affine: np.ndarray) -> dict | None:
+    """End points of a diameter as voxel indices of the labelmap (fractional for the perpendicular chord) and as
+    patient RAS mm: ``ijk`` is on the crop starting at ``start`` whose affine is ``affine``."""
+    if ijk is None:
+        return None
+    ras = ijk @ affine[:3, :3].T + affine[:3, 3]
+    return {"ijk": (ijk + start).tolist(), "ras": ras.tolist(),
+            "length_mm": float(np.linalg.norm(ras[1] - ras[0]))}
 
 
 def _image_midline(image) -> float | None:
@@ -263,7 +305,9 @@ def measure_labelmap(mask: np.ndarray, affine: np.ndarray, image=None) -> dict:
 
     ``image``: the scan, as ``(array, affine)`` or anything with ``.array`` and ``.affine`` (on any grid), to find
     the head's midline for ``side``; without it the midline is x = 0. The labelmap row has ``lesion`` 0; lesions
-    are numbered 1, 2, ... by decreasing volume.
+    are numbered 1, 2, ... by decreasing volume. ``diameters`` (beyond ``COLUMNS``: in the JSON, not the CSV)
+    holds the end points of the measured ``longest`` and ``perpendicular`` axial diameters (``ijk`` voxel
+    indices, ``ras`` patient mm, ``length_mm``; None without a segment), for drawing them (overlay, Slicer).
     """
     affine = check_affine(affine, "labelmap")
     mask = np.asarray(mask)
@@ -289,6 +333,6 @@ def measure_labelmap(mask: np.ndarray, affine: np.ndarray, image=None) -> dict:
         box = box[0] if box else tuple(slice(0, 0) for _ in range(3))
         row = {"lesion": 0, "components": n, **_measure(mask[box], _crop(affine, box), midline, box)}
     row["sum_products_mm2"] = float(sum(lesion["bidimensional_mm2"] for lesion in lesions))
-    row = {c: row[c] for c in COLUMNS}
-    row["lesions"] = [{c: lesion[c] for c in COLUMNS} for lesion in lesions]
+    row = {**{c: row[c] for c in COLUMNS}, "diameters": row["diameters"]}
+    row["lesions"] = [{**{c: lesion[c] for c in COLUMNS}, "diameters": lesion["diameters"]} for lesion in lesions]
     return row

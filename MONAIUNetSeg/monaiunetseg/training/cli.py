@@ -1,5 +1,6 @@
-"""``monaiunetseg train-cv``, ``evaluate-oof``, ``calibrate-trust`` and ``compare-oof``: argparse wiring of
-``training.cv``, ``training.oof``, ``training.trust_fit`` and ``training.ablation``."""
+"""``monaiunetseg train-cv``, ``evaluate-oof``, ``calibrate-trust``, ``compare-oof``, ``prepare-pairs`` and
+``finetune``: argparse wiring of ``training.cv``, ``training.oof``, ``training.trust_fit``, ``training.ablation``,
+``training.pairs`` and ``training.finetune``."""
 
 from __future__ import annotations
 
@@ -71,6 +72,72 @@ def _compare_oof(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_pairs(args: argparse.Namespace) -> int:
+    from monaiunetseg.training.pairs import prepare_pairs
+
+    rows, datalist = prepare_pairs(args.images, args.out_dir, args.labels, n_folds=args.folds, seed=args.seed,
+                                   group_regex=args.group_regex)
+    for r in rows:
+        print(f"ok      {r['case']}: {r['kind']} {r['shape']}, patient {r['patient']}, fold {r['fold']}, "
+              f"{r['foreground_voxels']} foreground voxels")
+    print(f"prepare-pairs: {len(rows)} pairs of {len({r['patient'] for r in rows})} patients in {args.folds} folds; "
+          f"datalist: {datalist}")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from monaiunetseg.training.finetune import finetune
+
+    record = finetune(args.prepared, args.out_dir, source=args.source, epochs=args.epochs, fold=args.fold,
+                      device=args.device, batch_size=args.batch_size, num_samples=args.num_samples,
+                      learning_rate=args.learning_rate, num_workers=args.num_workers)
+    return 0 if record.get("status") == "done" else 1
+
+
+def add_finetune_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``prepare-pairs`` and ``finetune``: training on your own data."""
+    p = subparsers.add_parser(
+        "prepare-pairs", help="your image/label pairs -> a prepared data set with patient-level folds",
+        description="Pair images with their labels by name and write them as prepare-lgg does (images/, labels/, "
+                    "datalist.json with patient-level folds, dataset_summary.csv) for finetune/train-cv. Inputs: 3D "
+                    "volumes (NIfTI, NRRD, MetaImage) or 2D pictures (PNG, TIFF, JPEG; RGB -> grey; 1-slice "
+                    "volumes); labels binary or instance-labelled (foreground = value > 0). Pairs must share "
+                    "their grid. With LABELS: IMAGES/x.* pairs with LABELS/x.* (or x_label/x_mask/x_seg); without: "
+                    "x.* with x_label.* / x_mask.* / x_seg.* in IMAGES.")
+    p.add_argument("images", type=Path, help="folder of images (and, without LABELS, their labels)")
+    p.add_argument("labels", type=Path, nargs="?", default=None, help="folder of labels (optional)")
+    p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="PREPARED",
+                   help="output folder")
+    p.add_argument("--folds", type=int, default=5, help="number of patient-level folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    p.add_argument("--group-regex", default=None, metavar="REGEX",
+                   help="the patient of a case: the first group (or whole match) of REGEX in its name, so a "
+                        "patient's cases share a fold (default: every pair is its own patient)")
+    p.set_defaults(func=_prepare_pairs)
+
+    p = subparsers.add_parser(
+        "finetune", help="train or fine-tune the model on a prepared data set into a model folder",
+        description="Train configs/train.json of the shipped bundle on every fold of PREPARED but --fold, starting "
+                    "from the shipped weights (--from default or fast: the set's first model) or from scratch "
+                    "(--from none), then write MODEL_DIR: models/model.pt, configs/inference.json (post-processing "
+                    "chosen on the validation fold), docs/README.md (model card). Rerun the same command to resume "
+                    "from the newest checkpoint. Use it with: monaiunetseg segment --model-dir MODEL_DIR ...")
+    p.add_argument("prepared", type=Path, help="prepare-pairs (or prepare-lgg) output")
+    p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="MODEL_DIR",
+                   help="the model folder to write (its train/ subfolder holds checkpoints and the log)")
+    p.add_argument("--from", dest="source", default="default", metavar="SOURCE",
+                   help="default, fast (the shipped weights), none (from scratch) or a weights file (default: default)")
+    p.add_argument("--epochs", type=int, default=50, help="training epochs (default 50)")
+    p.add_argument("--fold", type=int, default=0, help="the validation fold (default 0)")
+    p.add_argument("--batch-size", type=int, default=None, help="volumes per step (default: the bundle's, 4)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="random crops per volume and step (default: the bundle's, 8)")
+    p.add_argument("--learning-rate", type=float, default=None, help="default: the bundle's (0.002)")
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--num-workers", type=int, default=0, help="data loader workers (default 0)")
+    p.set_defaults(func=_finetune)
+
+
 def _bundle_and_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default=None, help="bundle folder (default: the installed/shipped one)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
@@ -137,3 +204,5 @@ def add_training_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="where the table goes (default: monai_bundle/docs)")
     p.add_argument("--prefix", default="ablation", help="file-name prefix (default: ablation)")
     p.set_defaults(func=_compare_oof)
+
+    add_finetune_parsers(subparsers)

@@ -44,9 +44,11 @@ def load_split(dataset_dir: str | os.PathLike, val_fold: int = 0, cache_dir: str
     path = resolve_dataset(dataset_dir, cache_dir, subset, val_fold)
     datalist = json.loads(path.read_text())
     root = path.parent
-    # Only fields every entry has: clinical fields are optional and would break batch collation.
+    # Only fields every entry has: clinical fields are optional and would break batch collation. A prepare-pairs
+    # data set has no 3-channel image: its one image stands in (only train_3ch.json reads it).
     items = [
-        {"image": str(root / e["image"]), "image_3ch": str(root / e["image_3ch"]), "label": str(root / e["label"]),
+        {"image": str(root / e["image"]), "image_3ch": str(root / e.get("image_3ch", e["image"])),
+         "label": str(root / e["label"]),
          "patient": e["patient"], "fold": e["fold"]}
         for e in datalist["training"]
     ]

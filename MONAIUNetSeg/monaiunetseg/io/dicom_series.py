@@ -36,7 +36,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Header elements the scan needs; reading only these keeps a scan of thousands of files fast.
 HEADER_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "PatientID", "StudyDate",
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "StudyDate",
     "SeriesNumber", "SeriesDescription", "ProtocolName", "SequenceName", "Modality", "ImageType",
     "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames",
     "SamplesPerPixel", "InversionTime", "EchoTime",
@@ -64,6 +64,7 @@ class DicomFile:
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
     patient_id: str = ""
+    study_uid: str = ""
     study_date: str = ""
     series_number: str = ""
     series_description: str = ""
@@ -184,6 +185,7 @@ def _header_record(path: Path, ds: pydicom.Dataset, force: bool) -> DicomFile:
         sop_class_uid=sop_class,
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         patient_id=_text(ds, "PatientID"),
+        study_uid=_text(ds, "StudyInstanceUID"),
         study_date=_text(ds, "StudyDate"),
         series_number=_text(ds, "SeriesNumber"),
         series_description=_text(ds, "SeriesDescription"),
@@ -241,10 +243,32 @@ def flair_evidence(series: DicomSeries) -> str | None:
     return None
 
 
+def mixed_identity(series: DicomSeries) -> str | None:
+    """Why the files of one SeriesInstanceUID are not one patient's series (None if they are).
+
+    A reused or copied UID can put two patients' (or studies') slices under one series; merged, their
+    interleaved positions may even form a regular stack, so the identity is checked before the geometry."""
+    groups: dict[tuple[str, str], list[DicomFile]] = {}
+    for f in series.files:
+        groups.setdefault((f.patient_id, f.study_uid), []).append(f)
+    if len(groups) < 2:
+        return None
+    parts = []
+    for (patient, study), files in list(groups.items())[:3]:
+        folder = os.path.commonpath([str(f.path.parent) for f in files])
+        parts.append(f"PatientID '{patient}' StudyInstanceUID {study or '(none)'} ({len(files)} file(s) in {folder})")
+    more = f" and {len(groups) - 3} more" if len(groups) > 3 else ""
+    return (f"one SeriesInstanceUID shared by {len(groups)} patients/studies: {' vs '.join(parts)}{more}; "
+            "refused rather than merged into one volume (segment each folder on its own with segment-case)")
+
+
 def not_a_volume(series: DicomSeries) -> str | None:
     """Why the series cannot be a 3D volume, judged from headers alone (None if it may be one)."""
     f = series.first
     n = len(series.files)
+    mixed = mixed_identity(series)
+    if mixed:
+        return mixed
     if "LOCALIZER" in f.image_type:
         return "localizer/scout series, not a 3D volume"
     if any(x.n_frames > 1 for x in series.files):

@@ -328,3 +328,33 @@ def test_two_patients_sharing_a_series_uid_are_refused_naming_both(kaggle_dir: P
         load_series_volume(failed.series)
     result = segment_single(tmp_path / "in", tmp_path / "out")
     assert result.status == "failed" and "'BOB'" in result.error and result.output == ""
+
+
+def test_large_private_elements_are_not_kept_in_the_headers(kaggle_dir: Path, tmp_path: Path):
+    """Issue 22.11b: the headers kept per slice (the DICOM SEG's sources) held every element but the pixels, so a
+    2 MiB private element before PixelData cost 2 MiB per slice for the whole case. Values over 64 KiB are now
+    neither loaded nor kept; the volume and the SEG are as before."""
+    import tracemalloc
+
+    from monaiunetseg.io.dicom_seg import write_dicom_seg
+
+    array, affine = small_volume(kaggle_dir, n_slices=12)
+    info = write_series(array, affine, tmp_path / "big", description="AX FLAIR")
+    for path in info["paths"]:
+        ds = pydicom.dcmread(path)
+        ds.add_new(0x00290010, "LO", "VENDOR RAW")
+        ds.add_new(0x00291010, "OB", bytes(2 * 2**20))
+        ds.save_as(path)
+    (series,) = _series(tmp_path / "big")
+    tracemalloc.start()
+    try:
+        volume = load_series_volume(series)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * 2**20, f"{peak / 2**20:.1f} MiB for 12 slices of 256x256"
+    assert np.allclose(volume.array, array)
+    assert all(0x00291010 not in ds and "PixelData" not in ds for ds in volume.datasets)
+    assert all(ds.PatientID == "LGG-TEST-01" and ds.get((0x0029, 0x0010)).value == "VENDOR RAW" for ds in volume.datasets)
+    seg = write_dicom_seg((volume.array > 400).astype(np.uint8), volume.datasets, tmp_path / "seg.dcm")
+    assert hd.seg.segread(seg).number_of_frames == 12

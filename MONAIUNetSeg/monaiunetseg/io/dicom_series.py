@@ -41,6 +41,9 @@ HEADER_TAGS = [
     "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames",
     "SamplesPerPixel", "InversionTime", "EchoTime",
 ]
+# Values over this are neither loaded nor kept in the headers held for a DICOM SEG: a large private element before
+# the pixels (a vendor's raw data, a thumbnail) would otherwise cost its size once per slice, for the whole case.
+HEADER_ELEMENT_LIMIT = 64 * 2**10
 ORIENTATION_ATOL = 1e-3  # direction cosines written with ~6 decimals agree far better than this
 SPACING_ATOL_MM, SPACING_RTOL = 0.05, 0.01  # positions rounded to 0.01 mm still pass; a missing slice never does
 
@@ -366,6 +369,20 @@ def sort_slices(series: DicomSeries) -> SliceStack:
     return SliceStack(files, affine)
 
 
+def slim_header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """``ds`` without its pixel data and without top-level values over :data:`HEADER_ELEMENT_LIMIT` (deferred
+    ones are dropped unread): what a DICOM SEG needs of a source image is small."""
+    for tag in list(ds.keys()):
+        item = ds.get_item(tag)
+        length = getattr(item, "length", None)  # a raw (possibly deferred) element: its length on disk
+        if length is None:
+            value = item.value
+            length = len(value) if isinstance(value, (bytes, bytearray, str)) else 0
+        if tag == 0x7FE00010 or (HEADER_ELEMENT_LIMIT < length != 0xFFFFFFFF):
+            del ds[tag]
+    return ds
+
+
 def load_series_volume(series: DicomSeries) -> SeriesVolume:
     """Read the pixels of a sorted, checked stack; rescale slope/intercept (modality LUT) applied per slice."""
     stack = sort_slices(series)
@@ -378,13 +395,13 @@ def load_series_volume(series: DicomSeries) -> SeriesVolume:
     headers: list[pydicom.Dataset] = []
     for k, f in enumerate(stack.files):
         try:
-            ds = pydicom.dcmread(f.path, force=True)  # as scanned: files without the preamble are DICOM too
+            # as scanned (files without the preamble are DICOM too); big values stay on disk until asked for
+            ds = pydicom.dcmread(f.path, force=True, defer_size=HEADER_ELEMENT_LIMIT)
             pixels = apply_modality_lut(ds.pixel_array, ds)
         except Exception as exc:  # truncated pixel data, unsupported compression, ...
             raise DicomSeriesError(f"{f.path}: cannot read pixel data ({describe(exc)})") from exc
         if pixels.shape != (first.rows, first.columns):
             raise DicomSeriesError(f"{f.path}: pixel array shape {pixels.shape}, expected {(first.rows, first.columns)}")
         array[:, :, k] = pixels.T
-        del ds.PixelData  # keep the header only: memory stays flat over long series
-        headers.append(ds)
+        headers.append(slim_header(ds))  # memory stays flat over long series
     return SeriesVolume(array, affine, headers)

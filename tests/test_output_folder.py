@@ -239,6 +239,33 @@ def test_failing_dicom_seg_keeps_the_labelmap_and_says_why_in_the_note(kaggle_di
                                                           "not written (dicom-seg: "), again.note
 
 
+def test_ctrl_c_is_one_line_and_exit_130(scans, tmp_path: Path):
+    """Minor of issue 22: Ctrl-C printed a 30-line traceback. A run waiting (--wait) on a held folder, then
+    interrupted, says so in one line and exits 130, leaving nothing behind."""
+    import signal
+
+    from monaiunetseg.batch.lock import LOCK_NAME, OutputLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = OutputLock(out).acquire()
+    try:
+        log = tmp_path / "err"
+        proc = cli(["segment", scans["a"], "-o", out, "--quiet", "--wait"], stderr=log.open("w"))
+        deadline = time.monotonic() + 120
+        while "waiting (--wait)" not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        code, _, _ = finish(proc, timeout=60)
+    finally:
+        holder.release()
+    err = log.read_text()
+    assert code == 130, err
+    assert err.splitlines()[-1] == "monaiunetseg segment: interrupted" and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
 def test_bad_weights_leave_no_report_of_pending_rows(scans, tmp_path: Path, capsys):
     """Point 13: an unusable --weights file is a command error before any row is written."""
     out = tmp_path / "out"

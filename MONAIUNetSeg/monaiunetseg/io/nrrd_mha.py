@@ -20,7 +20,7 @@ import numpy as np
 from monaiunetseg.files import atomic_path
 from monaiunetseg.geometry import check_affine
 from monaiunetseg.io.data_files import DataFileError, checked_input_files, data_files
-from monaiunetseg.io.guard import voxel_budget_problem
+from monaiunetseg.io.guard import not_regular, voxel_budget_problem
 from monaiunetseg.io.nifti import OUTPUT_DESCRIPTIONS, SOURCE_KEY, output_array
 
 NRRD_SUFFIXES, METAIMAGE_SUFFIXES = (".nrrd", ".nhdr"), (".mha", ".mhd")
@@ -84,8 +84,13 @@ def detached_data_files(path: str | os.PathLike) -> list[Path]:
 def input_files(path: str | os.PathLike) -> list[Path]:
     """The file and the existing data files of its header, each checked to be a regular file (a FIFO would
     block a reader, a device never end) inside the header's folder tree: :class:`ImageInputError` naming the
-    one that is not."""
+    one that is not. Only NRRD/MetaImage files have data-file fields: any other file (a NIfTI) is itself."""
     try:
+        if image_format(path) is None:
+            kind = not_regular(Path(path))
+            if kind:
+                raise DataFileError(f"{path}: {kind}, not a regular file: not read")
+            return [Path(path)]
         return checked_input_files(path)
     except DataFileError as exc:
         raise ImageInputError(str(exc)) from exc

@@ -306,3 +306,55 @@ def test_series_with_a_truncated_first_or_last_slice_fails_as_a_whole(kaggle_dir
     assert f"empty or truncated (e.g. {victim})" in failed.problem
     result = segment_single(tmp_path / "in" / "series", tmp_path / "out")
     assert result.status == "failed" and str(victim) in result.error and result.output == ""
+
+
+def test_two_patients_sharing_a_series_uid_are_refused_naming_both(kaggle_dir: Path, tmp_path: Path):
+    """Issue 22.3: two patients' folders with one SeriesInstanceUID and interleaved positions formed one regular
+    stack of both, reported ok under the first patient. The series fails naming both patients and folders."""
+    from monaiunetseg.batch.single import segment_single
+
+    array, affine = small_volume(kaggle_dir, n_slices=8)
+    uid = "1.2.826.0.1.3680043.8.498.12345"
+    odd, even = tuple(range(1, 8, 2)), tuple(range(0, 8, 2))
+    write_series(array, affine, tmp_path / "in" / "alice", patient_id="ALICE", series_uid=uid, skip_slices=odd)
+    write_series(array, affine, tmp_path / "in" / "bob", patient_id="BOB", series_uid=uid, skip_slices=even, seed=3)
+    cases = discover_cases([tmp_path / "in"])
+    assert not [c for c in cases if c.kind == "dicom"]
+    (failed,) = [c for c in cases if c.series is not None]
+    assert failed.status == FAILED and "shared by 2 patients/studies" in failed.problem
+    for text in ("'ALICE'", "'BOB'", str(tmp_path / "in" / "alice"), str(tmp_path / "in" / "bob")):
+        assert text in failed.problem
+    with pytest.raises(DicomSeriesError, match="shared by 2 patients"):
+        load_series_volume(failed.series)
+    result = segment_single(tmp_path / "in", tmp_path / "out")
+    assert result.status == "failed" and "'BOB'" in result.error and result.output == ""
+
+
+def test_large_private_elements_are_not_kept_in_the_headers(kaggle_dir: Path, tmp_path: Path):
+    """Issue 22.11b: the headers kept per slice (the DICOM SEG's sources) held every element but the pixels, so a
+    2 MiB private element before PixelData cost 2 MiB per slice for the whole case. Values over 64 KiB are now
+    neither loaded nor kept; the volume and the SEG are as before."""
+    import tracemalloc
+
+    from monaiunetseg.io.dicom_seg import write_dicom_seg
+
+    array, affine = small_volume(kaggle_dir, n_slices=12)
+    info = write_series(array, affine, tmp_path / "big", description="AX FLAIR")
+    for path in info["paths"]:
+        ds = pydicom.dcmread(path)
+        ds.add_new(0x00290010, "LO", "VENDOR RAW")
+        ds.add_new(0x00291010, "OB", bytes(2 * 2**20))
+        ds.save_as(path)
+    (series,) = _series(tmp_path / "big")
+    tracemalloc.start()
+    try:
+        volume = load_series_volume(series)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * 2**20, f"{peak / 2**20:.1f} MiB for 12 slices of 256x256"
+    assert np.allclose(volume.array, array)
+    assert all(0x00291010 not in ds and "PixelData" not in ds for ds in volume.datasets)
+    assert all(ds.PatientID == "LGG-TEST-01" and ds.get((0x0029, 0x0010)).value == "VENDOR RAW" for ds in volume.datasets)
+    seg = write_dicom_seg((volume.array > 400).astype(np.uint8), volume.datasets, tmp_path / "seg.dcm")
+    assert hd.seg.segread(seg).number_of_frames == 12

@@ -360,3 +360,36 @@ def test_scan_with_a_copied_output_header_is_still_a_scan(flair, segmenter, tmp_
     (out / "float_scan_seg.nii.gz").write_bytes((folder / "float_scan.nii.gz").read_bytes())
     with pytest.raises(RuntimeError, match="were not written by MONAIUNetSeg"):
         run_batch([folder / "float_scan.nii.gz"], out, BatchOptions(progress=False), segmenter=segmenter)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_float64_nifti_is_converted_in_slabs(tmp_path: Path, scaled: bool):
+    """Issue 22.11c: a float64 gzip NIfTI at the voxel budget (512x512x1024, 2 GiB of data) reached 4.25 GB: nibabel
+    held the whole float64 array next to its float32 copy. Read and converted a few slices at a time, the peak is
+    the float32 volume and a slab (here 256x256x64: 16 MiB out, 32 MiB as float64), and the values are the same."""
+    import tracemalloc
+
+    from monaiunetseg.io.nifti import read_nifti_volume
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(300.0, 80.0, size=(256, 256, 64))
+    img = nib.Nifti1Image(data, np.diag([-0.9, -0.9, 2.0, 1.0]))
+    img.header.set_data_dtype(np.float64)
+    if scaled:
+        img.header.set_slope_inter(2.0, -5.0)
+    path = tmp_path / "f64.nii.gz"
+    nib.save(img, path)
+    expected = nib.load(path).get_fdata(dtype=np.float32)
+    tracemalloc.start()
+    try:
+        volume = read_nifti_volume(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    out_bytes = volume.array.nbytes
+    assert peak < out_bytes + 10 * 2**20, f"peak {peak / 2**20:.0f} MiB for a {out_bytes / 2**20:.0f} MiB volume"
+    assert volume.array.dtype == np.float32
+    if scaled:
+        assert np.allclose(volume.array, expected, rtol=1e-6)
+    else:
+        assert np.array_equal(volume.array, expected)

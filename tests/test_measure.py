@@ -515,3 +515,12 @@ def test_segment_overlay_with_measure_draws_the_reported_diameters(head_scan, tm
     (plain,) = run_batch([path], tmp_path / "plain", BatchOptions(progress=False, overlay=True),
                          segmenter=EllipsoidSegmenter()).results
     assert "RANO" not in Image.open(plain.overlay).text["Description"]  # without --measure: as before
+
+
+def test_empty_labelmap_of_an_all_zero_scan_measures_without_a_midline():
+    """``segment --measure`` on an all-zero scan: nothing found, nothing to place on a side, no error."""
+    from monaiunetseg.measure.shape import measure_labelmap
+
+    zeros = np.zeros((16, 16, 4), np.float32)
+    row = measure_labelmap(np.zeros((16, 16, 4), np.uint8), np.eye(4), image=(zeros, np.eye(4)))
+    assert row["volume_ml"] == 0 and row["components"] == 0 and row["side"] == ""

@@ -210,9 +210,10 @@ def test_temporary_files_of_a_killed_run_are_removed(scans, segmenter, tmp_path:
     assert not list(out.glob(".*.part*"))
 
 
-def test_failing_dicom_seg_names_its_step_and_leaves_no_labelmap(kaggle_dir: Path, segmenter, tmp_path: Path):
-    """Point 9: a DICOM SEG refused for an invalid StudyDate fails the case as "dicom-seg: ..."; the labelmap
-    made before it is not left behind."""
+def test_failing_dicom_seg_keeps_the_labelmap_and_says_why_in_the_note(kaggle_dir: Path, segmenter, tmp_path: Path):
+    """Issue 22.7c (was point 9): a DICOM SEG refused for an invalid StudyDate took the labelmap down with it. The
+    SEG is an extra: the case is ok with its labelmap, the note names the SEG's step and problem, no SEG or
+    temporary file is left, and the next run tries the SEG again."""
     import pydicom
 
     from dicom_factory import write_series
@@ -224,11 +225,45 @@ def test_failing_dicom_seg_names_its_step_and_leaves_no_labelmap(kaggle_dir: Pat
         ds.StudyDate = "2024-13-45"
         ds.save_as(path)
     out = tmp_path / "out"
-    (res,) = run_batch([tmp_path / "in"], out, BatchOptions(progress=False, dicom_seg=True), segmenter=segmenter).results
-    assert res.status == "failed" and res.output == "" and res.dicom_seg == ""
-    assert f"{tmp_path / 'in' / 'study'}: series #5 'AX FLAIR'" in res.error
-    assert "dicom-seg: ValueError: Unable to convert '2024-13-45' to 'DA' object" in res.error
-    assert sorted(p.name for p in out.iterdir()) == [".monaiunetseg", "report.csv", "report.json", "run.json"]
+    options = BatchOptions(progress=False, dicom_seg=True)
+    result = run_batch([tmp_path / "in"], out, options, segmenter=segmenter)
+    (res,) = result.results
+    assert res.status == "ok" and res.output.endswith("_seg.nii.gz") and Path(res.output).is_file()
+    assert res.dicom_seg == "" and result.exit_code == 0
+    assert res.note.startswith("DICOM SEG not written (dicom-seg: ValueError: Unable to convert '2024-13-45' to 'DA'")
+    assert res.note.endswith("; labelmap written")
+    assert sorted(p.name for p in out.iterdir()) == [".monaiunetseg", Path(res.output).name, "report.csv",
+                                                     "report.json", "run.json"]
+    (again,) = run_batch([tmp_path / "in"], out, options, segmenter=segmenter).results
+    assert again.status == "ok" and again.note.startswith("earlier output incomplete (no DICOM SEG): redone; DICOM SEG "
+                                                          "not written (dicom-seg: "), again.note
+
+
+def test_ctrl_c_is_one_line_and_exit_130(scans, tmp_path: Path):
+    """Minor of issue 22: Ctrl-C printed a 30-line traceback. A run waiting (--wait) on a held folder, then
+    interrupted, says so in one line and exits 130, leaving nothing behind."""
+    import signal
+
+    from monaiunetseg.batch.lock import LOCK_NAME, OutputLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = OutputLock(out).acquire()
+    try:
+        log = tmp_path / "err"
+        proc = cli(["segment", scans["a"], "-o", out, "--quiet", "--wait"], stderr=log.open("w"))
+        deadline = time.monotonic() + 120
+        while "waiting (--wait)" not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        code, _, _ = finish(proc, timeout=60)
+    finally:
+        holder.release()
+    err = log.read_text()
+    assert code == 130, err
+    assert err.splitlines()[-1] == "monaiunetseg segment: interrupted" and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == []
 
 
 def test_bad_weights_leave_no_report_of_pending_rows(scans, tmp_path: Path, capsys):

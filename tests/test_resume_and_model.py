@@ -237,3 +237,31 @@ def test_input_whose_scaling_overflows_fails_as_the_input_and_the_batch_goes_on(
                                   "the intensity scaling overflows"), r.error
         assert "weights" not in r.error
     assert result.results[3].input == str(good) and _labels(result.results[3].output).any()
+
+
+def test_weights_zip_that_inflates_far_beyond_its_size_is_refused(flair, tmp_path: Path, capsys):
+    """Issue 22.11a: a weights zip (torch's format, entries deflated) holding 256 MiB of zeros in a file of
+    4 MiB was inflated on load; one declaring several GiB would fill the memory. Refused from the sizes in the
+    zip's directory before any entry is read, naming the file, in both weight readers and the CLI."""
+    import zipfile
+
+    from monaiunetseg.model.state_dict import StateDictError, read_state_dict
+
+    plain = _weights(tmp_path, "plain.pt", lambda k, v: v)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        prefix = src.namelist()[0].split("/")[0]
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+        with dst.open(f"{prefix}/data/padding", "w") as fh:
+            zeros = bytes(2**20)
+            for _ in range(256):
+                fh.write(zeros)
+    assert bomb.stat().st_size < 8 * 2**20
+    for load, error in ((read_state_dict, StateDictError), (load_state_dict, ValueError)):
+        with pytest.raises(error, match=r"weights archive would inflate to 0\.2\d GiB from \d\.\d MiB") as err:
+            load(bomb)
+        assert str(bomb) in str(err.value)
+    scan = save_nifti(*flair, tmp_path / "scan.nii.gz")
+    assert cli_main(["segment", str(scan), "-o", str(tmp_path / "out"), "--quiet", "--weights", str(bomb)]) == 2
+    assert f"{bomb}: weights archive would inflate" in capsys.readouterr().err

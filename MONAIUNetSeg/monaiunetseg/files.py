@@ -116,6 +116,12 @@ class StagedFiles:
         self._staged.append((tmp, Path(target)))
         return tmp
 
+    def drop(self, tmp: Path) -> None:
+        """Take back one staged file (an optional output that failed): it is removed, the others stay staged."""
+        self._staged = [(t, target) for t, target in self._staged if t != tmp]
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
     def commit(self) -> None:
         for tmp, _ in self._staged:
             _fsync(tmp)

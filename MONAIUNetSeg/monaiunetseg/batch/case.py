@@ -1,8 +1,10 @@
 """One case of a batch: read, segment, and write its outputs together, or fail naming the step.
 
 A case's outputs (labelmap, DICOM SEG, overlay, probability map) are written under temporary names and renamed together at
-the end (``files.StagedFiles``), the labelmap last: a failure at any step (a SEG refused for an invalid
-StudyDate, an overlay on a full disk) leaves none of them, so the row "failed, no output" is what is on disk.
+the end (``files.StagedFiles``), the labelmap last: a failure at any step (an overlay on a full disk) leaves none of
+them, so the row "failed, no output" is what is on disk. The DICOM SEG alone is optional: highdicom refuses some
+real series (an invalid StudyDate, say), and losing the labelmap for that would lose the result; its failure is
+the row's note (status ok, ``dicom_seg`` empty) and the next run tries it again.
 """
 
 from __future__ import annotations
@@ -100,10 +102,13 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
         if options.dicom_seg and case.kind == "dicom":
             from monaiunetseg.io.dicom_seg import write_dicom_seg
 
-            with step("dicom-seg"):
-                write_dicom_seg(labels, volume.datasets, staged.path(paths.dicom_seg),  # type: ignore[union-attr]
-                                volume.frame_slices)  # type: ignore[union-attr]
-            res.dicom_seg = str(paths.dicom_seg)
+            seg_tmp = staged.path(paths.dicom_seg)
+            try:
+                write_dicom_seg(labels, volume.datasets, seg_tmp, volume.frame_slices)  # type: ignore[union-attr]
+                res.dicom_seg = str(paths.dicom_seg)
+            except Exception as exc:  # noqa: BLE001  the SEG is an extra: the labelmap is still written
+                staged.drop(seg_tmp)
+                res.note = seg_failed_note(exc)
         elif options.dicom_seg:
             res.note = no_seg_note(case)
         if options.overlay:
@@ -135,6 +140,12 @@ def segment_case(case: Case, paths: OutputPaths, segmenter, options: BatchOption
                    "extras": t_extras - t_seg,
                    "write": t_end - t_extras, "total": t_end - t0}
     return res
+
+
+def seg_failed_note(exc: Exception) -> str:
+    """The row's note when the DICOM SEG could not be made: the case stays ok with its labelmap (the result is
+    there; only its DICOM form is missing), and the next run tries the SEG again."""
+    return f"DICOM SEG not written (dicom-seg: {describe(exc)}); labelmap written"
 
 
 def assess_case(case: Case, segmenter, array: np.ndarray, affine: np.ndarray):

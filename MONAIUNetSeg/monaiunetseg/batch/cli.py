@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,8 +46,24 @@ def check_model_options(args: argparse.Namespace) -> None:
         print(warning, file=sys.stderr)
 
 
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-outside-data", action="store_true",
+                   help="read data files that NRRD/MetaImage headers name outside their own folder tree "
+                        "(refused by default: a header must not pull in an unrelated file)")
+
+
+def apply_input_options(args: argparse.Namespace) -> None:
+    """``--allow-outside-data`` for every reader in this process (and the workers it starts): the readers sit
+    below the batch, so the switch travels as ``$MONAIUNETSEG_ALLOW_OUTSIDE_DATA``, like the voxel budget."""
+    from monaiunetseg.io.data_files import OUTSIDE_DATA_ENV
+
+    if getattr(args, "allow_outside_data", False):
+        os.environ[OUTSIDE_DATA_ENV] = "1"
+
+
 def _segment(args: argparse.Namespace) -> int:
     check_model_options(args)
+    apply_input_options(args)
     shard([], args.num_shards, args.shard_id)  # validates N and K
     options = BatchOptions(device=args.device, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                            all_series=args.all_series, overlay=args.overlay, num_shards=args.num_shards,
@@ -146,6 +163,7 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the cases into N shards (default 1)")
     p.add_argument("--shard-id", type=int, default=0, metavar="K", help="run shard K of N (0-based, default 0)")
     add_model_options(p)
+    add_input_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar and no line per case (failures still shown)")
     p.set_defaults(func=_segment)
     return p

@@ -31,6 +31,7 @@ from monaiunetseg.io.image2d import is_image2d_path
 from monaiunetseg.io.itk_reader import itk_available, itk_format, missing_extra_message
 from monaiunetseg.io.labelmap import is_our_labelmap, labelmap_reason
 from monaiunetseg.io.nifti import is_nifti_path
+from monaiunetseg.io.data_files import data_files
 from monaiunetseg.io.nrrd_mha import image_format
 
 # Data files of detached headers (.nhdr, .mhd): read with their header, never cases of their own.
@@ -46,6 +47,16 @@ def file_kind(path: str | os.PathLike, explicit: bool = False) -> str | None:
     if explicit and is_image2d_path(path):
         return "picture"
     return image_format(path) or ("itk" if itk_format(path) else None)
+
+
+def _data_files_of(path: Path) -> set[str]:
+    """The data files an NRRD/MetaImage header names (as paths beside it); none when it cannot say."""
+    if image_format(path) is None:
+        return set()
+    try:
+        return {os.path.normpath(f) for f in data_files(path, confine=False)}
+    except ValueError:  # reading the case will say what is wrong with the header
+        return set()
 
 
 def _problem(path: Path, status: Status, message: str) -> Case:
@@ -209,6 +220,7 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
         if path.is_dir():
             found = 0
             others: dict[Path, list[str]] = {}
+            data_of: set[str] = set()  # data files of the headers found: read with them, not "other files"
             for f in _walk(path, onerror=unreadable_folder):
                 item = scan(f, explicit=False)
                 if item is None:
@@ -216,12 +228,16 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
                 else:
                     add(item)
                     found += 1
+                    if isinstance(item, Path):
+                        data_of |= _data_files_of(item)
             if not found:
                 if os.path.realpath(path) not in seen:  # else the folder could not be listed: already reported
                     n_other = sum(len(v) for v in others.values())
                     extra = f" ({n_other} other file(s), e.g. {next(iter(others.values()))[0]})" if n_other else ""
                     cases.append(_problem(path, FAILED, f"{path}: no DICOM or NIfTI files found (nor NRRD/MetaImage){extra}"))
             else:
+                others = {folder: [n for n in names if str(folder / n) not in data_of] for folder, names in others.items()}
+                others = {folder: names for folder, names in others.items() if names}
                 for folder, names in others.items():
                     cases.append(_problem(folder, SKIPPED, f"{folder}: {len(names)} file(s) that are neither images "
                                                            f"nor DICOM ignored (e.g. {names[0]})"))

@@ -18,8 +18,15 @@ from pathlib import Path
 
 from monaiunetseg.batch.case import failure_result, segment_case
 from monaiunetseg.batch.cases import Case
-from monaiunetseg.batch.cli import (add_measure_option, add_model_options, add_probability_option, add_strict_option,
-                                    check_model_options)
+from monaiunetseg.batch.cli import (
+    add_input_options,
+    add_measure_option,
+    add_model_options,
+    add_probability_option,
+    add_strict_option,
+    apply_input_options,
+    check_model_options,
+)
 from monaiunetseg.batch.discover import discover_cases
 from monaiunetseg.batch.lock import OutputLock
 from monaiunetseg.batch.model_key import key_of
@@ -175,6 +182,7 @@ def _segment_case(args: argparse.Namespace) -> int:
                            save_probabilities=args.save_probabilities, strict=args.strict, measure=args.measure)
     try:
         check_model_options(args)  # fail before any work, as ``segment`` does
+        apply_input_options(args)
         result = segment_single(args.input, args.out_dir, options)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:  # the request itself: still say so in the file
         failed = _failed(CaseResult(input=str(Path(os.path.abspath(args.input)))), str(exc))
@@ -212,6 +220,7 @@ def add_segment_case_parser(subparsers: argparse._SubParsersAction) -> argparse.
     p.add_argument("--result-json", dest="result_json", type=Path, required=True, metavar="PATH",
                    help="where to write the JSON result (atomically)")
     add_model_options(p)
+    add_input_options(p)
     add_probability_option(p)
     add_strict_option(p)
     add_measure_option(p)

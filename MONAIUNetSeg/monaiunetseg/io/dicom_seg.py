@@ -5,17 +5,20 @@ The segment's name and SNOMED CT coding are defined once, in ``monaiunetseg.labe
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
 
 from monaiunetseg import TOOL_NAME, __version__, labels
 from monaiunetseg.files import atomic_path
+from monaiunetseg.io.dicom_series import ORIENTATION_ATOL
 
 SEGMENT_LABEL = labels.SEGMENT_LABEL
 SEGMENT_CATEGORY = Code(labels.CATEGORY.value, labels.CATEGORY.scheme, labels.CATEGORY.meaning)
@@ -42,6 +45,59 @@ def segment_description() -> hd.seg.SegmentDescription:
     )
 
 
+# Functional groups highdicom needs shared by all frames of a multi-frame source, and the numbers compared
+SHARED_GROUPS = {"PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
+                 "PlaneOrientationSequence": ("ImageOrientationPatient",)}
+
+
+def _numbers(item: pydicom.Dataset, keywords: tuple[str, ...]) -> list[float] | None:
+    try:
+        out: list[float] = []
+        for keyword in keywords:
+            value = item.get(keyword)
+            if value is not None and value != "":
+                out.extend(float(v) for v in (value if isinstance(value, (list, tuple, MultiValue))
+                                              else [value]))
+        return out
+    except (TypeError, ValueError):
+        return None
+
+
+def _agree(values: list[list[float] | None]) -> bool:
+    first = values[0]
+    return first is not None and all(v is not None and len(v) == len(first) and
+                                      np.allclose(v, first, rtol=0, atol=ORIENTATION_ATOL) for v in values)
+
+
+def seg_sources(datasets: list[pydicom.Dataset], multiframe: bool) -> list[pydicom.Dataset]:
+    """Copies of the source headers as highdicom requires them, equal where our reader found them equal.
+
+    Real series differ where highdicom wants identity: orientation cosines jittering by ~1e-8 between slices
+    ("Source images must have a shared orientation"), or an enhanced image keeping its pixel measures and
+    orientation per frame instead of shared (AttributeError). Values that agree within the reader's tolerance
+    are made one (the first slice's or frame's); anything else is left for highdicom to refuse."""
+    datasets = [copy.deepcopy(ds) for ds in datasets]
+    if not multiframe:
+        orientations = [_numbers(ds, ("ImageOrientationPatient",)) for ds in datasets]
+        if _agree(orientations):
+            for ds in datasets[1:]:
+                ds.ImageOrientationPatient = datasets[0].ImageOrientationPatient
+        return datasets
+    ds = datasets[0]
+    if "SharedFunctionalGroupsSequence" not in ds or not ds.SharedFunctionalGroupsSequence:
+        ds.SharedFunctionalGroupsSequence = [pydicom.Dataset()]
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    frames = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    for group, keywords in SHARED_GROUPS.items():
+        if group in shared or not frames or not all(group in f and f[group].value for f in frames):
+            continue
+        if _agree([_numbers(f[group].value[0], keywords) for f in frames]):
+            setattr(shared, group, frames[0][group].value)
+            for f in frames:
+                del f[group]
+    return datasets
+
+
 def write_dicom_seg(labels: np.ndarray, source_datasets: list[pydicom.Dataset], target: str | os.PathLike,
                     frame_slices: list[int] | None = None) -> Path:
     """Write a BINARY SEG of ``labels`` (column, row, slice), atomically, one frame per source image frame.
@@ -62,7 +118,7 @@ def write_dicom_seg(labels: np.ndarray, source_datasets: list[pydicom.Dataset], 
     except (TypeError, ValueError):
         series_number = SEG_SERIES_NUMBER_OFFSET
     seg = hd.seg.Segmentation(
-        source_images=source_datasets,
+        source_images=seg_sources(source_datasets, frame_slices is not None),
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment_description()],

@@ -36,11 +36,14 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Header elements the scan needs; reading only these keeps a scan of thousands of files fast.
 HEADER_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "PatientID", "StudyDate",
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "StudyDate",
     "SeriesNumber", "SeriesDescription", "ProtocolName", "SequenceName", "Modality", "ImageType",
     "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames",
     "SamplesPerPixel", "InversionTime", "EchoTime",
 ]
+# Values over this are neither loaded nor kept in the headers held for a DICOM SEG: a large private element before
+# the pixels (a vendor's raw data, a thumbnail) would otherwise cost its size once per slice, for the whole case.
+HEADER_ELEMENT_LIMIT = 64 * 2**10
 ORIENTATION_ATOL = 1e-3  # direction cosines written with ~6 decimals agree far better than this
 SPACING_ATOL_MM, SPACING_RTOL = 0.05, 0.01  # positions rounded to 0.01 mm still pass; a missing slice never does
 
@@ -64,6 +67,7 @@ class DicomFile:
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
     patient_id: str = ""
+    study_uid: str = ""
     study_date: str = ""
     series_number: str = ""
     series_description: str = ""
@@ -184,6 +188,7 @@ def _header_record(path: Path, ds: pydicom.Dataset, force: bool) -> DicomFile:
         sop_class_uid=sop_class,
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         patient_id=_text(ds, "PatientID"),
+        study_uid=_text(ds, "StudyInstanceUID"),
         study_date=_text(ds, "StudyDate"),
         series_number=_text(ds, "SeriesNumber"),
         series_description=_text(ds, "SeriesDescription"),
@@ -241,10 +246,32 @@ def flair_evidence(series: DicomSeries) -> str | None:
     return None
 
 
+def mixed_identity(series: DicomSeries) -> str | None:
+    """Why the files of one SeriesInstanceUID are not one patient's series (None if they are).
+
+    A reused or copied UID can put two patients' (or studies') slices under one series; merged, their
+    interleaved positions may even form a regular stack, so the identity is checked before the geometry."""
+    groups: dict[tuple[str, str], list[DicomFile]] = {}
+    for f in series.files:
+        groups.setdefault((f.patient_id, f.study_uid), []).append(f)
+    if len(groups) < 2:
+        return None
+    parts = []
+    for (patient, study), files in list(groups.items())[:3]:
+        folder = os.path.commonpath([str(f.path.parent) for f in files])
+        parts.append(f"PatientID '{patient}' StudyInstanceUID {study or '(none)'} ({len(files)} file(s) in {folder})")
+    more = f" and {len(groups) - 3} more" if len(groups) > 3 else ""
+    return (f"one SeriesInstanceUID shared by {len(groups)} patients/studies: {' vs '.join(parts)}{more}; "
+            "refused rather than merged into one volume (segment each folder on its own with segment-case)")
+
+
 def not_a_volume(series: DicomSeries) -> str | None:
     """Why the series cannot be a 3D volume, judged from headers alone (None if it may be one)."""
     f = series.first
     n = len(series.files)
+    mixed = mixed_identity(series)
+    if mixed:
+        return mixed
     if "LOCALIZER" in f.image_type:
         return "localizer/scout series, not a 3D volume"
     if any(x.n_frames > 1 for x in series.files):
@@ -342,6 +369,20 @@ def sort_slices(series: DicomSeries) -> SliceStack:
     return SliceStack(files, affine)
 
 
+def slim_header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """``ds`` without its pixel data and without top-level values over :data:`HEADER_ELEMENT_LIMIT` (deferred
+    ones are dropped unread): what a DICOM SEG needs of a source image is small."""
+    for tag in list(ds.keys()):
+        item = ds.get_item(tag)
+        length = getattr(item, "length", None)  # a raw (possibly deferred) element: its length on disk
+        if length is None:
+            value = item.value
+            length = len(value) if isinstance(value, (bytes, bytearray, str)) else 0
+        if tag == 0x7FE00010 or (HEADER_ELEMENT_LIMIT < length != 0xFFFFFFFF):
+            del ds[tag]
+    return ds
+
+
 def load_series_volume(series: DicomSeries) -> SeriesVolume:
     """Read the pixels of a sorted, checked stack; rescale slope/intercept (modality LUT) applied per slice."""
     stack = sort_slices(series)
@@ -354,13 +395,13 @@ def load_series_volume(series: DicomSeries) -> SeriesVolume:
     headers: list[pydicom.Dataset] = []
     for k, f in enumerate(stack.files):
         try:
-            ds = pydicom.dcmread(f.path, force=True)  # as scanned: files without the preamble are DICOM too
+            # as scanned (files without the preamble are DICOM too); big values stay on disk until asked for
+            ds = pydicom.dcmread(f.path, force=True, defer_size=HEADER_ELEMENT_LIMIT)
             pixels = apply_modality_lut(ds.pixel_array, ds)
         except Exception as exc:  # truncated pixel data, unsupported compression, ...
             raise DicomSeriesError(f"{f.path}: cannot read pixel data ({describe(exc)})") from exc
         if pixels.shape != (first.rows, first.columns):
             raise DicomSeriesError(f"{f.path}: pixel array shape {pixels.shape}, expected {(first.rows, first.columns)}")
         array[:, :, k] = pixels.T
-        del ds.PixelData  # keep the header only: memory stays flat over long series
-        headers.append(ds)
+        headers.append(slim_header(ds))  # memory stays flat over long series
     return SeriesVolume(array, affine, headers)

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from monaiunetseg.io.dicom_series import LPS_TO_RAS, DicomSeries, SeriesVolume, load_series_volume, not_a_volume, sort_slices
+from monaiunetseg.io.dicom_series import (
+    LPS_TO_RAS,
+    DicomSeries,
+    DicomSeriesError,
+    SeriesVolume,
+    load_series_volume,
+    mixed_identity,
+    not_a_volume,
+    sort_slices,
+)
 
 
 def is_multiframe(series: DicomSeries) -> bool:
@@ -17,6 +26,9 @@ def is_multiframe(series: DicomSeries) -> bool:
 
 def volume_problem(series: DicomSeries) -> str | None:
     """Why the series cannot be one 3D volume, judged from headers alone (None if it may be one)."""
+    mixed = mixed_identity(series)
+    if mixed:
+        return mixed
     if is_multiframe(series):
         from monaiunetseg.io.dicom_multiframe import series_problem
 
@@ -26,6 +38,9 @@ def volume_problem(series: DicomSeries) -> str | None:
 
 def load_volume(series: DicomSeries) -> SeriesVolume:
     """Pixels and RAS geometry of the series; :class:`DicomSeriesError` naming the folder/file when it is no volume."""
+    mixed = mixed_identity(series)
+    if mixed:
+        raise DicomSeriesError(f"{series.label()}: {mixed}")
     if is_multiframe(series):
         from monaiunetseg.io.dicom_multiframe import load_multiframe_volume
 

@@ -150,6 +150,38 @@ def check_header(img: nib.Nifti1Image, path: Path) -> None:
                               f"but the file holds only {max(present - offset, 0)} (uncompressed)")
 
 
+SLAB_BYTES = 2 * 2**20  # raw bytes converted at a time by :func:`_read_in_slabs`
+
+
+def _read_in_slabs(img: nib.Nifti1Image, shape: tuple[int, int, int]) -> np.ndarray:
+    """The voxels as float32, read and converted a few slices at a time: a float64 image at the voxel budget is
+    2 GiB, and nibabel would hold it whole next to its 1 GiB float32 copy. Unscaled values are cast exactly as
+    ``get_fdata(dtype=float32)`` casts them; scaled ones are scaled in float64 first."""
+    from nibabel.openers import ImageOpener
+
+    proxy = img.dataobj
+    dtype = img.header.get_data_dtype()
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    nx, ny, nz = shape
+    per_slice = nx * ny
+    step = max(1, SLAB_BYTES // (per_slice * dtype.itemsize))
+    out = np.empty(shape, dtype=np.float32, order="F")
+    with ImageOpener(proxy.file_like, "rb") as fh:
+        fh.seek(int(proxy.offset))
+        for k0 in range(0, nz, step):
+            k = min(step, nz - k0)
+            raw = fh.read(per_slice * k * dtype.itemsize)
+            if len(raw) < per_slice * k * dtype.itemsize:
+                raise NiftiInputError(f"{img.get_filename()}: cannot read voxel data: file ends in slice {k0}")
+            slab = np.frombuffer(raw, dtype=dtype).reshape((nx, ny, k), order="F")
+            if slope != 1.0 or inter != 0.0:
+                slab = slab.astype(np.float64)  # one copy, scaled in place
+                slab *= slope
+                slab += inter
+            out[:, :, k0:k0 + k] = slab
+    return out
+
+
 def read_nifti_volume(path: str | os.PathLike) -> NiftiVolume:
     """Read and check one NIfTI volume (3D, real-valued, finite voxels, a usable geometry)."""
     path = Path(path)
@@ -158,11 +190,16 @@ def read_nifti_volume(path: str | os.PathLike) -> NiftiVolume:
     check_header(img, path)
     affine = check_affine(img.affine, str(path))
     try:
-        data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged")).reshape(shape)
+        if img.header.get_data_dtype().itemsize > 4:  # float64/int64: a whole copy would be twice the output
+            data = _read_in_slabs(img, shape)
+        else:
+            data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged")).reshape(shape)
+    except NiftiInputError:
+        raise
     except Exception as exc:  # truncated data, RGB/complex types
         raise NiftiInputError(f"{path}: cannot read voxel data ({describe(exc)})") from exc
-    bad = int(np.count_nonzero(~np.isfinite(data)))
-    if bad:
+    bad = sum(int(np.count_nonzero(~np.isfinite(data[..., k:k + 16]))) for k in range(0, data.shape[-1], 16))
+    if bad:  # counted in slabs: a mask of the whole volume would be a quarter of it again
         raise NiftiInputError(f"{path}: {bad} NaN or infinite voxel(s) of {data.size}; fix or mask them first")
     return NiftiVolume(path, data, affine.copy(), img.header.copy(), type(img), tuple(img.shape))
 

@@ -19,16 +19,13 @@ import numpy as np
 
 from monaiunetseg.files import atomic_path
 from monaiunetseg.geometry import check_affine
-from monaiunetseg.io.guard import not_regular, open_header, voxel_budget_problem
+from monaiunetseg.io.data_files import DataFileError, checked_input_files, data_files
+from monaiunetseg.io.guard import not_regular, voxel_budget_problem
 from monaiunetseg.io.nifti import OUTPUT_DESCRIPTIONS, SOURCE_KEY, output_array
 
 NRRD_SUFFIXES, METAIMAGE_SUFFIXES = (".nrrd", ".nhdr"), (".mha", ".mhd")
 DESCRIPTION_KEY = "MONAIUNetSeg_description"  # header field marking a labelmap this project wrote
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-DETACHED_SUFFIXES = (".nhdr", ".mhd")
-# Header fields naming the data file of a detached header (lower case; NRRD "key: value", MetaImage "Key = Value")
-DATA_FILE_FIELDS = ("data file", "datafile", "elementdatafile")
-DETACHED_HEADER_LIMIT = 2**16
 
 
 class ImageInputError(ValueError):
@@ -76,35 +73,27 @@ def ras_affine(spacing, origin, direction) -> np.ndarray:
 
 
 def detached_data_files(path: str | os.PathLike) -> list[Path]:
-    """The data file named by a detached header (.nhdr, .mhd), relative to the header's folder; [] for an
-    attached header, data in the header (LOCAL) or a file list/pattern (not followed)."""
-    path = Path(path)
-    if not path.name.lower().endswith(DETACHED_SUFFIXES):
-        return []
-    with open_header(path, DETACHED_HEADER_LIMIT) as fh:
-        text = fh.read(DETACHED_HEADER_LIMIT).decode("latin-1")
-    for line in text.splitlines():
-        key, sep, value = line.partition(":" if image_format(path) == "nrrd" else "=")
-        value = value.strip()
-        if sep and key.strip().lower() in DATA_FILE_FIELDS and value.upper() != "LOCAL":
-            if value.upper().startswith("LIST") or "%" in value or " " in value:
-                return []
-            return [path.parent / value]
-    return []
+    """The data files an NRRD/MetaImage header names, resolved as ITK does (:mod:`monaiunetseg.io.data_files`);
+    [] when the data is in the header file."""
+    try:
+        return data_files(path)
+    except DataFileError as exc:
+        raise ImageInputError(str(exc)) from exc
 
 
 def input_files(path: str | os.PathLike) -> list[Path]:
-    """The file and the existing data file of a detached header, each checked to be a regular file (a FIFO would
-    block a reader, a device never end): :class:`ImageInputError` naming the one that is not."""
-    header = Path(path)
-    files = [header]
-    if not not_regular(header):
-        files += [f for f in detached_data_files(header) if os.path.exists(f)]
-    for file in files:
-        kind = not_regular(file)
-        if kind:
-            raise ImageInputError(f"{file}: {kind}, not a regular file: not read")
-    return files
+    """The file and the existing data files of its header, each checked to be a regular file (a FIFO would
+    block a reader, a device never end) inside the header's folder tree: :class:`ImageInputError` naming the
+    one that is not. Only NRRD/MetaImage files have data-file fields: any other file (a NIfTI) is itself."""
+    try:
+        if image_format(path) is None:
+            kind = not_regular(Path(path))
+            if kind:
+                raise DataFileError(f"{path}: {kind}, not a regular file: not read")
+            return [Path(path)]
+        return checked_input_files(path)
+    except DataFileError as exc:
+        raise ImageInputError(str(exc)) from exc
 
 
 def _reader(path: Path):

@@ -314,7 +314,9 @@ def measure_labelmap(mask: np.ndarray, affine: np.ndarray, image=None) -> dict:
     if mask.ndim != 3:
         raise ValueError(f"labelmap of {mask.ndim} dimensions: expected 3")
     mask = mask != 0
-    midline = _image_midline(image)
+    # Nothing to place on a side when nothing is found: an empty labelmap (e.g. of an all-zero scan, which has
+    # no head to find the midline of) measures without the image.
+    midline = _image_midline(image) if mask.any() else None
     midline = 0.0 if midline is None else midline
     components, n = ndimage.label(mask, structure=CONNECTIVITY)
     sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # torch is imported where networks are built: the ONNX Runtim
     import torch
 
 from monaiunetseg.errors import describe
+from monaiunetseg.model.state_dict import archive_problem
 
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 WEIGHTS = Path("models") / "model.pt"
@@ -153,6 +154,9 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     for a file that is no readable PyTorch state_dict."""
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise ValueError(f"{path}: not a readable PyTorch state_dict (the file is empty: 0 bytes)")
+    problem = archive_problem(path)
+    if problem:
+        raise ValueError(problem)
     import torch
 
     try:

@@ -45,15 +45,26 @@ def _interpolation(n_in: int, n_out: int) -> np.ndarray:
     return weights
 
 
-def _gaussian(n: int, sigma: float) -> np.ndarray:
-    """``(n, n)`` zero-padded convolution with MONAI's anti-aliasing kernel (``gaussian_1d``, erf, not
-    normalized, truncated at 4 sigma)."""
+def _gaussian_kernel(sigma: float) -> list[tuple[int, float]]:
+    """(offset, weight) of MONAI's anti-aliasing kernel (``gaussian_1d``, erf, not normalized, truncated at 4
+    sigma)."""
     tail = int(max(sigma * 4.0, 0.5) + 0.5)
     t = 0.70710678 / sigma
-    kernel = [max(0.0, 0.5 * (math.erf(t * (x + 0.5)) - math.erf(t * (x - 0.5)))) for x in range(-tail, tail + 1)]
-    out = np.zeros((n, n))
-    for offset, k in zip(range(-tail, tail + 1), kernel):
-        out += np.eye(n, k=offset) * k
+    return [(x, max(0.0, 0.5 * (math.erf(t * (x + 0.5)) - math.erf(t * (x - 0.5))))) for x in range(-tail, tail + 1)]
+
+
+def _smoothed(matrix: np.ndarray, sigma: float) -> np.ndarray:
+    """``matrix @ G`` where ``G`` is the ``(n, n)`` zero-padded convolution with the anti-aliasing kernel, built
+    from its diagonals: ``G`` itself (2 GiB for a 16384-voxel axis, and minutes to fill) is never formed."""
+    n = matrix.shape[1]
+    out = np.zeros_like(matrix)
+    for offset, k in _gaussian_kernel(sigma):  # G[i, i + offset] = k
+        if abs(offset) >= n:
+            continue
+        if offset >= 0:
+            out[:, offset:] += matrix[:, :n - offset] * k
+        else:
+            out[:, :n + offset] += matrix[:, -offset:] * k
     return out
 
 
@@ -69,7 +80,7 @@ def axis_matrices(n: int, side: int) -> tuple[np.ndarray | None, np.ndarray | No
         forward, inverse = _interpolation(side, MODEL_GRID), _interpolation(MODEL_GRID, side)
     if side > MODEL_GRID:  # Resize's anti-aliasing: sigma = (in / out - 1) / 2 (float32, as MONAI computes it)
         sigma = float((np.float32(side) / np.float32(MODEL_GRID) - np.float32(1)) / np.float32(2))
-        forward = forward @ _gaussian(side, sigma)
+        forward = _smoothed(forward, sigma)
     return (np.ascontiguousarray(forward[:, before:before + n], dtype=np.float32),
             np.ascontiguousarray(inverse[before:before + n], dtype=np.float32))
 

@@ -23,8 +23,31 @@ _STORAGE_DTYPES = {
 }
 
 
+# What a weights archive may inflate to: a few hundred MiB for any network the bundle builds. Torch stores entries
+# uncompressed, so a high ratio means a zip crafted (or broken) to fill the memory on load.
+MAX_ARCHIVE_BYTES = 2 * 2**30
+MAX_RATIO, RATIO_FROM_BYTES = 20, 64 * 2**20
+
+
 class StateDictError(ValueError):
     """The file is not a state_dict this reader can read without torch."""
+
+
+def archive_problem(path: str | os.PathLike) -> str | None:
+    """Why the zip at ``path`` is not loaded (it would inflate beyond :data:`MAX_ARCHIVE_BYTES`, or more than
+    :data:`MAX_RATIO` times its size), from the sizes its directory declares, which readers hold entries to;
+    None for a sane archive or a file that is no zip (the loader then says what it is)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    inflated = sum(i.file_size for i in infos)
+    packed = max(os.path.getsize(path), 1)
+    if inflated > MAX_ARCHIVE_BYTES or (inflated > RATIO_FROM_BYTES and inflated > MAX_RATIO * packed):
+        return (f"{path}: weights archive would inflate to {inflated / 2**30:.2f} GiB from {packed / 2**20:.1f} MiB "
+                f"(limit {MAX_ARCHIVE_BYTES / 2**30:.0f} GiB, or {MAX_RATIO}x the file); not loaded")
+    return None
 
 
 class _StorageType:
@@ -73,6 +96,9 @@ class _Unpickler(pickle.Unpickler):
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The state_dict in ``path`` as ``{name: array}`` (a training checkpoint's ``network`` entry if it is one)."""
+    problem = archive_problem(path)
+    if problem:
+        raise StateDictError(problem)
     try:
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]

@@ -117,7 +117,7 @@ def test_forged_headers_fail_fast_before_any_allocation(tmp_path: Path, flair):
     for path in files[:2]:
         error, seconds = result[str(path)]
         assert error.startswith(f"NiftiInputError: {path}: the header describes 1200 x 1200 x 1200 = 1.73e+09 voxels, "
-                                "more than the limit of 268435456"), error
+                                "more than the limit of 134217728"), error
         assert "MONAIUNETSEG_MAX_VOXELS" in error and seconds < 2
     for path in files[2:]:
         error, seconds = result[str(path)]
@@ -393,3 +393,23 @@ def test_float64_nifti_is_converted_in_slabs(tmp_path: Path, scaled: bool):
         assert np.allclose(volume.array, expected, rtol=1e-6)
     else:
         assert np.array_equal(volume.array, expected)
+
+
+def test_float64_volume_over_the_memory_bound_is_refused_up_front(tmp_path: Path):
+    """Issue 22.11c, "Done when": a 512x512x1024 float64 NIfTI (its float32 copy alone would be 1 GiB) is refused
+    before any voxel is read, with a message naming the limit and how to raise it; peak RSS stays small."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((512, 512, 1024))
+    header.set_data_dtype(np.float64)
+    header.set_sform(np.eye(4), 1)
+    header["vox_offset"] = 352
+    path = tmp_path / "bomb.nii.gz"
+    import gzip
+
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 36))
+    proc = subprocess.run([sys.executable, "-c", FORGED, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    error, seconds = result[str(path)]
+    assert "512 x 512 x 1024 = 2.68e+08 voxels, more than the limit of 134217728 (about 1.0 GiB as float32)" in error
+    assert "MONAIUNETSEG_MAX_VOXELS" in error and seconds < 2 and result["maxrss_mb"] < 400

@@ -429,3 +429,17 @@ def test_extensionless_zero_file_is_passed_over_quickly(tmp_path: Path):
     with pytest.raises(InvalidDicomError, match="no preamble, no header group at its start"):
         read_header(blob, force=True)  # refused from its first two bytes, before pydicom reads any of it
     assert [c.kind for c in discover_cases([tmp_path / "in"])] == ["problem"]
+
+
+def test_voxel_size_no_scanner_has_fails_the_case_naming_it(tmp_path: Path, flair, segmenter):
+    """A NIfTI with 1e-30 mm voxels (a header in the wrong units) failed late, in the overlay ("cannot write
+    empty image"); the geometry check names it, and the next file still runs."""
+    data, affine = flair
+    folder = tmp_path / "in"
+    save_nifti(data, np.diag([1e-30, 1e-30, 1e-30, 1.0]), folder / "tiny.nii.gz")
+    save_nifti(data, affine, folder / "good.nii.gz")
+    result = run_batch([folder], tmp_path / "out", BatchOptions(progress=False, overlay=True), segmenter=segmenter)
+    by_name = {Path(r.input).name: r for r in result.results}
+    assert str(by_name["tiny.nii.gz"].status) == "failed"
+    assert "is no scanner's" in by_name["tiny.nii.gz"].error and "tiny.nii.gz" in by_name["tiny.nii.gz"].error
+    assert str(by_name["good.nii.gz"].status) == "ok"

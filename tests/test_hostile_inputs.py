@@ -117,7 +117,7 @@ def test_forged_headers_fail_fast_before_any_allocation(tmp_path: Path, flair):
     for path in files[:2]:
         error, seconds = result[str(path)]
         assert error.startswith(f"NiftiInputError: {path}: the header describes 1200 x 1200 x 1200 = 1.73e+09 voxels, "
-                                "more than the limit of 268435456"), error
+                                "more than the limit of 134217728"), error
         assert "MONAIUNETSEG_MAX_VOXELS" in error and seconds < 2
     for path in files[2:]:
         error, seconds = result[str(path)]
@@ -393,3 +393,53 @@ def test_float64_nifti_is_converted_in_slabs(tmp_path: Path, scaled: bool):
         assert np.allclose(volume.array, expected, rtol=1e-6)
     else:
         assert np.array_equal(volume.array, expected)
+
+
+def test_float64_volume_over_the_memory_bound_is_refused_up_front(tmp_path: Path):
+    """Issue 22.11c, "Done when": a 512x512x1024 float64 NIfTI (its float32 copy alone would be 1 GiB) is refused
+    before any voxel is read, with a message naming the limit and how to raise it; peak RSS stays small."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((512, 512, 1024))
+    header.set_data_dtype(np.float64)
+    header.set_sform(np.eye(4), 1)
+    header["vox_offset"] = 352
+    path = tmp_path / "bomb.nii.gz"
+    import gzip
+
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 36))
+    proc = subprocess.run([sys.executable, "-c", FORGED, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    error, seconds = result[str(path)]
+    assert "512 x 512 x 1024 = 2.68e+08 voxels, more than the limit of 134217728 (about 1.0 GiB as float32)" in error
+    assert "MONAIUNETSEG_MAX_VOXELS" in error and seconds < 2 and result["maxrss_mb"] < 400
+
+
+def test_extensionless_zero_file_is_passed_over_quickly(tmp_path: Path):
+    """Issue 22 (minor): a 4 MiB file of zeros without an extension cost 3.8 s in discovery (pydicom read it as
+    raw DICOM 8 bytes at a time); a file that does not start like DICOM is not parsed."""
+    from pydicom.errors import InvalidDicomError
+
+    from monaiunetseg.batch.discover import discover_cases
+    from monaiunetseg.io.dicom_series import read_header
+
+    (tmp_path / "in").mkdir()
+    blob = tmp_path / "in" / "blob"
+    blob.write_bytes(b"\0" * 4 * 2**20)
+    with pytest.raises(InvalidDicomError, match="no preamble, no header group at its start"):
+        read_header(blob, force=True)  # refused from its first two bytes, before pydicom reads any of it
+    assert [c.kind for c in discover_cases([tmp_path / "in"])] == ["problem"]
+
+
+def test_voxel_size_no_scanner_has_fails_the_case_naming_it(tmp_path: Path, flair, segmenter):
+    """A NIfTI with 1e-30 mm voxels (a header in the wrong units) failed late, in the overlay ("cannot write
+    empty image"); the geometry check names it, and the next file still runs."""
+    data, affine = flair
+    folder = tmp_path / "in"
+    save_nifti(data, np.diag([1e-30, 1e-30, 1e-30, 1.0]), folder / "tiny.nii.gz")
+    save_nifti(data, affine, folder / "good.nii.gz")
+    result = run_batch([folder], tmp_path / "out", BatchOptions(progress=False, overlay=True), segmenter=segmenter)
+    by_name = {Path(r.input).name: r for r in result.results}
+    assert str(by_name["tiny.nii.gz"].status) == "failed"
+    assert "is no scanner's" in by_name["tiny.nii.gz"].error and "tiny.nii.gz" in by_name["tiny.nii.gz"].error
+    assert str(by_name["good.nii.gz"].status) == "ok"

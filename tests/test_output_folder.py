@@ -328,3 +328,21 @@ def test_user_files_that_look_like_temporary_files_are_never_deleted(scans, segm
     assert segment_single(scans["a"] / "scan0.nii.gz", out, BatchOptions(progress=False), segmenter=segmenter).status == "ok"
     assert not stale.exists()
     assert all((out / name).read_text() == "mine\n" for name in users)
+
+
+def test_truncated_report_json_of_ours_is_rebuilt_not_refused(scans, segmenter, tmp_path: Path):
+    """Issue 22 (minor): a report.json cut short forced --overwrite and a full recompute; it is ours (how it
+    begins says so), so a rerun keeps the earlier results and writes it whole again."""
+    out = tmp_path / "out"
+    scan = scans["a"] / "scan0.nii.gz"
+    assert run_batch([scan], out, BatchOptions(progress=False), segmenter=segmenter).exit_code == 0
+    whole = (out / "report.json").read_text()
+    (out / "report.json").write_text(whole[: len(whole) // 2])
+    again = run_batch([scan], out, BatchOptions(progress=False), segmenter=segmenter)
+    assert again.exit_code == 0 and again.results[0].seconds is None  # kept, not recomputed
+    assert json.loads((out / "report.json").read_text())["rows"][0]["status"] == "ok"
+    (out / "report.json").write_text('{"someone": "else"')  # a foreign file is still refused
+    from monaiunetseg.batch.outdir import OutputFolderError
+
+    with pytest.raises(OutputFolderError, match="report.json"):
+        run_batch([scan], out, BatchOptions(progress=False), segmenter=segmenter)

@@ -45,6 +45,11 @@ def voxel_sizes(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
 
 
+# Voxel sizes no scan has: 1 um (microscopy is not read here) to 1 m. Outside, volumes and pictures are meaningless
+# (a 1e-30 mm voxel made an overlay of zero pixels).
+MIN_VOXEL_MM, MAX_VOXEL_MM = 1e-3, 1e3
+
+
 def check_affine(affine: np.ndarray, where: str) -> np.ndarray:
     """``affine`` as a float 4x4 array if it describes a usable grid, else :class:`GeometryError`.
 
@@ -62,6 +67,9 @@ def check_affine(affine: np.ndarray, where: str) -> np.ndarray:
     if (sizes <= 0).any():
         raise GeometryError(f"{where}: invalid geometry: voxel size {_mm(sizes)} mm has a zero axis "
                             "(e.g. an all-zero sform/qform or PixelSpacing 0)")
+    if (sizes < MIN_VOXEL_MM).any() or (sizes > MAX_VOXEL_MM).any():
+        raise GeometryError(f"{where}: invalid geometry: voxel size {_mm(sizes)} mm is no scanner's "
+                            f"(outside {MIN_VOXEL_MM:g}-{MAX_VOXEL_MM:g} mm): a header with the wrong units or scale?")
     independence = abs(float(np.linalg.det(a[:3, :3]))) / float(np.prod(sizes))
     if independence < MIN_AXIS_INDEPENDENCE:
         raise GeometryError(f"{where}: invalid geometry: the affine is not invertible (its voxel axes are "

@@ -229,14 +229,23 @@ def foreign_reports(path: Path) -> list[Path]:
         if not is_report_header(header):
             found.append(path)
     twin = json_path(path)
-    if twin.exists():
-        try:
-            document = json.loads(twin.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            document = None
-        if not (isinstance(document, dict) and document.get("tool") == TOOL_NAME):
-            found.append(twin)
+    if twin.exists() and not _is_our_json(twin):
+        found.append(twin)
     return found
+
+
+def _is_our_json(path: Path) -> bool:
+    """A ``report.json`` of this tool, whole or cut short (a disk that filled, a copy interrupted): it is rebuilt
+    from the records on every write, so a truncated one is ours to replace, not a reason to stop."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    try:
+        document = json.loads(text)
+    except ValueError:  # truncated: recognised by how write_report begins it
+        return text.startswith('{\n "tool": ' + json.dumps(TOOL_NAME) + ",")
+    return isinstance(document, dict) and document.get("tool") == TOOL_NAME
 
 
 def report_path(out_dir: Path, num_shards: int = 1, shard_id: int = 0) -> Path:

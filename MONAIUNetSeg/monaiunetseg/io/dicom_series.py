@@ -152,10 +152,24 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str:
     return str(ds.get(keyword, "") or "").strip()
 
 
+def _starts_like_raw_dicom(path: Path) -> bool:
+    """Whether a file without the ``DICM`` preamble begins with a header group (0002 or 0008, either byte order),
+    as raw DICOM streams do: anything else (a file of zeros, a text file) is not parsed at all, where pydicom
+    would read it 8 bytes at a time up to the header limit (seconds for a few MiB of zeros)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError:
+        return True  # reading it will say what is wrong
+    return len(head) == 2 and (int.from_bytes(head, "little") in (0x0002, 0x0008) or int.from_bytes(head, "big") in (0x0002, 0x0008))
+
+
 def read_header(path: str | os.PathLike, force: bool = False) -> DicomFile:
     """Header of one file (no pixel data). Raises ``InvalidDicomError`` for non-DICOM files and
     :class:`DicomSeriesError` for DICOM files that cannot be parsed."""
     path = Path(path)
+    if force and not _starts_like_raw_dicom(path):
+        raise InvalidDicomError(f"{path}: not a DICOM file (no preamble, no header group at its start)")
     try:
         with warnings.catch_warnings(), open_header(path) as fh:  # bounded: a file of zeros is not parsed for minutes
             warnings.simplefilter("ignore")

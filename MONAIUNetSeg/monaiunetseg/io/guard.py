@@ -17,8 +17,9 @@ from typing import BinaryIO
 # kilobytes; a file of zeros read as DICOM would otherwise be parsed 8 bytes at a time for minutes.
 HEADER_READ_LIMIT = 4 * 2**20
 MAX_VOXELS_ENV = "MONAIUNETSEG_MAX_VOXELS"
-# 2**28 voxels: a float32 copy is 1 GiB; 512 x 512 x 1024 fits. Raise it with $MONAIUNETSEG_MAX_VOXELS.
-DEFAULT_MAX_VOXELS = 2**28
+# 2**27 voxels (512 x 512 x 512): its float32 copy is 512 MiB, so a case stays within 1 GiB; 512 x 512 x 1024
+# (1 GiB as float32 alone) is refused up front. Raise it with $MONAIUNETSEG_MAX_VOXELS.
+DEFAULT_MAX_VOXELS = 2**27
 
 _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))

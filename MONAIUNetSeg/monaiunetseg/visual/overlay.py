@@ -19,6 +19,7 @@ axial (too oblique) keeps the usual slice and says the diameters are not drawn.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import nibabel as nib
@@ -28,6 +29,8 @@ from monaiunetseg import TOOL_NAME, __version__
 from monaiunetseg.files import atomic_path
 from monaiunetseg.geometry import voxel_volume_ml
 from monaiunetseg.visual.style import PREDICTION_RGB
+
+LINE_PX = 13.5  # one line of 8 pt text at 100 dpi, with matplotlib's line spacing
 
 PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}
 # Patient directions at the (left, right, top, bottom) edges of the displayed image, per LPS slice axis.
@@ -153,7 +156,9 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
     rows, cols = img2d.shape
     height_mm, width_mm = rows * in_plane[1], cols * in_plane[0]
     scale = 512.0 / max(height_mm, width_mm)
-    header_px = (44 if title else 26) + (14 if verdict else 0) + (12 if "; RANO" in text else 0)
+    # The verdict wrapped to the picture's width (8 pt bold: about 6 px a character), a line of the header each.
+    verdict_lines = textwrap.wrap(verdict, width=max(40, int(width_mm * scale / 6.2))) if verdict else []
+    header_px = (44 if title else 26) + LINE_PX * len(verdict_lines) + (12 if "; RANO" in text else 0)
     fig = Figure(figsize=(width_mm * scale / 100, (height_mm * scale + header_px) / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, height_mm * scale / (height_mm * scale + header_px)))
     ax.imshow(img2d, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest",
@@ -175,10 +180,11 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
     ax.text(0.5, 0.99, top, ha="center", va="top", **mark)
     ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **mark)
     shown = text.replace("; RANO", "\nRANO")  # the measurement on a line of its own
-    fig.text(0.5, 1.0 - 4 / fig.bbox.height, "\n".join(t for t in (title, shown) if t), ha="center", va="top",
-             fontsize=8, color="white")
-    if verdict:
-        fig.text(0.5, 1.0 - (header_px - 16) / fig.bbox.height, verdict, ha="center", va="top", fontsize=8,
+    caption_lines = "\n".join(t for t in (title, shown) if t)
+    fig.text(0.5, 1.0 - 4 / fig.bbox.height, caption_lines, ha="center", va="top", fontsize=8, color="white")
+    if verdict:  # right under the caption
+        top_px = 4 + LINE_PX * (caption_lines.count("\n") + 1)
+        fig.text(0.5, 1.0 - top_px / fig.bbox.height, "\n".join(verdict_lines), ha="center", va="top", fontsize=8,
                  fontweight="bold" if review else "normal", color="#E69F00" if review else "white")
         text = f"{text}; {verdict}"
     extra = {}

@@ -8,6 +8,7 @@ owns) and ``dependencies`` (dependency check), and in the Slicer-free core packa
 
 import logging
 import os
+import pathlib
 import shutil
 import sys
 import tempfile
@@ -32,9 +33,10 @@ _MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if _MODULE_DIR not in sys.path:
     sys.path.insert(0, _MODULE_DIR)
 
-from MONAIUNetSegLib import dependencies, jobs, mrml, segmentations  # noqa: E402
+from MONAIUNetSegLib import dependencies, jobs, models, mrml, segmentations  # noqa: E402
 
 DEVICES = ["auto", "cuda", "cpu"]
+MODEL_CHOICES = models.model_sets() + [models.FOLDER_CHOICE]  # the shipped sets, or a folder made by finetune
 POLL_INTERVAL_MS = 250
 
 
@@ -60,6 +62,8 @@ class MONAIUNetSegParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     device: Annotated[str, Choice(DEVICES)] = "auto"
+    model: Annotated[str, Choice(MODEL_CHOICES)] = models.DEFAULT_MODEL
+    modelFolder: pathlib.Path
     createLabelmap: bool = False
 
 
@@ -155,6 +159,7 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentAllButton.enabled = not busy and bool(mrml.scalar_volume_nodes(slicer.mrmlScene))
         self.ui.cancelButton.enabled = busy
         self.ui.inputsCollapsibleButton.enabled = not busy
+        self.ui.modelFolderPathLineEdit.enabled = bool(self._parameterNode) and self._parameterNode.model == models.FOLDER_CHOICE
         self.ui.outputsCollapsibleButton.enabled = not busy
 
     # --- log -------------------------------------------------------------------------------------------------
@@ -218,11 +223,17 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.isBusy() or not self._ensureDependencies():
             return
         device = self._parameterNode.device
-        count = self.logic.enqueue(volumeNodes, device, segmentationNode, self._parameterNode.createLabelmap)
+        try:
+            choice = models.resolve(self._parameterNode.model, self._parameterNode.modelFolder)
+        except models.ModelFolderError as error:
+            slicer.util.errorDisplay(str(error), windowTitle="MONAIUNetSeg: model folder")
+            return
+        count = self.logic.enqueue(volumeNodes, device, segmentationNode, self._parameterNode.createLabelmap,
+                                   model=choice.model, bundle=choice.bundle)
         self.ui.progressBar.setVisible(True)
         self.ui.progressBar.setRange(0, 0 if count == 1 else count)
         self.ui.progressBar.setValue(0)
-        self._log(f"Segmenting {count} scan(s) on device '{device}' ...")
+        self._log(f"Segmenting {count} scan(s) on device '{device}' with the {choice.describe()} ...")
         self._timer.start()
         self._poll()  # the first job starts now, not a tick later
 
@@ -286,9 +297,11 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
     """Callable without the GUI: ``MONAIUNetSegLogic().segment(volumeNode, device="auto")``. Background runs go
-    through the Logic's one job queue: ``enqueue`` volumes, ``pollJobs`` from a timer, ``cancelJobs``."""
+    through the Logic's one job queue: ``enqueue`` volumes, ``pollJobs`` from a timer, ``cancelJobs``.
+    ``model`` is a model set of the bundle; ``bundle`` a model folder made by ``monaiunetseg finetune`` (or any
+    bundle folder; None: the shipped one), used alike in-process and by the background job."""
 
-    _segmenters = {}  # resolved device -> core Segmenter, loaded once per session
+    _segmenters = {}  # (resolved device, bundle folder or None, model set) -> core Segmenter, loaded once
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -297,42 +310,56 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return MONAIUNetSegParameterNode(super().getParameterNode())
 
-    def getSegmenter(self, device="auto"):
+    @staticmethod
+    def modelChoice(model=models.DEFAULT_MODEL, bundle=None):
+        """(model, bundle) checked: a bundle folder must hold the set's config and weights (ModelFolderError)."""
+        if bundle is None:
+            return models.ModelChoice(model or models.DEFAULT_MODEL, None)
+        return models.ModelChoice(model, str(models.check_model_folder(bundle, model)))
+
+    def getSegmenter(self, device="auto", model=models.DEFAULT_MODEL, bundle=None):
         from monaiunetseg.model.predictor import Segmenter, resolve_device
 
-        key = str(resolve_device(device))
+        choice = self.modelChoice(model, bundle)
+        key = (str(resolve_device(device)), choice.bundle, choice.model)
         if key not in MONAIUNetSegLogic._segmenters:
-            MONAIUNetSegLogic._segmenters[key] = Segmenter(device=key)
+            MONAIUNetSegLogic._segmenters[key] = Segmenter(bundle=choice.bundle, device=key[0], model=choice.model)
         return MONAIUNetSegLogic._segmenters[key]
 
-    def segment(self, volumeNode, device="auto", segmentationNode=None, createLabelmap=False, inProcess=True, timeout=None):
+    def segment(self, volumeNode, device="auto", segmentationNode=None, createLabelmap=False, inProcess=True, timeout=None,
+                model=models.DEFAULT_MODEL, bundle=None):
         """Segment synchronously; returns the segmentation node (``run`` returns the full result)."""
-        return self.run(volumeNode, device, segmentationNode, createLabelmap, inProcess, timeout).segmentationNode
+        return self.run(volumeNode, device, segmentationNode, createLabelmap, inProcess, timeout, model, bundle).segmentationNode
 
-    def run(self, volumeNode, device="auto", segmentationNode=None, createLabelmap=False, inProcess=True, timeout=None):
+    def run(self, volumeNode, device="auto", segmentationNode=None, createLabelmap=False, inProcess=True, timeout=None,
+            model=models.DEFAULT_MODEL, bundle=None):
         """In-process with the cached Segmenter, or (``inProcess=False``) as a background job, waited for."""
         if volumeNode is None:
             raise ValueError("no input volume")
         if inProcess:
-            result = segmentations.segment_volume_node(volumeNode, self.getSegmenter(device), segmentationNode, createLabelmap)
+            segmenter = self.getSegmenter(device, model, bundle)
+            result = segmentations.segment_volume_node(volumeNode, segmenter, segmentationNode, createLabelmap)
         else:
-            (result,) = self.runJobs([volumeNode], device, segmentationNode, createLabelmap, timeout)
+            (result,) = self.runJobs([volumeNode], device, segmentationNode, createLabelmap, timeout, model, bundle)
         logging.info("MONAIUNetSeg: FLAIR abnormality in '%s': %.1f mL", volumeNode.GetName(), result.volumeMl)
         return result
 
-    def segmentAll(self, device="auto", inProcess=True, createLabelmap=False, timeout=None):
+    def segmentAll(self, device="auto", inProcess=True, createLabelmap=False, timeout=None, model=models.DEFAULT_MODEL,
+                   bundle=None):
         """Segment every loaded scalar volume, each into its own new segmentation node."""
         volumeNodes = mrml.scalar_volume_nodes(slicer.mrmlScene)
         if inProcess:
-            return [self.segment(v, device, None, createLabelmap) for v in volumeNodes]
-        return [result.segmentationNode for result in self.runJobs(volumeNodes, device, None, createLabelmap, timeout)]
+            return [self.segment(v, device, None, createLabelmap, model=model, bundle=bundle) for v in volumeNodes]
+        results = self.runJobs(volumeNodes, device, None, createLabelmap, timeout, model, bundle)
+        return [result.segmentationNode for result in results]
 
-    def runJobs(self, volumeNodes, device="auto", segmentationNode=None, createLabelmap=False, timeout=None):
+    def runJobs(self, volumeNodes, device="auto", segmentationNode=None, createLabelmap=False, timeout=None,
+                model=models.DEFAULT_MODEL, bundle=None):
         """Background jobs waited for (scripts, the self-test): results in order; once all have run, a failure
         raises (a single job's own error, else one listing every failed scan)."""
         if self.isBusy():
             raise RuntimeError("background segmentations are running: wait for them or cancel them first")
-        self.enqueue(volumeNodes, device, segmentationNode, createLabelmap)
+        self.enqueue(volumeNodes, device, segmentationNode, createLabelmap, model, bundle)
         outcomes = self.jobs.wait(timeout)
         failures = [o for o in outcomes if not o.ok]
         if len(failures) == 1 and len(outcomes) == 1:
@@ -342,12 +369,15 @@ class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
                                              + "; ".join(f"{o.request.name}: {o.error}" for o in failures))
         return [o.result for o in outcomes]
 
-    def enqueue(self, volumeNodes, device="auto", segmentationNode=None, createLabelmap=False):
+    def enqueue(self, volumeNodes, device="auto", segmentationNode=None, createLabelmap=False,
+                model=models.DEFAULT_MODEL, bundle=None):
         """Queue a background job per volume, into a new segmentation node each (or ``segmentationNode``, meant
-        for a single volume); returns how many. They start, one at a time, from ``pollJobs``."""
+        for a single volume); returns how many. They start, one at a time, from ``pollJobs``. A bad model folder
+        raises here, before anything is queued."""
+        choice = self.modelChoice(model, bundle)
         segmentationNodeID = segmentationNode.GetID() if segmentationNode else None
-        return self.jobs.enqueue(jobs.JobRequest(volumeNode.GetID(), volumeNode.GetName(), device,
-                                                       segmentationNodeID, createLabelmap) for volumeNode in volumeNodes)
+        return self.jobs.enqueue(jobs.JobRequest(volumeNode.GetID(), volumeNode.GetName(), device, segmentationNodeID,
+                                                 createLabelmap, choice.model, choice.bundle) for volumeNode in volumeNodes)
 
     def pollJobs(self):
         """Advance the queue (call it from a timer); returns a ``jobs.QueueUpdate``: output, finished, started."""

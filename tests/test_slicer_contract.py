@@ -439,6 +439,8 @@ def test_ui_file_matches_widget_code_and_parameter_node():
             assert widget_class == "QCheckBox", name
         elif "Choice" in annotation:
             assert widget_class == "QComboBox", name  # parameterNodeWrapper connects str+Choice to exactly QComboBox
+        elif annotation == "pathlib.Path":
+            assert widget_class == "ctkPathLineEdit", name  # the Path connector binds exactly ctkPathLineEdit
     for required in ("segmentButton", "segmentAllButton", "cancelButton", "progressBar", "logTextEdit", "volumeLabel"):
         assert required in widgets, required
 

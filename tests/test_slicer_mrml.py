@@ -47,6 +47,8 @@ GRID512_MIN_DICE = 0.95
 GRID512_VOLUME_REL_TOL = 0.05
 # The module self-test's bar (MONAIUNetSegTest.MIN_DICE); the shipped weights give 0.873 on the sample.
 REFERENCE_MIN_DICE = 0.8
+# The Logic's segmenter cache key of the shipped default model set on the CPU: (device, bundle, model set).
+CPU_DEFAULT = ("cpu", None, "default")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -420,7 +422,7 @@ def stand_in_command(monkeypatch, tmp_path):
     script.write_text(STAND_IN)
     state = {"mode": "ok", "modes": {}}
 
-    def command(inputPath, outDir, resultPath, device="auto", python=None):
+    def command(inputPath, outDir, resultPath, device="auto", python=None, model="default", bundle=None):
         mode = state["modes"].get(Path(inputPath).name[: -len(".nii.gz")], state["mode"])
         return [sys.executable, str(script), "segment-case", str(inputPath), "-o", str(outDir),
                 "--result-json", str(resultPath), "--device", device, mode]
@@ -620,7 +622,7 @@ def _core_has_segment_command() -> bool:
 def test_real_background_command_matches_in_process(scene, variant_files, module_logic, segmenter):
     """The GUI's path end to end, through the Logic's queue: temp NIfTI -> ``python -m monaiunetseg.cli
     segment-case`` -> result JSON -> labelmap -> segmentation node."""
-    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = segmenter
+    module_logic.MONAIUNetSegLogic._segmenters[CPU_DEFAULT] = segmenter
     logic = module_logic.MONAIUNetSegLogic()
     module_logic.slicer.mrmlScene = scene
     volumeNode = mrml.load_volume(variant_files["sagittal"], scene)
@@ -707,7 +709,7 @@ def module_logic(monkeypatch):
 
 
 def test_module_logic_segment_and_segment_all(module_logic, segmenter, variant_files):
-    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = segmenter  # the session's model, loaded once
+    module_logic.MONAIUNetSegLogic._segmenters[CPU_DEFAULT] = segmenter  # the session's model, loaded once
     scene = module_logic.slicer.mrmlScene
     volumes = [mrml.load_volume(variant_files[n], scene) for n in ("axial", "flipped")]
     mrml.load_volume(SAMPLE_LABEL, scene, labelmap=True)  # a labelmap is not a scan
@@ -727,8 +729,8 @@ def test_module_logic_segment_and_segment_all(module_logic, segmenter, variant_f
 
 def test_module_self_test_runs_headless(module_logic, segmenter, monkeypatch):
     """MONAIUNetSegTest's in-process path on the bundled sample, with the module's own Dice bar (0.8)."""
-    module_logic.MONAIUNetSegLogic._segmenters[str(segmenter.device)] = segmenter
-    monkeypatch.setattr(module_logic.MONAIUNetSegLogic, "getSegmenter", lambda self, device="auto": segmenter)
+    module_logic.MONAIUNetSegLogic._segmenters[(str(segmenter.device), None, "default")] = segmenter
+    monkeypatch.setattr(module_logic.MONAIUNetSegLogic, "getSegmenter", lambda self, *args, **kwargs: segmenter)
     assert module_logic.MONAIUNetSegTest.MIN_DICE == REFERENCE_MIN_DICE == 0.8
     test = module_logic.MONAIUNetSegTest("test_sample_in_process")
     test.setUp()
@@ -792,7 +794,8 @@ def headless_widget(module_logic, monkeypatch):
                         raising=False)
     widget = module_logic.MONAIUNetSegWidget()
     widget.ui, widget._timer, widget.logic = _FakeUI(), _FakeTimer(), module_logic.MONAIUNetSegLogic()
-    widget._parameterNode = types.SimpleNamespace(inputVolume=None, outputSegmentation=None, device="cpu", createLabelmap=False)
+    widget._parameterNode = types.SimpleNamespace(inputVolume=None, outputSegmentation=None, device="cpu", model="default",
+                                                    modelFolder=Path(), createLabelmap=False)
     widget.errors = errors
     return widget
 
@@ -916,7 +919,7 @@ def phantom_file(tmp_path) -> Path:
 def test_flagged_result_is_named_and_described_in_the_scene(module_logic, segmenter, variant_files, phantom_file):
     """In-process: a phantom's segment is named "FLAIR abnormality (REVIEW)" and its node and segment carry the
     confidence and the reasons; the sample's is not flagged and keeps the plain name."""
-    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = segmenter
+    module_logic.MONAIUNetSegLogic._segmenters[CPU_DEFAULT] = segmenter
     scene = module_logic.slicer.mrmlScene
     logic = module_logic.MONAIUNetSegLogic()
     flagged = logic.run(mrml.load_volume(phantom_file, scene), device="cpu")
@@ -944,7 +947,7 @@ def test_background_job_carries_the_verdict(scene, module_logic, segmenter, phan
 
 
 def test_widget_shows_the_review_warning(headless_widget, module_logic, segmenter, phantom_file):
-    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = segmenter
+    module_logic.MONAIUNetSegLogic._segmenters[CPU_DEFAULT] = segmenter
     scene = module_logic.slicer.mrmlScene
     result = headless_widget.logic.run(mrml.load_volume(phantom_file, scene), device="cpu")
     outcome = types.SimpleNamespace(request=types.SimpleNamespace(name="phantom"), ok=True, result=result, error=None)
@@ -1021,7 +1024,7 @@ def _check_lines(result, volumeNode) -> None:
 
 
 def test_logic_creates_the_rano_lines_on_the_lesion_border(module_logic, ellipsoid_file):
-    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = BrightSegmenter()
+    module_logic.MONAIUNetSegLogic._segmenters[CPU_DEFAULT] = BrightSegmenter()
     scene = module_logic.slicer.mrmlScene
     volumeNode = mrml.load_volume(ellipsoid_file, scene)
     logic = module_logic.MONAIUNetSegLogic()
@@ -1033,7 +1036,7 @@ def test_logic_creates_the_rano_lines_on_the_lesion_border(module_logic, ellipso
     again = logic.run(volumeNode, device="cpu", segmentationNode=result.segmentationNode)  # a rerun: same lines
     assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode") == 2
     assert again.lineNodes["longest"] is result.lineNodes["longest"]
-    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = EmptySegmenter()
+    module_logic.MONAIUNetSegLogic._segmenters[CPU_DEFAULT] = EmptySegmenter()
     empty = logic.run(volumeNode, device="cpu", segmentationNode=result.segmentationNode)  # nothing to measure
     assert empty.lineNodes == {} and scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode") == 0
     assert empty.measurementText() == "-"
@@ -1053,7 +1056,7 @@ def test_rano_lines_follow_the_inputs_transform(scene, ellipsoid_file):
 
 
 def test_widget_shows_the_rano_figures(headless_widget, module_logic, ellipsoid_file):
-    module_logic.MONAIUNetSegLogic._segmenters["cpu"] = BrightSegmenter()
+    module_logic.MONAIUNetSegLogic._segmenters[CPU_DEFAULT] = BrightSegmenter()
     result = headless_widget.logic.run(mrml.load_volume(ellipsoid_file, module_logic.slicer.mrmlScene), device="cpu")
     outcome = types.SimpleNamespace(request=types.SimpleNamespace(name="ellipsoid"), ok=True, result=result, error=None)
     headless_widget._showOutcome(outcome)

@@ -38,10 +38,13 @@ def python_executable() -> str:
 
 
 def segment_case_command(inputPath: str | os.PathLike, outDir: str | os.PathLike, resultPath: str | os.PathLike,
-                         device: str = "auto", python: str | None = None) -> list[str]:
-    """``python -m monaiunetseg.cli segment-case INPUT -o OUTDIR --result-json PATH --device D``."""
-    return [python or python_executable(), "-m", CLI_MODULE, "segment-case", str(inputPath), "-o", str(outDir),
-            "--result-json", str(resultPath), "--device", device]
+                         device: str = "auto", python: str | None = None, model: str = "default",
+                         bundle: str | os.PathLike | None = None) -> list[str]:
+    """``python -m monaiunetseg.cli segment-case INPUT -o OUTDIR --result-json PATH --device D --model SET
+    [--bundle DIR]``: the same model as an in-process run (no ``--bundle``: the child finds the shipped one)."""
+    command = [python or python_executable(), "-m", CLI_MODULE, "segment-case", str(inputPath), "-o", str(outDir),
+               "--result-json", str(resultPath), "--device", device, "--model", model]
+    return command + (["--bundle", str(bundle)] if bundle else [])
 
 
 def child_environment(base: dict | None = None, libParent: str = LIB_PARENT) -> dict:
@@ -105,6 +108,8 @@ class JobRequest:
     device: str = "auto"
     segmentationNodeID: str | None = None
     createLabelmap: bool = False
+    model: str = "default"  # the bundle's model set
+    bundle: str | None = None  # a model folder / bundle; None: the shipped one
 
 
 @dataclass
@@ -153,7 +158,8 @@ def start_job(request: JobRequest, inputPath: str | os.PathLike, workDir: str | 
     workDir = Path(workDir)
     outDir, resultPath = workDir / "output", workDir / RESULT_NAME
     outDir.mkdir(parents=True, exist_ok=True)
-    command = segment_case_command(inputPath, outDir, resultPath, request.device)
+    command = segment_case_command(inputPath, outDir, resultPath, request.device, model=request.model,
+                                   bundle=request.bundle)
     process = start_process(command, env=env, cwd=str(workDir))
     return Job(request, workDir, Path(inputPath), resultPath, ProcessMonitor(process))
 

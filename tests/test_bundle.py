@@ -4,6 +4,7 @@ real LGG patients: train, resume, evaluate, infer, export, verify, metadata and 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from monaiunetseg.training.datalist import load_split
 
 from conftest import BUNDLE_DIR, REPO, SAMPLE_DIR
 
-SCHEMA_DIR = REPO.parent / "shared" / "monai"
+SCHEMA = BUNDLE_DIR / "docs" / "meta_schema_20240725.json"  # MONAI's metadata schema, committed (25.3)
 TRAIN = "configs/train.json"
 EVALUATE = "['configs/train.json','configs/evaluate.json']"
 MULTI_GPU = "['configs/train.json','configs/multi_gpu_train.json']"
@@ -253,6 +254,45 @@ def test_evaluating_writes_per_patient_metrics(trained: TrainRun, two_val_datase
     assert (out / "summary.png").is_file() and all(f'id="{r["patient"]}"' in (out / "index.html").read_text() for r in rows)
 
 
+def _volume_ml(labels: np.ndarray, affine: np.ndarray) -> float:
+    return float(np.count_nonzero(labels)) * abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+
+
+@pytest.mark.parametrize("model", ["default", "fast"])
+def test_evaluating_scores_a_shipped_model_set_as_users_get_it(model: str, two_val_dataset: Path, tmp_path: Path):
+    """``evaluating`` without ``--model_path`` scores a model set of ``configs/inference.json`` (``default`` unless
+    ``--model`` says otherwise) with the bundle's post-processing: every predicted volume is the one
+    ``monaiunetseg segment`` gives for that scan (the same Segmenter), and the summary and pictures say what was
+    scored; the summary line is printed once."""
+    from monaiunetseg.model.bundle import read_spec
+    from monaiunetseg.model.postprocess import PostProcessing
+    from monaiunetseg.model.predictor import Segmenter
+
+    out = tmp_path / "eval"
+    args = ["run", "evaluating", "--config_file", EVALUATE, *COMMON, "--dataset_dir", str(two_val_dataset),
+            "--output_dir", str(out), "--num_workers", "0"]
+    log = run_bundle(args if model == "default" else [*args, "--model", model])
+    spec = read_spec(BUNDLE_DIR)
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    pp = PostProcessing.from_dict(spec.postprocessing)
+    assert not pp.is_identity
+    members = spec.weights(model)
+    assert summary["evaluated"].startswith(f"model set '{model}' ({len(members)} model(s): ")
+    assert summary["evaluated"].endswith(f"post-processing: {pp.name}")
+    assert html.escape(summary["evaluated"]) in (out / "index.html").read_text()
+    assert log.count("per-patient metrics (") == 1, log[-3000:]
+
+    with open(out / "metrics_per_patient.csv", newline="") as fh:
+        rows = {r["patient"]: r for r in csv.DictReader(fh)}
+    _, val = load_split(two_val_dataset, 0)
+    assert sorted(rows) == sorted(v["patient"] for v in val) and len(rows) == 2
+    segmenter = Segmenter(BUNDLE_DIR, device="cpu", model=model)
+    for item in val:
+        img = nib.load(item["image"])
+        labels = segmenter.segment(img.get_fdata(dtype=np.float32), img.affine)
+        assert math.isclose(float(rows[item["patient"]]["pred_ml"]), _volume_ml(labels, img.affine), abs_tol=2e-3)
+
+
 # ----------------------------------------------------------------------------------------------- inference
 
 
@@ -364,22 +404,63 @@ def test_metadata_required_fields():
 
 
 def test_metadata_validates_against_schema():
-    """Offline check against MONAI's published metadata schema (what ``verify_metadata`` downloads)."""
+    """Offline check against MONAI's published metadata schema (what ``verify_metadata`` downloads), the copy
+    committed in the bundle: the one ``metadata.json``'s ``schema`` URL names."""
     jsonschema = pytest.importorskip("jsonschema")
-    schemas = sorted(SCHEMA_DIR.glob("meta_schema_*.json")) if SCHEMA_DIR.is_dir() else []
-    if not schemas:
-        pytest.skip(f"no meta_schema_*.json in {SCHEMA_DIR}")
     meta = metadata()
-    if meta.get("schema"):
-        named = [s for s in schemas if s.name == meta["schema"].rsplit("/", 1)[-1]]
-        assert named, f"metadata schema {meta['schema']} is not among {[s.name for s in schemas]}"
-        schemas = named
-    for path in schemas:
-        schema = json.loads(path.read_text())
-        cls = jsonschema.validators.validator_for(schema)
-        cls.check_schema(schema)
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in cls(schema).iter_errors(meta)]
-        assert not errors, f"{path.name}:\n" + "\n".join(errors)
+    assert meta["schema"].rsplit("/", 1)[-1] == SCHEMA.name
+    schema = json.loads(SCHEMA.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in cls(schema).iter_errors(meta)]
+    assert not errors, f"{SCHEMA.name}:\n" + "\n".join(errors)
+
+
+NO_NETWORK = """import socket
+
+
+def _refuse(*args, **kwargs):
+    raise OSError("network disabled by the test")
+
+
+socket.socket.connect = _refuse
+socket.create_connection = _refuse
+socket.getaddrinfo = _refuse
+"""
+
+
+def test_verify_metadata_runs_offline_from_a_clone(tmp_path: Path):
+    """The documented command, run in a copy of the bundle with the network cut off: it succeeds with the committed
+    schema and creates nothing outside the copy (MONAI creates --filepath's folder and downloads when the file is
+    missing)."""
+    pytest.importorskip("jsonschema")
+    clone = tmp_path / "clone" / "monai_bundle"
+    shutil.copytree(BUNDLE_DIR, clone, ignore=shutil.ignore_patterns("models", "__pycache__", "runs", "eval"))
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(NO_NETWORK)
+    home, mpl = tmp_path / "home", tmp_path / "matplotlib"  # matplotlib (imported by MONAI) caches its font list
+    home.mkdir()
+    mpl.mkdir()
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+           "MPLCONFIGDIR": str(mpl),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    readme = (REPO / "docs" / "bundle.md").read_text() + (BUNDLE_DIR / "docs" / "README.md").read_text()
+    command = "-m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath docs/meta_schema_20240725.json"
+    assert command in readme
+    proc = subprocess.run([sys.executable, *command.split()], cwd=clone, env=env, capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "metadata is verified with no error." in out, out[-3000:]
+    assert "skipped downloading" in out
+    kept = lambda p: "__pycache__" not in p.parts and p.parts[0] != "matplotlib"  # noqa: E731
+    assert [p for p in sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) if kept(p)] == \
+        [p for p in before if kept(p)]
+
+    # The network really is cut off in that process: without the file, MONAI's download fails there.
+    proc = subprocess.run([sys.executable, *command.replace("docs/meta_schema", "missing/meta_schema").split()],
+                          cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "network disabled by the test" in proc.stdout + proc.stderr
 
 
 def _parsed_network_args(files: list[str], context: int | None = None) -> dict:
@@ -394,11 +475,9 @@ def _parsed_network_args(files: list[str], context: int | None = None) -> dict:
 
 
 def test_verify_metadata_needs_jsonschema_and_the_docs_say_how_to_get_it(tmp_path: Path):
-    """Without jsonschema MONAI's verify_metadata fails with an unrelated-looking TypeError: the README and the model
+    """Without jsonschema MONAI's verify_metadata fails with an unrelated-looking TypeError: the bundle page and the model
     card must name the package and quote that error, and the quoted error must be the one MONAI really gives."""
-    schema = SCHEMA_DIR / "meta_schema_20240725.json"
-    if not schema.is_file():
-        pytest.skip(f"MONAI metadata schema not found at {schema}")
+    schema = SCHEMA
     code = ("import sys\n"
             "sys.modules['jsonschema'] = None  # not installed\n"
             "from monai.bundle import verify_metadata\n"
@@ -406,7 +485,7 @@ def test_verify_metadata_needs_jsonschema_and_the_docs_say_how_to_get_it(tmp_pat
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     quoted = "TypeError: catching classes that do not inherit from BaseException is not allowed"
     assert proc.returncode != 0 and quoted in proc.stderr, proc.stderr[-2000:]
-    for doc in (REPO / "README.md", BUNDLE_DIR / "docs" / "README.md"):
+    for doc in (REPO / "docs" / "bundle.md", BUNDLE_DIR / "docs" / "README.md"):
         text = doc.read_text()
         assert "verify_metadata" in text and "pip install jsonschema" in text and quoted in text, doc
 
@@ -484,10 +563,11 @@ def test_latest_checkpoint_picks_highest_epoch_not_newest_file(tmp_path: Path) -
 
 
 def test_shipped_model_card_agrees_with_evaluating_rerun(kaggle_dir: Path, tmp_path: Path) -> None:
-    """The committed per-patient table (docs/metrics_per_patient.csv and the model card) is what `evaluating`
-    gives today: shipped weights on fold 0 of the raw shared data, prepared on the fly by the bundle."""
+    """The committed per-patient table (docs/metrics_per_patient.csv and the model card's fold-0 history) is what
+    `evaluating` gives today for fold model 0 alone without post-processing (``--model fast --postprocessing {}``)
+    on fold 0 of the raw shared data, prepared on the fly by the bundle."""
     run_bundle(["run", "evaluating", "--config_file", EVALUATE, *COMMON, "--dataset_dir", str(kaggle_dir),
-                "--output_dir", str(tmp_path / "eval")])
+                "--output_dir", str(tmp_path / "eval"), "--model", "fast", "--postprocessing", "{}"])
     with open(tmp_path / "eval" / "metrics_per_patient.csv") as f:
         rerun = {r["patient"]: r for r in csv.DictReader(f)}
     with open(BUNDLE_DIR / "docs" / "metrics_per_patient.csv") as f:

@@ -463,6 +463,15 @@ def test_extension_cmake_names_scripts_and_resources():
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert re.search(rf"set\({key} ", top), key
     assert 'set(EXTENSION_CATEGORY "Segmentation")' in top
+    # No invented addresses: every URL is the publisher's placeholder (a reserved .invalid host) plus a path to a
+    # file that is in the repository.
+    code = "\n".join(line for line in top.splitlines() if not line.lstrip().startswith("#"))
+    urls = re.findall(r"https?://[^\s\")]+", code)
+    assert urls and all(u.startswith("https://example.invalid/PUBLISHER-SETS-THIS/") for u in urls), urls
+    for key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        (value,) = re.findall(rf'set\({key} "\$\{{MONAIUNETSEG_RAW_URL\}}/([^"]+)"\)', top)
+        assert (REPO / value).is_file(), (key, value)
+    assert re.search(r'set\(EXTENSION_HOMEPAGE "\$\{MONAIUNETSEG_REPOSITORY_URL\}#readme"\)', top)
     assert "find_package(Slicer REQUIRED)" in top and "add_subdirectory(MONAIUNetSeg)" in top
     assert "Slicer_EXTENSION_GENERATE_CONFIG" in top and "Slicer_EXTENSION_CPACK" in top
 

@@ -70,7 +70,8 @@ def _segment(args: argparse.Namespace) -> int:
                            shard_id=args.shard_id, bundle=args.bundle, weights=args.weights, model=args.model,
                            progress=not args.quiet,
                            output_format=args.output_format, wait=args.wait,
-                           save_probabilities=args.save_probabilities, strict=args.strict, measure=args.measure)
+                           save_probabilities=args.save_probabilities, strict=args.strict, measure=args.measure,
+                           include_labelmaps=args.include_labelmaps)
     result = run_batch(args.inputs, args.out_dir, options)
     if args.quiet:  # otherwise every case, failures included, was shown live
         for r in result.results:
@@ -115,8 +116,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "finetune'; default: the installed/shipped one, or $MONAIUNETSEG_BUNDLE). Only plain values "
                         "of its configs/inference.json are read: no config code runs here")
     p.add_argument("--model", default="default", metavar="SET",
-                   help="the bundle's model set (configs/inference.json 'models'): 'default' (the shipped default; "
-                        "the fold ensemble once it ships) or 'fast' (one model); --weights overrides it")
+                   help="the bundle's model set ('models' in configs/inference.json); shipped: 'default' (fold "
+                        "models 0-2, probabilities averaged), 'fast' (fold model 0 alone) and 'full' (all five fold "
+                        "models); each with the bundle's post-processing; --weights overrides it")
     p.add_argument("--weights", default=None, help="model weights (default: the bundle's model set)")
 
 
@@ -154,7 +156,10 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--wait", action="store_true",
                    help="if another run holds OUTDIR, wait for it to finish (default: stop with exit code 2)")
     p.add_argument("--all-series", action="store_true",
-                   help="segment every 3D DICOM series, not only FLAIR ones (NIfTI files are always segmented)")
+                   help="segment every 3D DICOM series, not only FLAIR ones")
+    p.add_argument("--include-labelmaps", action="store_true",
+                   help="also segment image files that look like label maps (skipped by default: names ending in "
+                        "_label, _seg or _mask, or integer voxels with at most 8 distinct values)")
     p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the cases into N shards (default 1)")
     p.add_argument("--shard-id", type=int, default=0, metavar="K", help="run shard K of N (0-based, default 0)")
     add_model_options(p)

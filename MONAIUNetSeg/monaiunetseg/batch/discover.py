@@ -29,7 +29,7 @@ from monaiunetseg.io.dicom_volume import volume_problem
 from monaiunetseg.io.guard import not_regular, open_header
 from monaiunetseg.io.image2d import is_image2d_path
 from monaiunetseg.io.itk_reader import itk_available, itk_format, missing_extra_message
-from monaiunetseg.io.labelmap import is_our_labelmap
+from monaiunetseg.io.labelmap import is_our_labelmap, labelmap_reason
 from monaiunetseg.io.nifti import is_nifti_path
 from monaiunetseg.io.data_files import data_files
 from monaiunetseg.io.nrrd_mha import image_format
@@ -63,11 +63,12 @@ def _problem(path: Path, status: Status, message: str) -> Case:
     return Case("problem", path, status=status, problem=message)
 
 
-def _scan_file(path: Path, explicit: bool) -> Path | DicomFile | Case | None:
+def _scan_file(path: Path, explicit: bool, include_labelmaps: bool = False) -> Path | DicomFile | Case | None:
     """Classify one file: an image file's path, a DICOM header, a problem case, or None (neither; ignored in
     folders).
 
     ``explicit``: the file was named on the command line, so "not an image" is a failure, not a skip.
+    ``include_labelmaps``: segment image files that look like label maps (:func:`labelmap_reason`) too.
     Only regular files are opened (``stat`` first): a FIFO would block and a device never end.
     """
     irregular = not_regular(path)
@@ -79,6 +80,9 @@ def _scan_file(path: Path, explicit: bool) -> Path | DicomFile | Case | None:
     if kind:
         if is_our_labelmap(path):
             return _problem(path, SKIPPED, f"{path}: a labelmap written by MONAIUNetSeg (an earlier output), not a scan")
+        reason = None if include_labelmaps else labelmap_reason(path)
+        if reason:
+            return _problem(path, SKIPPED, f"{path}: {reason}, not a scan (--include-labelmaps segments it)")
         return path
     if path.name.upper() == "DICOMDIR":  # the media index, not an image
         return None
@@ -163,13 +167,15 @@ def _series_case(series: DicomSeries, all_series: bool, unreadable: list[str] | 
     return Case("dicom", series.folder, series=series)
 
 
-def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False) -> list[Case]:
+def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False,
+                   include_labelmaps: bool = False) -> list[Case]:
     """All cases in ``inputs`` (files and folder trees), sorted by :attr:`Case.key`.
 
     DICOM files from all inputs are grouped into series by SeriesInstanceUID; by default only FLAIR series
     are segmented (the others are reported as skipped). Problems (missing paths, unreadable files, empty
     folders) become failed cases; files that are neither images nor DICOM inside a folder become one skipped
-    case per folder.
+    case per folder. Image files that look like label maps (``*_label``, ``*_seg``, ``*_mask``, or integer voxels
+    with few distinct values) are skipped unless ``include_labelmaps``.
     """
     cases: list[Case] = []
     dicom_files: list[DicomFile] = []
@@ -179,7 +185,7 @@ def discover_cases(inputs: Iterable[str | os.PathLike], all_series: bool = False
 
     def scan(file: Path, explicit: bool) -> Path | DicomFile | Case | None:
         try:
-            item = _scan_file(file, explicit)
+            item = _scan_file(file, explicit, include_labelmaps)
         except Exception as exc:  # one unreadable file never stops the batch
             item = _problem(file, FAILED, f"{file}: cannot be read ({exc.__class__.__name__}: {exc})")
         if isinstance(item, Case) and item.status == FAILED and not not_regular(file):  # which series it was of

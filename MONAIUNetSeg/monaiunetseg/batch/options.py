@@ -27,3 +27,4 @@ class BatchOptions:
     save_probabilities: bool = False  # also write <name>_prob.*: the (averaged) foreground probability, float32
     strict: bool = False  # a case flagged for review is skipped (no outputs) instead of written with the flag
     measure: bool = False  # fill the report's measurement columns (diameters, centroid, side: measure.shape)
+    include_labelmaps: bool = False  # segment files that look like label maps (*_label, few integer values) too

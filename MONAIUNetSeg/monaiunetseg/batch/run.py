@@ -184,7 +184,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, o
 def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmenter, whole_folder: bool,
               started: float) -> BatchResult:
     """:func:`run_batch` once the output folder is held (``whole_folder``: not just this shard's part)."""
-    all_cases = discover_cases(inputs, all_series=options.all_series)
+    all_cases = discover_cases(inputs, all_series=options.all_series, include_labelmaps=options.include_labelmaps)
     cases = shard(all_cases, options.num_shards, options.shard_id)
     report = report_path(out_dir, options.num_shards, options.shard_id)
     run_json = record_path(out_dir, options.num_shards, options.shard_id)

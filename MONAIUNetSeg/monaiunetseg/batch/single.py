@@ -42,6 +42,8 @@ from monaiunetseg.files import printable, stale_parts, write_text_atomic
 # The caller named one series: it is segmented whatever it shows (no FLAIR check; a series that is no volume is
 # still skipped). A folder holding several 3D series fails: which one was meant is not guessed.
 ALL_SERIES = True
+# Likewise a file that looks like a label map (the Slicer module sends scalar volumes only, whatever their names).
+INCLUDE_LABELMAPS = True
 
 
 def _failed(result: CaseResult, error: str) -> CaseResult:
@@ -62,7 +64,7 @@ def _not_one_case(input_path: Path, cases: list[Case], runnable: list[Case]) -> 
 def single_case(input_path: str | os.PathLike) -> Case | CaseResult:
     """The one case ``input_path`` is, or the failed result saying why it is not exactly one."""
     input_path = Path(os.path.abspath(input_path))
-    cases = discover_cases([input_path], all_series=ALL_SERIES)
+    cases = discover_cases([input_path], all_series=ALL_SERIES, include_labelmaps=INCLUDE_LABELMAPS)
     runnable = [c for c in cases if c.kind != "problem"]
     return runnable[0] if len(runnable) == 1 else _not_one_case(input_path, cases, runnable)
 

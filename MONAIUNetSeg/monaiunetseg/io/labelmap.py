@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from monaiunetseg.io import image2d, nifti, nrrd_mha
+from monaiunetseg.io.guard import voxel_budget_problem
 
 # Output formats: the suffix of ``<name>_seg<suffix>``.
 FORMAT_SUFFIXES = {"nifti": ".nii.gz", "nrrd": ".nrrd", "metaimage": ".mha"}
@@ -94,3 +95,71 @@ def write_labelmap(labels: np.ndarray, volume, target: str | os.PathLike, source
         raise ValueError(f"{target}: unknown labelmap format (use {', '.join(FORMAT_SUFFIXES.values())})")
     reference = volume if isinstance(volume, nrrd_mha.ImageVolume) else None
     return nrrd_mha.write_labelmap(labels, target, affine=volume.affine, reference=reference, source=source)
+
+
+# Inputs that are label maps, not scans (someone's reference mask beside the scans): not segmented by default.
+LABELMAP_NAME_ENDINGS = ("_label", "_seg", "_mask")
+LABELMAP_MAX_VALUES = 8  # an integer volume with at most this many distinct values is taken for a label map
+LABELMAP_NOTE = "looks like a label map"
+
+
+def _name_stem(path: str | os.PathLike) -> str:
+    """The file name without its image suffix(es): ``a_label.nii.gz`` -> ``a_label``."""
+    if _is_nifti(path):
+        return nifti.nifti_stem(path)
+    return Path(path).name.split(".", 1)[0] if "." in Path(path).name else Path(path).name
+
+
+def _few_values(values: np.ndarray, limit: int) -> int | None:
+    """The number of distinct values when at most ``limit``, else None; a coarse subsample answers first, so a
+    scan (hundreds of intensities) costs one small ``np.unique``."""
+    flat = values.reshape(-1)
+    if flat.size > 100_000 and np.unique(flat[:: max(1, flat.size // 100_000)]).size > limit:
+        return None
+    n = np.unique(flat).size
+    return n if n <= limit else None
+
+
+def _integer_voxels(path: str | os.PathLike) -> np.ndarray | None:
+    """The stored voxels when the header says they are integers, else None. The header is read and checked
+    first (as an input's is: 3D, within the voxel budget, the data really there), the data only for integer
+    files, unscaled (a scale factor does not change the count of distinct values)."""
+    path = Path(path)
+    if _is_nifti(path):
+        img = nifti._open(path)
+        if not np.issubdtype(img.header.get_data_dtype(), np.integer):
+            return None
+        nifti.spatial_shape(img.shape, path)
+        nifti.check_header(img, path)
+        return np.asarray(img.dataobj.get_unscaled())
+    if nrrd_mha.image_format(path) is None:
+        return None
+    sitk = nrrd_mha._sitk()
+    reader = nrrd_mha._reader(path)
+    integer_ids = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
+                   sitk.sitkUInt64, sitk.sitkInt64}
+    if reader.GetPixelID() not in integer_ids:
+        return None
+    nrrd_mha._check_3d(reader, path)
+    if voxel_budget_problem(tuple(reader.GetSize())):
+        return None
+    return sitk.GetArrayFromImage(reader.Execute())
+
+
+def labelmap_reason(path: str | os.PathLike) -> str | None:
+    """Why the image file at ``path`` looks like a label map rather than a scan, or None: its name ends in
+    ``_label``, ``_seg`` or ``_mask`` before the extension, or it holds integer voxels with at most
+    :data:`LABELMAP_MAX_VALUES` distinct values. Unreadable files are not judged here (reading them as an input
+    reports the problem)."""
+    stem = _name_stem(path).lower()
+    for ending in LABELMAP_NAME_ENDINGS:
+        if stem.endswith(ending):
+            return f"{LABELMAP_NOTE} (name ends in {ending})"
+    try:
+        values = _integer_voxels(path)
+        n = None if values is None else _few_values(np.asarray(values), LABELMAP_MAX_VALUES)
+    except Exception:
+        return None
+    if n is not None:
+        return f"{LABELMAP_NOTE} (integer voxels, {n} distinct value(s))"
+    return None

@@ -1,4 +1,5 @@
-"""Ignite handlers the bundle's evaluator uses: per-patient metric CSV and summary, and the pictures beside them."""
+"""What the bundle's evaluator uses beyond MONAI: the inferer that segments with a shipped model set (as users get
+it), the per-patient metric CSV and summary, and the pictures beside them."""
 
 from __future__ import annotations
 
@@ -23,6 +24,43 @@ def _spacing(meta) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
 
 
+class SegmenterInferer:
+    """A MONAI inferer (``inferer(inputs, network)``) that segments each volume of a batch with a
+    :class:`~monaiunetseg.model.predictor.Segmenter`: the model set, post-processing and mapping back onto the
+    input's grid of ``monaiunetseg segment``, so an evaluation scores what users get. ``inputs``: the image as
+    loaded (channel first, its RAS affine in the metadata); returns the one-hot labelmap (B, 2, x, y, z).
+    ``network`` (the evaluator's) is not used: the Segmenter holds its own networks."""
+
+    def __init__(self, segmenter) -> None:
+        self.segmenter = segmenter
+
+    def __call__(self, inputs, network=None, *args, **kwargs):
+        import torch
+
+        affines = np.asarray(inputs.affine.detach().cpu() if hasattr(inputs.affine, "detach") else inputs.affine)
+        out = []
+        for i in range(inputs.shape[0]):
+            affine = affines[i] if affines.ndim == 3 else affines
+            labels = self.segmenter.segment(inputs[i].detach().cpu().numpy(), affine.astype(float))
+            out.append(torch.from_numpy(np.stack([1 - labels, labels]).astype(np.float32)))
+        return torch.stack(out).to(inputs.device)
+
+
+def evaluation_title(segmenter, model: str, weights=None) -> str:
+    """What an evaluation scored, for its pictures and summary: ``model set 'default' (3 models: ...),
+    post-processing: components >= 0.2 x largest``."""
+    root = Path(segmenter.spec.root).resolve()
+
+    def name(w: Path) -> str:
+        w = Path(w).resolve()
+        return str(w.relative_to(root)) if w.is_relative_to(root) else str(w)
+
+    names = ", ".join(name(w) for w in segmenter.weights)
+    what = f"weights {names}" if weights else f"model set '{model}' ({len(segmenter.weights)} model(s): {names})"
+    tta = ", flip TTA" if segmenter.flip_tta else ""
+    return f"{what}{tta}, post-processing: {segmenter.postprocessing.name}"
+
+
 class PerPatientMetricsWriter:
     """After each validation run write ``<output_dir>/metrics_per_patient.csv`` and ``metrics_summary.json``;
     with ``pictures`` (default) also a panel per patient, ``summary.png`` and ``index.html`` there
@@ -33,8 +71,10 @@ class PerPatientMetricsWriter:
     panels show that file's FLAIR (channel 1 of a 3-channel file).
     """
 
-    def __init__(self, output_dir: str | os.PathLike, id_key: str = "patient", pictures: bool = True) -> None:
+    def __init__(self, output_dir: str | os.PathLike, id_key: str = "patient", pictures: bool = True,
+                 title: str = "") -> None:
         self.output_dir = Path(output_dir)
+        self.title = title  # what was evaluated (evaluation_title): in the summary JSON and on the pictures
         self.id_key = id_key
         self.pictures = pictures
         self.rows: list[dict] = []
@@ -91,15 +131,19 @@ class PerPatientMetricsWriter:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
         write_text_atomic(self.output_dir / "metrics_per_patient.csv", buf.getvalue())
         summary = summarise(self.rows)
+        if self.title:
+            summary = {"evaluated": self.title, **summary}
         write_text_atomic(self.output_dir / "metrics_summary.json", json.dumps(summary, indent=1))
         line = (f"per-patient metrics ({len(self.rows)} volumes): Dice {summary['dice_mean']:.4f} "
                 f"(median {summary['dice_median']:.4f}), HD95 {summary['hd95_mm_mean']:.2f} mm, "
                 f"|dV| {summary['abs_vol_diff_ml_mean']:.2f} mL; with largest component: Dice "
                 f"{summary['dice_lcc_mean']:.4f}, HD95 {summary['hd95_mm_lcc_mean']:.2f} mm")
-        logger.info(line)
-        print(line, flush=True)
+        if self.title:
+            line += f"; {self.title}"
+        print(line, flush=True)  # once (a log record too would print it twice through the bundle's console handler)
         if self.pictures:
             from monaiunetseg.visual.evaluation import write_evaluation_pictures
 
-            index = write_evaluation_pictures(self.output_dir, self.rows, f"Evaluation: {len(self.rows)} patients")
+            title = f"Evaluation: {len(self.rows)} patients" + (f", {self.title}" if self.title else "")
+            index = write_evaluation_pictures(self.output_dir, self.rows, title)
             print(f"pictures: {index}", flush=True)

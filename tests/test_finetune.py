@@ -96,3 +96,57 @@ def test_finetune_refuses_a_different_source_on_resume(prepared: Path, tmp_path:
     assert cli_main(["finetune", str(prepared), "-o", str(model), "--from", "none", "--fold", "1", "--epochs", "3"]) == 2
     assert cli_main(["finetune", str(prepared), "-o", str(tmp_path / "other"), "--fold", "7"]) == 2  # no such fold
     assert not (tmp_path / "other").exists() and not (model / "train" / "train.log").exists()
+
+
+def test_finetune_resumes_after_a_kill(prepared: Path, tmp_path: Path):
+    """A finetune process killed (SIGKILL) after its first checkpoint: the same command continues from it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = tmp_path / "model"
+    cmd = [sys.executable, "-m", "monaiunetseg.cli", "finetune", str(prepared), "-o", str(model), "--from", "fast",
+           "--epochs", "6", "--batch-size", "2", "--num-samples", "2", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while not list((model / "train").rglob("checkpoint_epoch=1.pt")):
+            assert proc.poll() is None, "finetune ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 10 min"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: the trainer is a child of the CLI
+        proc.wait()
+    assert not (model / "models" / "model.pt").exists()  # killed: no model folder yet
+    log = run_finetune(prepared, model, epochs=6)
+    assert re.search(r"Restored all variables from .*checkpoint_epoch=\d\.pt", log), log[-3000:]
+    assert "Epoch: 1/6, Iter" not in log and "Epoch: 6/6, Iter" in log, log[-3000:]
+    assert (model / "models" / "model.pt").is_file()
+
+
+def test_model_folder_runs_with_the_bundles_inference(prepared: Path, tmp_path: Path):
+    """The shipped bundle's ``run inference`` with ``--bundle_root`` a copied model folder uses that folder's
+    weights and post-processing, exactly as ``segment --model-dir`` does."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "model"
+    run_finetune(prepared, model, epochs=1)
+    copy = tmp_path / "elsewhere" / "my_model"
+    shutil.copytree(model, copy, ignore=shutil.ignore_patterns("train"))
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(SAMPLE_FLAIR, scans / SAMPLE_FLAIR.name)
+    out_bundle, out_cli = tmp_path / "bundle_out", tmp_path / "cli_out"
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
+                           str(BUNDLE_DIR / "configs" / "inference.json"), "--bundle_root", str(copy),
+                           "--input_dir", str(scans), "--output_dir", str(out_bundle), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert cli_main(["segment", str(scans), "-o", str(out_cli), "--model-dir", str(copy), "--device", "cpu", "--quiet"]) == 0
+    (a,), (b,) = list(out_bundle.glob("*_seg.nii.gz")), list(out_cli.glob("*_seg.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(nib.load(a).dataobj), np.asarray(nib.load(b).dataobj))
+    run = json.loads((out_bundle / "run.json").read_text())
+    assert [w["path"] for w in run["runs"][-1]["weights"]] == [str((copy / "models" / "model.pt").resolve())]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -32,19 +31,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MONAIUNetSeg"))  # the core, also when not pip-installed
+
+from monaiunetseg.batch.record import cpu_name  # noqa: E402  (after the path above)
 SAMPLE = REPO / "MONAIUNetSeg" / "Resources" / "Sample" / "TCGA_DU_A5TR_19970726_flair.nii.gz"
 STAGES = ("read", "preprocess", "model", "invert", "assess", "write", "total")
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "MONAIUNetSeg"), os.environ.get("PYTHONPATH", "")])}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ----------------------------------------------------------------------------------------------- inputs

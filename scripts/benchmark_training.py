@@ -34,21 +34,13 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MONAIUNetSeg"))  # the core, also when not pip-installed
+
+from monaiunetseg.batch.record import cpu_name  # noqa: E402  (after the path above)
 TRAIN_CONFIG = REPO / "monai_bundle" / "configs" / "train.json"
 SAMPLE_DIR = REPO / "MONAIUNetSeg" / "Resources" / "Sample"
 SAMPLE = {"image": str(SAMPLE_DIR / "TCGA_DU_A5TR_19970726_flair.nii.gz"),
           "label": str(SAMPLE_DIR / "TCGA_DU_A5TR_19970726_label.nii.gz")}
 VARIANTS = ("fp32", "bf16", "channels_last", "compile", "data")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str]:

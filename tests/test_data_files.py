@@ -184,7 +184,8 @@ def test_allow_outside_data_flag_of_segment_case(kaggle_dir: Path, tmp_path: Pat
 def test_data_files_of_headers_are_not_listed_as_skipped(form: str, tmp_path: Path):
     """Minor of issue 22: the .raw files a header reads were reported as "file(s) that are neither images nor DICOM
     ignored"; a stray data file no header names still is."""
-    header, _ = write_header(tmp_path / "in", form, np.ones(SHAPE, dtype=np.int16))
+    scan = np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE)  # many values: a scan, not a label map
+    header, _ = write_header(tmp_path / "in", form, scan)
     cases = discover_cases([tmp_path / "in"])
     assert [c.source for c in cases] == [header]
     (tmp_path / "in" / "stray.raw").write_bytes(b"\\0" * 8)

@@ -271,7 +271,7 @@ def test_unlistable_folder_is_a_failed_row(tmp_path: Path):
 
 def test_folder_beyond_path_max_is_a_failed_row(tmp_path: Path):
     """A folder that cannot be listed whoever runs it (root included): its path exceeds PATH_MAX."""
-    save_nifti(np.ones((8, 8, 3)), np.eye(4), tmp_path / "in" / "good.nii.gz")
+    save_nifti(np.arange(192.0).reshape(8, 8, 3), np.eye(4), tmp_path / "in" / "good.nii.gz")  # a scan, not a label map
     fd = os.open(tmp_path / "in", os.O_RDONLY)
     try:
         for _ in range(os.pathconf(tmp_path, "PC_PATH_MAX") // 256 + 1):

@@ -330,7 +330,8 @@ def head_scan(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
 
     shape = (61, 61, 31)
     affine = grid_affine((1.0, 1.0, 2.0), shape)
-    head = ellipsoid(shape, affine, (25, 28, 25), centre=(6, 0, 0)).astype(np.int16) * 400 + 10
+    texture = np.arange(np.prod(shape)).reshape(shape) % 17  # a scan, not a label map (segment skips those)
+    head = (ellipsoid(shape, affine, (25, 28, 25), centre=(6, 0, 0)) * 400 + 10 + texture).astype(np.int16)
     path = tmp_path / "in" / "head.nii.gz"
     path.parent.mkdir()
     nib.Nifti1Image(head, affine).to_filename(path)

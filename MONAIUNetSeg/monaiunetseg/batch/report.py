@@ -50,8 +50,6 @@ REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "confidence
                   *MEASURE_COLUMNS]
 INTEGER_COLUMNS = ("components", "axial_slice", "axial_axis")
 NUMERIC_COLUMNS = ("volume_ml", "confidence", "seconds", *(c for c in MEASURE_COLUMNS if c != "side"))
-# The verdict's columns (``trust.assessment``), also kept in the labelmap's source record for resumed rows.
-VERDICT_COLUMNS = ("confidence", "review", "review_reasons")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 

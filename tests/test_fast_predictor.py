@@ -58,9 +58,9 @@ def _variants(array: np.ndarray, affine: np.ndarray) -> dict:
     }
 
 
-def _monai(array: np.ndarray, affine: np.ndarray):
+def _monai(array: np.ndarray, affine: np.ndarray, normalisation: str = "tissue"):
     """(the MONAI preprocessing, its output): the inverse must be taken with the same instance."""
-    pre = preprocessing(["image"])
+    pre = preprocessing(["image"], normalisation=normalisation)
     image = MetaTensor(torch.from_numpy(np.ascontiguousarray(array[None], dtype=np.float32)),
                        affine=torch.as_tensor(affine, dtype=torch.float64))
     return pre, pre({"image": image})["image"]
@@ -68,7 +68,7 @@ def _monai(array: np.ndarray, affine: np.ndarray):
 
 @pytest.mark.parametrize("name", list(_variants(np.zeros((4, 4, 4)), np.eye(4))))
 def test_numpy_preprocessing_equals_the_monai_transforms(sample, name):
-    """Forward (orientation, square padding, resize with anti-aliasing, percentile scaling) and inverse."""
+    """Forward (orientation, square padding, resize with anti-aliasing, intensity normalisation) and inverse."""
     array, affine = _variants(*sample)[name]
     pre, ref = _monai(array, affine)
     plan = GridPlan.of(array.shape, affine)
@@ -182,9 +182,11 @@ def test_unsupported_networks_and_weights_are_refused(tmp_path: Path):
 # ------------------------------------------------------------------------------------------------ Segmenter
 
 
-def reference_probabilities(array: np.ndarray, affine: np.ndarray, nets, flip_tta: bool = False) -> np.ndarray:
-    """The previous inference path: MONAI transforms, eager torch over slice batches, MONAI's inverse."""
-    pre = preprocessing(["image"])
+def reference_probabilities(array: np.ndarray, affine: np.ndarray, nets, flip_tta: bool = False,
+                            normalisation: str = "percentile") -> np.ndarray:
+    """The previous inference path: MONAI transforms, eager torch over slice batches, MONAI's inverse (with the
+    normalisation the weights were trained on: the shipped ones', ``percentile``)."""
+    pre = preprocessing(["image"], normalisation=normalisation)
     image = MetaTensor(torch.from_numpy(np.ascontiguousarray(array[None], dtype=np.float32)),
                        affine=torch.as_tensor(affine, dtype=torch.float64))
     data = pre({"image": image})
@@ -206,7 +208,8 @@ def reference_probabilities(array: np.ndarray, affine: np.ndarray, nets, flip_tt
 def test_segmenter_matches_the_monai_and_torch_pipeline(segmenter, sample, name):
     assert segmenter.backend == "onnx", segmenter.backend_note
     array, affine = _variants(*sample)[name]
-    expected = reference_probabilities(array, affine, load_networks(segmenter.spec, segmenter.weights))
+    expected = reference_probabilities(array, affine, load_networks(segmenter.spec, segmenter.weights),
+                                       normalisation=segmenter.spec.normalisation)
     prob = segmenter.probabilities(array, affine)
     assert prob.shape == array.shape and prob.dtype == np.float32
     assert np.abs(prob - expected).max() < 1e-4
@@ -225,7 +228,8 @@ def test_onnx_and_torch_backends_agree_with_ensemble_and_flips(sample, tmp_path:
     fast, eager = Segmenter(backend="onnx", **kwargs), Segmenter(backend="torch", **kwargs)
     assert (fast.backend, eager.backend) == ("onnx", "torch")
     np.testing.assert_allclose(fast.probabilities(array, affine), eager.probabilities(array, affine), atol=1e-5)
-    expected = reference_probabilities(array, affine, load_networks(eager.spec, eager.weights), flip_tta=True)
+    expected = reference_probabilities(array, affine, load_networks(eager.spec, eager.weights), flip_tta=True,
+                                       normalisation=eager.spec.normalisation)
     np.testing.assert_allclose(fast.probabilities(array, affine), expected, atol=1e-4)
 
 
@@ -336,3 +340,11 @@ def test_plan_of_an_absurdly_long_axis_stays_small(n: int, bound_mib: int):
     assert plan.forward[0].shape == (256, n) or plan.forward[1].shape == (256, n)
     volume = model_grid_volume(np.ones((1, n, 2, 2), dtype=np.int16), plan)
     assert volume.shape == (2, 1, 256, 256) and np.isfinite(volume).all()
+
+
+@pytest.mark.parametrize("normalisation", ["tissue", "percentile"])
+def test_both_normalisations_are_the_same_in_numpy_and_in_the_monai_transforms(sample, normalisation):
+    array, affine = _variants(*sample)["sagittal"]
+    _, ref = _monai(array, affine, normalisation)
+    mine = model_grid_volume(array[None], GridPlan.of(array.shape, affine), normalisation=normalisation)
+    np.testing.assert_allclose(mine[:, 0], ref.as_tensor().numpy()[0].transpose(2, 0, 1), rtol=0, atol=2e-5)

@@ -22,7 +22,6 @@ MODEL_AXCODES = "LPS"  # MONAI/nibabel axis codes: axis 0 -> Left, 1 -> Posterio
 MODEL_GRID = 256
 # Affines are NIfTI-style RAS everywhere in the core; these are the labels of the negative axis ends.
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
-INTENSITY_PERCENTILES = (1.0, 99.0)  # the model's input intensities: these percentiles of a volume -> 0 and 1
 KAGGLE_SPACING = (1.0, 1.0, 3.0)
 
 

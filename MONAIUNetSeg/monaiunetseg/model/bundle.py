@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # torch is imported where networks are built: the ONNX Runtim
 
 from monaiunetseg.errors import describe
 from monaiunetseg.model.state_dict import archive_problem
+from monaiunetseg.model.intensity import LEGACY_NORMALISATION, check_normalisation
 
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 WEIGHTS = Path("models") / "model.pt"
@@ -87,6 +88,7 @@ class BundleSpec:
     postprocessing: dict = field(default_factory=dict)
     flip_tta: bool = False  # average over left-right flipped slices (chosen by cross-validation)
     trust: dict = field(default_factory=dict)  # the confidence model and review thresholds (trust.assessment)
+    normalisation: str = LEGACY_NORMALISATION  # the input intensities the weights were trained on (model.intensity)
 
     @property
     def in_channels(self) -> int:
@@ -134,7 +136,8 @@ def read_spec(root: str | os.PathLike | None = None) -> BundleSpec:
     trust = _plain(config.get("trust") or {}, f"{path}: trust")
     if not isinstance(trust, dict):
         raise ValueError(f"{path}: trust must be an object, got {trust!r}")
-    return BundleSpec(root, net, context, models, postprocessing, flip_tta, trust)
+    normalisation = check_normalisation(config.get("normalisation", LEGACY_NORMALISATION), str(path))
+    return BundleSpec(root, net, context, models, postprocessing, flip_tta, trust, normalisation)
 
 
 def build_network(network_args: dict) -> torch.nn.Module:

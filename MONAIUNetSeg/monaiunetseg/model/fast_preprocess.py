@@ -11,7 +11,8 @@ or MONAI (``import monai`` alone takes 3.6-5 s) and without whole-volume float c
   slice of it) applied to every slice;
 * a fill value (a background of -1e6 or -FLT_MAX written in place of 0: see :func:`fill_value`) replaced by the
   lowest real intensity, per channel, before anything else (``transforms.ReplaceFillValued``);
-* the 1st/99th percentile scaling of the resized volume, per channel;
+* the intensity normalisation of the resized volume, per channel (``intensity.normalise_channel``: air at 0,
+  normal brain at 1);
 * the inverse: the per-axis matrices of MONAI's inverse resize (bilinear, no anti-aliasing), cropped by the
   padding, then the inverse flip/transpose.
 
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
-from monaiunetseg.geometry import INTENSITY_PERCENTILES, MODEL_AXCODES, MODEL_GRID, RAS_LABELS
+from monaiunetseg.geometry import MODEL_AXCODES, MODEL_GRID, RAS_LABELS
+from monaiunetseg.model.intensity import normalise_channel
 
 
 def _interpolation(n_in: int, n_out: int) -> np.ndarray:
@@ -183,19 +185,14 @@ def replace_fill(chunk: np.ndarray, fills: list[tuple[float, float] | None]) -> 
     return chunk
 
 
-def scale_intensities(volume: np.ndarray) -> None:
-    """In place, per channel of ``(D, C, H, W)``: the ``INTENSITY_PERCENTILES`` of the (resized) volume -> 0
-    and 1, unclipped (``ScaleIntensityRangePercentiles(channel_wise=True)``; equal percentiles: shift only)."""
+def scale_intensities(volume: np.ndarray, normalisation: str = "tissue") -> None:
+    """In place, per channel of float32 ``(D, C, H, W)``: ``intensity.normalise_channel`` (the slices on axis 0),
+    as ``transforms.NormaliseIntensityd`` does in training."""
     for c in range(volume.shape[1]):
-        channel = volume[:, c]
-        lo, hi = np.percentile(channel, INTENSITY_PERCENTILES).astype(np.float32)
-        with np.errstate(over="ignore", invalid="ignore"):  # values near +-FLT_MAX: the caller checks for NaN
-            channel -= lo
-            if hi != lo:
-                channel /= hi - lo
+        normalise_channel(volume[:, c], slice_axis=0, method=normalisation)
 
 
-def model_grid_volume(array: np.ndarray, plan: GridPlan, chunk: int = 16) -> np.ndarray:
+def model_grid_volume(array: np.ndarray, plan: GridPlan, chunk: int = 16, normalisation: str = "tissue") -> np.ndarray:
     """The network's input volume ``(D, C, MODEL_GRID, MODEL_GRID)`` float32 of ``(C, x, y, z)`` ``array``
     (any real dtype), built ``chunk`` slices at a time so that no float copy of the input grid is made."""
     fills = [fill_value(array[c]) for c in range(array.shape[0])]
@@ -204,7 +201,7 @@ def model_grid_volume(array: np.ndarray, plan: GridPlan, chunk: int = 16) -> np.
     out = np.empty((d, array.shape[0], MODEL_GRID, MODEL_GRID), dtype=np.float32)
     for start in range(0, d, chunk):
         out[start:start + chunk] = plan.to_model(replace_fill(oriented[..., start:start + chunk], fills))
-    scale_intensities(out)
+    scale_intensities(out, normalisation)
     return out
 
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
 BACKEND_ENV = "MONAIUNETSEG_BACKEND"  # auto (default), onnx or torch
-# Scaled intensities put the 1st/99th percentiles at 0/1; an input beyond this many times that range makes a
+# Normalised intensities put air at 0 and brain (or the 99th percentile) at 1; an input beyond this many times that range makes a
 # network's NaN the input's doing, not the weights'.
 SCALED_LIMIT = 1e6
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class Segmenter:
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ValueError("image contains NaN or infinite voxels")
         plan = GridPlan.of(array.shape[1:], affine)
-        volume = model_grid_volume(array, plan)
+        volume = model_grid_volume(array, plan, normalisation=self.spec.normalisation)
         if not np.isfinite(volume).all():  # the scaling overflowed: the network would give NaN, blamed on it
             raise input_out_of_range(array)
         t1 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -19,13 +20,13 @@ from monai.transforms import (
     Orientationd,
     Pad,
     Resized,
-    ScaleIntensityRangePercentilesd,
     SqueezeDim,
 )
 from monai.transforms.inverse import InvertibleTransform
 
-from monaiunetseg.geometry import INTENSITY_PERCENTILES, MODEL_AXCODES, MODEL_GRID, RAS_LABELS  # noqa: F401
+from monaiunetseg.geometry import MODEL_AXCODES, MODEL_GRID, RAS_LABELS
 from monaiunetseg.model.fast_preprocess import fill_value, replace_fill
+from monaiunetseg.model.intensity import check_normalisation, normalise_channel
 
 
 class ReplaceFillValued(MapTransform):
@@ -43,6 +44,27 @@ class ReplaceFillValued(MapTransform):
                 replaced = d[key].clone()
                 replaced.copy_(torch.from_numpy(replace_fill(array, fills)))
                 d[key] = replaced
+        return d
+
+
+class NormaliseIntensityd(MapTransform):
+    """Per channel of ``(C, H, W, D)``: ``intensity.normalise_channel`` with ``method`` (``"tissue"``: air 0,
+    normal brain 1), the same numpy code the inference path runs; metadata kept."""
+
+    def __init__(self, keys: KeysCollection, method: str = "tissue", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.method = check_normalisation(method, "NormaliseIntensityd")
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            values = d[key].as_tensor() if isinstance(d[key], MetaTensor) else d[key]
+            array = values.detach().cpu().numpy().astype(np.float32)  # a copy: the input is left as it is
+            for c in range(array.shape[0]):
+                normalise_channel(array[c], slice_axis=-1, method=self.method)
+            normalised = d[key].clone()  # metadata and the applied (invertible) operations kept
+            normalised.copy_(torch.from_numpy(array))
+            d[key] = normalised
         return d
 
 
@@ -115,9 +137,10 @@ class SlicesToChannelsd(MapTransform):
         return d
 
 
-def preprocessing(image_keys: Sequence[str] = ("image",), label_keys: Sequence[str] = ()) -> Compose:
-    """Fill value replaced -> orientation -> square in-plane FOV -> ``MODEL_GRID`` x ``MODEL_GRID`` -> percentile
-    intensity scaling.
+def preprocessing(image_keys: Sequence[str] = ("image",), label_keys: Sequence[str] = (),
+                  normalisation: str = "tissue") -> Compose:
+    """Fill value replaced -> orientation -> square in-plane FOV -> ``MODEL_GRID`` x ``MODEL_GRID`` -> intensities
+    normalised (``intensity``; ``"tissue"``: air 0, normal brain 1).
 
     Inputs are channel-first MetaTensors with an affine (what ``LoadImaged`` + ``EnsureChannelFirstd`` give).
     Slices along the third spatial axis are kept as they are: the model is slice-wise 2D.
@@ -136,14 +159,6 @@ def preprocessing(image_keys: Sequence[str] = ("image",), label_keys: Sequence[s
                 mode=modes,
                 anti_aliasing=[True] * len(image_keys) + [False] * len(label_keys),
             ),
-            ScaleIntensityRangePercentilesd(
-                keys=image_keys,
-                lower=INTENSITY_PERCENTILES[0],
-                upper=INTENSITY_PERCENTILES[1],
-                b_min=0.0,
-                b_max=1.0,
-                clip=False,
-                channel_wise=True,
-            ),
+            NormaliseIntensityd(keys=image_keys, method=normalisation),
         ]
     )

@@ -38,6 +38,18 @@ def source_weights(source: str) -> Path | None:
     return path.resolve()
 
 
+def source_normalisation(source: str, weights: Path | None) -> str | None:
+    """The input normalisation the source weights were trained with (fine-tuning keeps it): a shipped set's, or
+    that of the model folder a weights file sits in (``DIR/models/model.pt`` -> ``DIR``), else the shipped
+    bundle's; None (``train.json``'s own) when training from scratch."""
+    if weights is None:
+        return None
+    folder = weights.parent.parent
+    if source not in SOURCES and weights.parent.name == "models" and (folder / "configs" / "inference.json").is_file():
+        return read_spec(folder).normalisation
+    return read_spec(None).normalisation
+
+
 def read_record(work: Path) -> dict:
     try:
         return json.loads((work / RECORD).read_text())
@@ -75,6 +87,7 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
         overrides: dict[str, object] = {"device": dev, "num_workers": num_workers}
         if weights is not None:
             overrides["pretrained"] = str(weights)
+            overrides["normalisation"] = source_normalisation(source, weights)
         for key, value in (("train#dataloader#batch_size", batch_size), ("num_samples", num_samples),
                            ("learning_rate", learning_rate)):
             if value is not None:

@@ -19,6 +19,7 @@ import numpy as np
 from monaiunetseg.files import atomic_path, write_csv_atomic, write_text_atomic
 from monaiunetseg.metrics import dice
 from monaiunetseg.model.bundle import INFERENCE_CONFIG, WEIGHTS, bundle_root
+from monaiunetseg.model.intensity import LEGACY_NORMALISATION
 from monaiunetseg.model.postprocess import PostProcessing
 from monaiunetseg.model.predictor import Segmenter
 from monaiunetseg.training.oof import CANDIDATES
@@ -28,12 +29,24 @@ CARD = Path("docs") / "README.md"
 VALIDATION_CSV = Path("docs") / "validation.csv"
 
 
-def inference_config(source: str, postprocessing: dict, bundle: str | os.PathLike | None = None) -> dict:
-    """The folder's ``configs/inference.json``: the shipped network definition and context, one model, the
-    post-processing; the shipped ``trust`` block only for weights that started from the shipped ones."""
+def trained_normalisation(record: dict, bundle: str | os.PathLike | None = None) -> str:
+    """The input normalisation a training ran with: its override, else the bundle's ``train.json`` key."""
+    chosen = (record.get("overrides") or {}).get("normalisation")
+    if chosen:
+        return str(chosen)
+    train = json.loads((bundle_root(bundle) / "configs" / "train.json").read_text(encoding="utf-8"))
+    return str(train.get("normalisation", LEGACY_NORMALISATION))
+
+
+def inference_config(source: str, postprocessing: dict, normalisation: str | None = None,
+                     bundle: str | os.PathLike | None = None) -> dict:
+    """The folder's ``configs/inference.json``: the shipped network definition and context, the normalisation
+    the weights were trained with (default: the shipped set's), one model, the post-processing; the shipped ``trust`` block only for weights
+    that started from the shipped ones."""
     shipped = json.loads((bundle_root(bundle) / INFERENCE_CONFIG).read_text(encoding="utf-8"))
     config = {"network_def": shipped["network_def"], "context": shipped.get("context", 0),
-              "models": {"default": [WEIGHTS.as_posix()]}, "postprocessing": postprocessing}
+              "normalisation": normalisation or shipped.get("normalisation", LEGACY_NORMALISATION), "models": {"default": [WEIGHTS.as_posix()]},
+              "postprocessing": postprocessing}
     if source != "none" and shipped.get("trust"):
         config["trust"] = shipped["trust"]
     return config
@@ -105,10 +118,11 @@ def write_model_folder(model_dir: str | os.PathLike, weights: str | os.PathLike,
     (model_dir / CARD).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(model_dir / WEIGHTS) as tmp:
         shutil.copyfile(weights, tmp)
-    write_text_atomic(model_dir / INFERENCE_CONFIG, json.dumps(inference_config(source, {}), indent=1))
+    normalisation = trained_normalisation(record)
+    write_text_atomic(model_dir / INFERENCE_CONFIG, json.dumps(inference_config(source, {}, normalisation), indent=1))
     rows = validate(model_dir, prepared, fold, device)
     best, mean, raw = choose_postprocessing(rows)
-    config = inference_config(source, best.to_dict())
+    config = inference_config(source, best.to_dict(), normalisation)
     write_text_atomic(model_dir / INFERENCE_CONFIG, json.dumps(config, indent=1))
     write_csv_atomic(model_dir / VALIDATION_CSV, [{**r, "dice": r[best.name], "dice_raw": r["none"]} for r in rows],
                      ["case", "patient", "dice", "dice_raw"])

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from monaiunetseg.trust.input_checks import InputCheck
+from monaiunetseg.trust.input_checks import ISOTROPIC, InputCheck
 from monaiunetseg.trust.signals import PredictionStats
 
 REASON_SEPARATOR = "; "
+IGNORABLE_CHECKS = (ISOTROPIC,)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class TrustSpec:
     intercept: float
     review_below: float
     min_agreement: float
+    ignore_checks: tuple[str, ...] = ()  # input-check kinds (``input_checks.ISOTROPIC``) this model is not flagged for
 
     @classmethod
     def from_dict(cls, d: dict) -> TrustSpec:
@@ -37,7 +39,11 @@ class TrustSpec:
         features, coefficients = tuple(c["features"]), tuple(float(x) for x in c["coefficients"])
         if len(features) != len(coefficients):
             raise ValueError(f"trust.confidence: {len(features)} features but {len(coefficients)} coefficients")
-        return cls(features, coefficients, float(c["intercept"]), float(d["review_below"]), float(d["min_agreement"]))
+        ignore = d.get("ignore_checks", [])
+        if not isinstance(ignore, list) or any(k not in IGNORABLE_CHECKS for k in ignore):
+            raise ValueError(f"trust.ignore_checks must be a list of {list(IGNORABLE_CHECKS)}, got {ignore!r}")
+        return cls(features, coefficients, float(c["intercept"]), float(d["review_below"]), float(d["min_agreement"]),
+                   tuple(ignore))
 
     def expected_dice(self, member_features: dict[str, float]) -> float:
         return self.intercept + sum(w * member_features[f] for f, w in zip(self.features, self.coefficients))
@@ -74,7 +80,7 @@ class Assessment:
 def assess(spec: TrustSpec, stats: PredictionStats | None, check: InputCheck | None = None,
            header_reasons: list[str] | None = None) -> Assessment:
     """The verdict of one case from its prediction ``stats``, image ``check`` and DICOM ``header_reasons``."""
-    reasons: list[str] = list(check.reasons) if check else []
+    reasons: list[str] = [r for r, kind in zip(check.reasons, check.kinds) if kind not in spec.ignore_checks] if check else []
     hard = bool(check and check.hard)
     if header_reasons:
         reasons += header_reasons

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from monaiunetseg.geometry import voxel_sizes
+from monaiunetseg.model.intensity import head_mask
 
 MIN_HEAD_ML = 300.0  # smaller than any adult head (the training FLAIR: >= 1,222 mL)
 MAX_FILL = 0.95  # an "object" filling the field of view is noise or a phantom, not a head in air
@@ -30,6 +31,9 @@ MIN_CONTRAST = 0.05  # coefficient of variation inside the head (training FLAIR 
 MAX_FLATNESS = 0.40
 ISOTROPIC_MAX_MM, ISOTROPIC_MAX_RATIO = 1.5, 1.5  # thin isotropic 3D (the training slices: 2.5-6 mm)
 FOV_MM = (120.0, 400.0)  # in-plane field of view a head scan has
+# The geometry rule a bundle's trust block may switch off (``ignore_checks``): a model trained to read thin
+# isotropic scans (the tissue-normalised recipe) is judged on them by its confidence, not flagged for the voxels.
+ISOTROPIC = "isotropic"
 
 
 @dataclass
@@ -39,31 +43,13 @@ class InputCheck:
 
     reasons: list[str] = field(default_factory=list)
     hard: bool = False
+    kinds: list[str] = field(default_factory=list)  # one per reason: the rule that gave it (``ISOTROPIC``, ...)
     features: dict[str, float] = field(default_factory=dict)
 
-    def add(self, reason: str, hard: bool = False) -> None:
+    def add(self, reason: str, hard: bool = False, kind: str = "") -> None:
         self.reasons.append(reason)
+        self.kinds.append(kind)
         self.hard = self.hard or hard
-
-
-def _head_mask(v: np.ndarray) -> np.ndarray:
-    """The largest bright object, holes filled slice by slice: 10 % of the 0.5-99.5 percentile range above
-    the 0.5th percentile, opened once to cut thin noise bridges."""
-    from scipy import ndimage as ndi
-
-    lo, hi = np.percentile(v, [0.5, 99.5])
-    if not hi > lo:
-        return np.zeros(v.shape, bool)
-    mask = ndi.binary_opening(v > lo + 0.1 * (hi - lo))
-    labels, n = ndi.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    mask = labels == sizes.argmax()
-    for z in range(mask.shape[2]):
-        mask[:, :, z] = ndi.binary_fill_holes(mask[:, :, z])
-    return mask
 
 
 def check_image(array: np.ndarray, affine: np.ndarray) -> InputCheck:
@@ -78,7 +64,7 @@ def check_image(array: np.ndarray, affine: np.ndarray) -> InputCheck:
     full = v
     v = np.asarray(full[::step, ::step, :], dtype=np.float32)
     spacing = sizes * np.array([step, step, 1])
-    head = _head_mask(v)
+    head = head_mask(v)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     f = result.features
     f["head_ml"] = float(head.sum()) * voxel_ml
@@ -116,7 +102,7 @@ def _geometry(result: InputCheck, shape: tuple[int, ...], sizes: np.ndarray) -> 
     sizes = np.asarray(sizes, dtype=float)
     if sizes.max() <= ISOTROPIC_MAX_MM and sizes.max() / max(sizes.min(), 1e-6) <= ISOTROPIC_MAX_RATIO:
         result.add(f"3D isotropic acquisition outside the training data ({'x'.join(f'{s:.2g}' for s in sizes)} mm voxels; "
-                   "trained on 2D slices of 2.5-6 mm)")
+                   "trained on 2D slices of 2.5-6 mm)", kind=ISOTROPIC)
     extents = np.sort(np.asarray(shape, dtype=float) * sizes)[::-1][:2]
     result.features["fov_mm"] = float(extents[0])
     if extents[0] < FOV_MM[0] or extents[0] > FOV_MM[1]:

@@ -30,6 +30,10 @@ MIN_CONTRAST = 0.05  # coefficient of variation inside the head (training FLAIR 
 MAX_FLATNESS = 0.40
 ISOTROPIC_MAX_MM, ISOTROPIC_MAX_RATIO = 1.5, 1.5  # thin isotropic 3D (the training slices: 2.5-6 mm)
 FOV_MM = (120.0, 400.0)  # in-plane field of view a head scan has
+# A 2D picture (one slice, unit pixels) is always flagged, for what is true of it: not for "no head" or a "3D
+# isotropic acquisition", which its made-up 1 mm geometry would otherwise give.
+PICTURE_REASON = ("a 2D picture: no physical size, so the head and acquisition checks of a scan do not apply "
+                  "(trained on FLAIR volumes)")
 
 
 @dataclass
@@ -46,11 +50,14 @@ class InputCheck:
         self.hard = self.hard or hard
 
 
-def _head_mask(v: np.ndarray) -> np.ndarray:
-    """The largest bright object, holes filled slice by slice: 10 % of the 0.5-99.5 percentile range above
-    the 0.5th percentile, opened once to cut thin noise bridges."""
+def head_mask(v: np.ndarray) -> np.ndarray:
+    """The head: the largest bright object, holes filled slice by slice: 10 % of the 0.5-99.5 percentile range
+    above the 0.5th percentile, opened once to cut thin noise bridges. The one definition, for these checks and for
+    the midline of ``measure.shape``."""
     from scipy import ndimage as ndi
 
+    if v.ndim == 3 and v.shape[2] == 1:  # one slice: opened in its plane (a 3D opening would erase it)
+        return head_mask(v[:, :, 0])[:, :, None]
     lo, hi = np.percentile(v, [0.5, 99.5])
     if not hi > lo:
         return np.zeros(v.shape, bool)
@@ -61,6 +68,8 @@ def _head_mask(v: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     mask = labels == sizes.argmax()
+    if mask.ndim == 2:
+        return ndi.binary_fill_holes(mask)
     for z in range(mask.shape[2]):
         mask[:, :, z] = ndi.binary_fill_holes(mask[:, :, z])
     return mask
@@ -78,12 +87,18 @@ def check_image(array: np.ndarray, affine: np.ndarray) -> InputCheck:
     full = v
     v = np.asarray(full[::step, ::step, :], dtype=np.float32)
     spacing = sizes * np.array([step, step, 1])
-    head = _head_mask(v)
+    head = head_mask(v)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     f = result.features
     f["head_ml"] = float(head.sum()) * voxel_ml
     f["head_fraction"] = float(head.mean()) if head.size else 0.0
-    if f["head_ml"] < MIN_HEAD_ML:
+    picture = v.shape[2] == 1  # a 2D picture: no physical size, so no head volume or acquisition geometry
+    if picture:
+        result.add(PICTURE_REASON)
+        if not head.any():
+            result.add("no object found in the picture", hard=True)
+            return result
+    elif f["head_ml"] < MIN_HEAD_ML:
         result.add(f"no head found ({f['head_ml']:.0f} mL of signal)", hard=True)
         return _geometry(result, np.asarray(array).shape[-3:], sizes)
     if f["head_fraction"] > MAX_FILL:
@@ -107,7 +122,7 @@ def check_image(array: np.ndarray, affine: np.ndarray) -> InputCheck:
         result.add(f"noise-like image (neighbour correlation {corr:.2f})", hard=True)
     elif flatness > MAX_FLATNESS:
         result.add(f"flat compartments, no tissue texture (flatness {flatness:.2f}): a phantom?", hard=True)
-    return _geometry(result, np.asarray(array).shape[-3:], sizes)
+    return result if picture else _geometry(result, np.asarray(array).shape[-3:], sizes)
 
 
 def _geometry(result: InputCheck, shape: tuple[int, ...], sizes: np.ndarray) -> InputCheck:

@@ -38,7 +38,7 @@ def report_rows(out: Path) -> dict[str, dict]:
         return {Path(r["input"]).name: r for r in csv.DictReader(fh)}
 
 
-def test_palette_pictures_and_masks_are_read_as_their_colours(kaggle_dir: Path, tmp_path: Path):
+def test_palette_pictures_and_masks_are_read_as_their_colours(kaggle_dir: Path, tmp_path: Path, capsys):
     """Item 9: a palette PNG segments like the grey PNG it shows; a palette mask and a JPEG mask give the drawn
     foreground in prepare-pairs, not its inverse or its compression noise."""
     grey, mask = kaggle_slice(kaggle_dir)
@@ -71,6 +71,7 @@ def test_palette_pictures_and_masks_are_read_as_their_colours(kaggle_dir: Path, 
         counts = {r["case"]: int(r["foreground_voxels"]) for r in csv.DictReader(fh)}
     assert counts["p"] == drawn
     assert abs(counts["j"] - drawn) < 0.05 * drawn, (counts, drawn)
+    assert "warning j: " in capsys.readouterr().out  # said, not silent
 
 
 def test_pictures_have_a_pixel_budget(tmp_path: Path, monkeypatch, capsys):

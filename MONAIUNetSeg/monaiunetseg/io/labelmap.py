@@ -167,6 +167,6 @@ def labelmap_reason(path: str | os.PathLike) -> str | None:
         n = None if values is None else _few_values(np.asarray(values), LABELMAP_MAX_VALUES)
     except Exception:
         return None
-    if n is not None:
+    if n is not None and n > 1:  # one value (all zero): an empty image, which the input checks name as such
         return f"{LABELMAP_NOTE} (integer voxels, {n} distinct value(s))"
     return None

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monaiunetseg.files import write_csv_atomic, write_text_atomic
+from monaiunetseg import TOOL_NAME
+from monaiunetseg.files import write_csv_atomic, write_error, write_text_atomic
 from monaiunetseg.geometry import voxel_volume_ml
 from monaiunetseg.io.image2d import is_image2d_path, read_image2d, unit_affine
 from monaiunetseg.io import nifti, nrrd_mha
@@ -30,6 +31,7 @@ LABEL_SUFFIXES = ("_label", "_mask", "_seg")
 PAIR_COLUMNS = ["case", "patient", "fold", "kind", "shape", "n_slices", "foreground_slices", "foreground_voxels",
                 "foreground_ml", "image_source", "label_source"]
 AFFINE_TOLERANCE = 1e-3  # mm: header round-off, not a different grid
+DESCRIPTION = "image/label pairs prepared by prepare-pairs"  # the datalist's mark (earlier versions: the only one)
 
 
 class PairError(ValueError):
@@ -163,6 +165,41 @@ def assign_patient_folds(patients: list[str], n_folds: int, seed: int = 0) -> di
     return {p: i % n_folds for i, p in enumerate(distinct)}
 
 
+def _ours(out_dir: Path) -> set[str]:
+    """The files an earlier prepare-pairs run wrote in ``out_dir`` (its datalist says so), which a rerun may
+    replace; none when the datalist is missing or is not ours."""
+    try:
+        data = json.loads((out_dir / DATALIST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(data, dict) or not (data.get("tool") == TOOL_NAME or str(data.get("description", "")).startswith(DESCRIPTION)):
+        return set()
+    entries = [e for e in data.get("training", []) if isinstance(e, dict)]
+    return {DATALIST_NAME, SUMMARY_CSV, *(str(e.get(k)) for e in entries for k in ("image", "label"))}
+
+
+def check_out_dir(out_dir: Path, inputs: list[Path], cases: list[str]) -> None:
+    """Refuse, before anything is written, an output folder that would change an input tree (the folder itself,
+    inside one, or ``images/``/``labels/`` on or around one) or replace a file that is no earlier prepare-pairs
+    output (the user's own ``datalist.json``, summary or images)."""
+    out = out_dir.resolve()
+    written = [out / "images", out / "labels"]
+    for raw in inputs:
+        real = raw.resolve()
+        if out == real or real in out.parents:
+            raise PairError(f"output folder {out_dir} is inside the input folder {raw}; choose one outside the inputs")
+        if any(real == w or w in real.parents or real in w.parents for w in written):
+            raise PairError(f"output folder {out_dir} would write images/ and labels/ into the input folder {raw}; "
+                            "choose another output folder")
+    ours = _ours(out_dir)
+    targets = [DATALIST_NAME, SUMMARY_CSV, *(f"{d}/{c}_{d[:-1]}.nii.gz" for c in cases for d in ("images", "labels"))]
+    foreign = [t for t in targets if os.path.lexists(out_dir / t) and t not in ours]
+    if foreign:
+        names = ", ".join(str(out_dir / t) for t in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise PairError(f"{len(foreign)} file(s) in the output folder were not written by prepare-pairs but have the "
+                        f"name of one of its outputs: {names}; they are left as they are: choose another output folder")
+
+
 def prepare_pairs(images: str | os.PathLike, out_dir: str | os.PathLike, labels: str | os.PathLike | None = None,
                   n_folds: int = 5, seed: int = 0, group_regex: str | None = None) -> tuple[list[dict], Path]:
     """Write every pair as ``images/<case>_image.nii.gz`` + ``labels/<case>_label.nii.gz`` (foreground = label > 0),
@@ -170,9 +207,7 @@ def prepare_pairs(images: str | os.PathLike, out_dir: str | os.PathLike, labels:
     checked before anything is written."""
     out_dir = Path(out_dir)
     pairs = find_pairs(images, labels)
-    inputs = {Path(images).resolve(), *([Path(labels).resolve()] if labels else [])}
-    if out_dir.resolve() in inputs:
-        raise PairError(f"{out_dir}: output directory must differ from the input directories")
+    check_out_dir(out_dir, [Path(images), *([Path(labels)] if labels else [])], [p.case for p in pairs])
     for p in pairs:  # every pair's grids checked first: no half-written data set for a bad pair
         check_grids(p)
     patients = {p.case: patient_of(p.case, group_regex) for p in pairs}
@@ -181,10 +216,8 @@ def prepare_pairs(images: str | os.PathLike, out_dir: str | os.PathLike, labels:
     for pair in pairs:
         image, label, affine, kind = read_pair(pair)
         rel_image, rel_label = Path("images") / f"{pair.case}_image.nii.gz", Path("labels") / f"{pair.case}_label.nii.gz"
-        for rel in (rel_image, rel_label):
-            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        _save_nifti(np.ascontiguousarray(image), affine, out_dir / rel_image)
-        _save_nifti(np.ascontiguousarray(label), affine, out_dir / rel_label)
+        for rel, values in ((rel_image, image), (rel_label, label)):
+            _writing(out_dir / rel, lambda: _save(out_dir / rel, values, affine))
         patient, fold = patients[pair.case], folds[patients[pair.case]]
         entries.append({"image": rel_image.as_posix(), "label": rel_label.as_posix(), "patient": patient,
                         "folder": pair.case, "fold": fold, "n_slices": int(label.shape[2]), "kind": kind})
@@ -194,10 +227,23 @@ def prepare_pairs(images: str | os.PathLike, out_dir: str | os.PathLike, labels:
                      "foreground_slices": int(fg.any(axis=(0, 1)).sum()), "foreground_voxels": int(fg.sum()),
                      "foreground_ml": round(float(fg.sum()) * voxel_volume_ml(affine), 4),
                      "image_source": str(pair.image), "label_source": str(pair.label)})
-    datalist = {"description": f"image/label pairs prepared by prepare-pairs from {images}"
+    datalist = {"tool": TOOL_NAME, "description": f"{DESCRIPTION} from {images}"
                                + (f" and {labels}" if labels else ""),
                 "n_folds": n_folds, "seed": seed, "group_regex": group_regex, "training": entries}
     datalist_path = out_dir / DATALIST_NAME
-    write_text_atomic(datalist_path, json.dumps(datalist, indent=1))
-    write_csv_atomic(out_dir / SUMMARY_CSV, rows, PAIR_COLUMNS)
+    _writing(datalist_path, lambda: write_text_atomic(datalist_path, json.dumps(datalist, indent=1)))
+    _writing(out_dir / SUMMARY_CSV, lambda: write_csv_atomic(out_dir / SUMMARY_CSV, rows, PAIR_COLUMNS))
     return rows, datalist_path
+
+
+def _save(target: Path, values: np.ndarray, affine: np.ndarray) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _save_nifti(np.ascontiguousarray(values), affine, target)
+
+
+def _writing(target: Path, write) -> None:
+    """A write whose OSError (disk full, read-only) is a one-line error naming the file (exit 2)."""
+    try:
+        write()
+    except OSError as exc:
+        raise write_error(exc, target) from exc

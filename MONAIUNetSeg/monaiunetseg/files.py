@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import os
 import re
@@ -68,6 +69,15 @@ def check_output_file(target: str | os.PathLike, inputs: Iterable[str | os.PathL
 def write_error(exc: OSError, target: str | os.PathLike) -> RuntimeError:
     """An OSError while writing ``target`` (disk full, no such folder, read-only...) as a one-line command error."""
     return RuntimeError(f"cannot write {printable(str(target))} ({exc.strerror or exc})")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content, read 1 MiB at a time: what resume and caches key results on."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _current_umask() -> int:

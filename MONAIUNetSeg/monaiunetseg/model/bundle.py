@@ -49,13 +49,17 @@ def bundle_root(explicit: str | os.PathLike | None = None) -> Path:
 def shipped_bundles() -> list[Path]:
     """The bundle folders that come with this installation (the installed package, the source checkout's)."""
     found = [Path(__file__).resolve().parents[3] / "monai_bundle"]
+    installed = installed_bundle()
+    return found if installed is None else [installed, *found]
+
+
+def installed_bundle() -> Path | None:
+    """The bundle installed as the package ``monaiunetseg_bundle`` (``pip install``), None in a source checkout."""
     try:
         import monaiunetseg_bundle  # type: ignore[import-not-found]
-
-        found.insert(0, Path(monaiunetseg_bundle.__file__).resolve().parent)
     except ImportError:
-        pass
-    return found
+        return None
+    return Path(monaiunetseg_bundle.__file__).resolve().parent
 
 
 def is_shipped(root: str | os.PathLike) -> bool:

@@ -39,6 +39,8 @@ from monaiunetseg.batch.outdir import (
     is_output_name,
     prepare_out_dir,
     refuse_foreign,
+    remove_stale_outputs,
+    stale_note,
 )
 from monaiunetseg.batch.record import RunRecord, record_path
 from monaiunetseg.batch.records import CaseRecords
@@ -54,7 +56,7 @@ from monaiunetseg.batch.report import (
     report_path,
     write_report,
 )
-from monaiunetseg.batch.resume import base_result, existing_result, remove_stale_outputs, stale_note
+from monaiunetseg.batch.resume import base_result, existing_result
 from monaiunetseg.files import printable, stale_parts
 
 # A model whose output is NaN/infinite on each of its first cases is broken, not the cases: stop the batch.

@@ -153,3 +153,54 @@ def test_velocity_over_a_short_interval_has_a_remark(tmp_path: Path, capsys):
     assert main(["growth", str(a), str(b), "--dates", "2020-01-01", "2020-01-02", "--json", str(tmp_path / "g.json")]) == 0
     assert "extrapolates a 1-day interval" in capsys.readouterr().out
     assert json.loads((tmp_path / "g.json").read_text())["remarks"]
+
+
+def test_growth_images_checks_its_scans_like_segment(tmp_path: Path, capsys):
+    """Item 8: with --images, a label map is refused (segment skips it) and a phantom gets segment's input checks:
+    the change is flagged for review, never a bare RANO category."""
+    from conftest import SAMPLE_FLAIR, SAMPLE_LABEL
+    from monaiunetseg.trust.phantoms import noise
+
+    lab = nib.load(SAMPLE_LABEL)
+    labels = (np.asarray(lab.dataobj) > 0).astype(np.int16) * 2
+    labels[:5, :5, :] = 1
+    label_map = tmp_path / "visit2.nii.gz"
+    nib.Nifti1Image(labels, lab.affine).to_filename(label_map)
+    assert main(["growth", "--images", str(SAMPLE_FLAIR), str(label_map), "--device", "cpu"]) == 2
+    assert "looks like a label map" in capsys.readouterr().err
+    array, affine = noise(shape=(128, 128, 12))
+    phantom = tmp_path / "phantom.nii.gz"
+    nib.Nifti1Image(array.astype(np.float32), affine).to_filename(phantom)
+    out = tmp_path / "g.json"
+    assert main(["growth", "--images", str(SAMPLE_FLAIR), str(phantom), "--device", "cpu", "--json", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("REVIEW (followup: ")
+    change = json.loads(out.read_text())
+    assert change["review"] == "yes" and change["followup"]["review"] == "yes"
+    assert change["baseline"]["review_reasons"] != change["followup"]["review_reasons"]
+
+
+def test_documented_notes_of_issue_31(tmp_path: Path):
+    """Item 19: the bundle page says, where the warning filter is shown, that it hides the config-runs-code
+    warning; the measurement page says which way a SEG's axial_slice counts, and it is so."""
+    import sys as _sys
+
+    from conftest import REPO
+
+    bundle = (REPO / "docs" / "bundle.md").read_text()
+    first = bundle.index('-W "ignore:parsing config_file"')
+    assert "hides MONAI's warning that a config runs code" in bundle[:first + 400]
+    assert "counts along the SEG's frame axis" in (REPO / "docs" / "measurements.md").read_text()
+    _sys.path.insert(0, str(REPO / "tests"))
+    from test_measure import grid_affine, write_seg
+
+    from monaiunetseg.measure.read import read_labelmap
+    from monaiunetseg.measure.shape import measure_labelmap
+
+    shape = (31, 31, 21)
+    affine = grid_affine((0.9, 0.9, 2.0), shape)
+    mask = np.zeros(shape, np.uint8)
+    mask[10:20, 10:22, 3:6] = 1
+    mask[12:14, 12:14, 3] = 0
+    seg = read_labelmap(write_seg(mask, affine, tmp_path, "20200101"))
+    nifti_row, seg_row = measure_labelmap(mask, affine), measure_labelmap(seg.array, seg.affine)
+    assert seg_row["axial_axis"] == 0 and seg_row["axial_slice"] == shape[2] - 1 - nifti_row["axial_slice"]

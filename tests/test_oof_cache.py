@@ -62,8 +62,9 @@ def test_no_cache_is_written_into_the_installed_bundle(tmp_path: Path):
     cv_folder(installed / "models" / "cv")
     before = sorted(p.relative_to(installed) for p in installed.rglob("*"))
     prepared = dataset(tmp_path / "a", blank=False)
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "monaiunetseg.cli", "calibrate-trust", str(installed / "models" / "cv"),
                            str(prepared), "--docs-dir", str(tmp_path / "docs"), "--device", "cpu"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}, timeout=300)
     assert proc.returncode == 2 and "inside the installed bundle" in proc.stderr, proc.stderr
     assert sorted(p.relative_to(installed) for p in installed.rglob("*")) == before

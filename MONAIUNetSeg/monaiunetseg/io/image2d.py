@@ -61,7 +61,7 @@ def _read_pixels(path: Path) -> np.ndarray:
         from PIL import Image
 
         with Image.open(path) as img:
-            _check_budget(path, (img.height, img.width, len(img.getbands())))
+            _check_budget(path, (img.height, img.width))  # the grey picture it becomes
             if img.mode in ("P", "PA"):  # palette indices are no grey values: the colours they stand for are
                 img = img.convert("RGBA")
             elif img.mode in ("LA", "1"):

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 # At the top, so that a missing package (nibabel, scipy) is named when the command is registered (``cli.py``).
-from monaiunetseg.measure.growth import parse_date, summary_line
 from monaiunetseg.files import printable
+from monaiunetseg.measure.growth import parse_date, summary_line
 from monaiunetseg.measure.report import (check_outputs, growth_files, is_growth_json, is_measure_csv, is_measure_json,
                                          measure_files, summary, write_growth_json, write_measure_csv,
                                          write_measure_json)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
-
 from pathlib import Path
+from typing import Callable
 
 from monaiunetseg import TOOL_NAME, __version__
 from monaiunetseg.errors import describe
@@ -47,7 +47,8 @@ def is_growth_json(path: Path) -> bool:
     return path.stat().st_size == 0 or "rano_lgg_category" in _json_of(path)
 
 
-def check_outputs(inputs: list, outputs: list[tuple[object, str, object, str]]) -> None:
+def check_outputs(inputs: list[str | os.PathLike | None],
+                  outputs: list[tuple[str | os.PathLike | None, str, Callable[[Path], bool], str]]) -> None:
     """Refuse, before anything is read, an output (``(path, option, is_ours, kind)``) that is an input, lies in an
     input folder, is a link or a file this command did not write (``files.check_output_file``, as segment-case's
     ``--result-json``); two outputs on one file are refused too."""
@@ -59,7 +60,7 @@ def check_outputs(inputs: list, outputs: list[tuple[object, str, object, str]]) 
         raise ValueError(f"{' and '.join(o[1] for o in named)} name the same file; give each its own")
 
 
-def _write(target, write) -> None:
+def _write(target: str | os.PathLike, write: Callable[[], None]) -> None:
     """One write of an output; an OSError (no such folder, disk full) is a one-line command error (exit 2)."""
     try:
         write()

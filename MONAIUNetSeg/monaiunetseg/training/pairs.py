@@ -20,6 +20,7 @@ import numpy as np
 
 from monaiunetseg import TOOL_NAME
 from monaiunetseg.files import write_csv_atomic, write_error, write_text_atomic
+from monaiunetseg.training.pairs_output import DESCRIPTION, check_out_dir
 from monaiunetseg.geometry import voxel_volume_ml
 from monaiunetseg.io.image2d import is_image2d_path, read_image2d, unit_affine
 from monaiunetseg.io import nifti, nrrd_mha
@@ -31,7 +32,6 @@ LABEL_SUFFIXES = ("_label", "_mask", "_seg")
 PAIR_COLUMNS = ["case", "patient", "fold", "kind", "shape", "n_slices", "foreground_slices", "foreground_voxels",
                 "foreground_ml", "image_source", "label_source"]
 AFFINE_TOLERANCE = 1e-3  # mm: header round-off, not a different grid
-DESCRIPTION = "image/label pairs prepared by prepare-pairs"  # the datalist's mark (earlier versions: the only one)
 
 
 class PairError(ValueError):
@@ -163,41 +163,6 @@ def assign_patient_folds(patients: list[str], n_folds: int, seed: int = 0) -> di
                         "--folds or more data")
     random.Random(seed).shuffle(distinct)
     return {p: i % n_folds for i, p in enumerate(distinct)}
-
-
-def _ours(out_dir: Path) -> set[str]:
-    """The files an earlier prepare-pairs run wrote in ``out_dir`` (its datalist says so), which a rerun may
-    replace; none when the datalist is missing or is not ours."""
-    try:
-        data = json.loads((out_dir / DATALIST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return set()
-    if not isinstance(data, dict) or not (data.get("tool") == TOOL_NAME or str(data.get("description", "")).startswith(DESCRIPTION)):
-        return set()
-    entries = [e for e in data.get("training", []) if isinstance(e, dict)]
-    return {DATALIST_NAME, SUMMARY_CSV, *(str(e.get(k)) for e in entries for k in ("image", "label"))}
-
-
-def check_out_dir(out_dir: Path, inputs: list[Path], cases: list[str]) -> None:
-    """Refuse, before anything is written, an output folder that would change an input tree (the folder itself,
-    inside one, or ``images/``/``labels/`` on or around one) or replace a file that is no earlier prepare-pairs
-    output (the user's own ``datalist.json``, summary or images)."""
-    out = out_dir.resolve()
-    written = [out / "images", out / "labels"]
-    for raw in inputs:
-        real = raw.resolve()
-        if out == real or real in out.parents:
-            raise PairError(f"output folder {out_dir} is inside the input folder {raw}; choose one outside the inputs")
-        if any(real == w or w in real.parents or real in w.parents for w in written):
-            raise PairError(f"output folder {out_dir} would write images/ and labels/ into the input folder {raw}; "
-                            "choose another output folder")
-    ours = _ours(out_dir)
-    targets = [DATALIST_NAME, SUMMARY_CSV, *(f"{d}/{c}_{d[:-1]}.nii.gz" for c in cases for d in ("images", "labels"))]
-    foreign = [t for t in targets if os.path.lexists(out_dir / t) and t not in ours]
-    if foreign:
-        names = ", ".join(str(out_dir / t) for t in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise PairError(f"{len(foreign)} file(s) in the output folder were not written by prepare-pairs but have the "
-                        f"name of one of its outputs: {names}; they are left as they are: choose another output folder")
 
 
 def prepare_pairs(images: str | os.PathLike, out_dir: str | os.PathLike, labels: str | os.PathLike | None = None,

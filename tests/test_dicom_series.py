@@ -21,10 +21,9 @@ from monaiunetseg.io.dicom_series import (
     DicomSeriesError,
     flair_evidence,
     group_series,
-    load_series_volume,
     read_header,
-    sort_slices,
 )
+from monaiunetseg.io.dicom_stack import load_series_volume, sort_slices
 
 from dicom_factory import write_series
 from segment_data import flipped, on_grid, save_nifti, small_volume

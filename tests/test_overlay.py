@@ -130,3 +130,21 @@ def test_overlay_says_so_when_the_measured_slices_cannot_be_shown_axially(tmp_pa
     png = write_overlay(image, labels, affine, tmp_path / "oblique.png", measurements=measured)
     text = Image.open(png).text
     assert "(diameters not drawn: measured plane not shown)" in text["Description"] and text["RANO lines"] == "not drawn"
+
+
+@pytest.mark.parametrize("width_vox", [40, 160])
+def test_long_verdict_lines_stay_inside_the_picture(width_vox: int, tmp_path: Path):
+    """Issue 31 tidy-up: a 1 mm scan's three review reasons are wrapped as the font measures them, so no verdict
+    line is cut at either edge, on a narrow picture as on a wide one."""
+    image = np.full((width_vox, 200, 5), 100.0, dtype=np.float32)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    labels[width_vox // 3:width_vox // 2, 80:100, 2] = 1
+    verdict = ("REVIEW (confidence 0.00): 3D isotropic acquisition outside the training data (1x1x1 mm voxels; "
+               "trained on 2D slices of 2.5-6 mm); field of view 40 mm outside a head scan's (120-400 mm); "
+               "LOW CONFIDENCE: UNCERTAIN OUTLINE (EXPECTED DICE 0.42)")
+    png = write_overlay(image, labels, np.diag([-1.0, -1.0, 1.0, 1.0]), tmp_path / "o.png", title="case",
+                        verdict=verdict, review=True)
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    orange = (rgb[..., 0] > 150) & (rgb[..., 1] > 90) & (rgb[..., 2] < 80)  # the flagged verdict's #E69F00
+    columns = np.nonzero(orange.any(axis=0))[0]
+    assert columns.size and columns.min() > 0 and columns.max() < rgb.shape[1] - 1, (columns.min(), columns.max())

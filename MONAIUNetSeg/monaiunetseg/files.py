@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import os
 import re
@@ -30,6 +31,53 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate that came from no file-name byte
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# A spreadsheet runs a cell beginning like this as a formula (OWASP's CSV-injection advice).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def csv_text(value: str) -> str:
+    """A text cell made safe for spreadsheets: control characters removed, a formula-like start quoted, file-name
+    bytes that are no UTF-8 escaped (:func:`printable`)."""
+    text = _CONTROL.sub("", printable(str(value)))
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def check_output_file(target: str | os.PathLike, inputs: Iterable[str | os.PathLike], is_ours: Callable[[Path], bool],
+                      what: str, kind: str) -> None:
+    """Refuse (``ValueError``, before any work) an output file that would replace something: an input, a file
+    inside an input folder, a link, something that is not a plain file, or an existing file that ``is_ours`` does
+    not recognise as an earlier output of this kind. ``what`` names the option (``--csv``) in the message,
+    ``kind`` the output (``measure CSV``): one rule for every command that writes a file the user names."""
+    path = Path(os.path.abspath(target))
+    bad = f"{what} {printable(str(path))}"
+    if os.path.islink(path):
+        raise ValueError(f"{bad} is a symbolic link (to {os.readlink(path)}); give the path of a plain file")
+    real = Path(os.path.realpath(path))
+    for raw in inputs:
+        source = Path(os.path.realpath(raw))
+        if real == source:
+            raise ValueError(f"{bad} is the input {printable(str(raw))}: it would be replaced; give another path")
+        if source.is_dir() and source in real.parents:
+            raise ValueError(f"{bad} is inside the input folder {printable(str(raw))}; give a path outside the inputs")
+    if os.path.lexists(path) and (not path.is_file() or not is_ours(path)):
+        raise ValueError(f"{bad} exists and is not a {kind}; it is left as it is: give another path")
+
+
+def write_error(exc: OSError, target: str | os.PathLike) -> RuntimeError:
+    """An OSError while writing ``target`` (disk full, no such folder, read-only...) as a one-line command error."""
+    return RuntimeError(f"cannot write {printable(str(target))} ({exc.strerror or exc})")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content, read 1 MiB at a time: what resume and caches key results on."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _current_umask() -> int:
@@ -90,13 +138,15 @@ def write_text_atomic(target: str | os.PathLike, text: str, durable: bool = True
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_csv_atomic(target: str | os.PathLike, rows: Iterable[dict], columns: list[str]) -> None:
-    """Write ``rows`` (dicts; keys beyond ``columns`` ignored, floats with 4 decimals) as CSV, atomically."""
+def write_csv_atomic(target: str | os.PathLike, rows: Iterable[dict], columns: list[str], safe_text: bool = False) -> None:
+    """Write ``rows`` (dicts; keys beyond ``columns`` ignored, floats with 4 decimals) as CSV, atomically;
+    ``safe_text``: text cells through :func:`csv_text` (files users open in a spreadsheet)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else csv_text(v) if safe_text and isinstance(v, str)
+                             else v) for k, v in r.items()})
     write_text_atomic(target, buf.getvalue())
 
 

@@ -106,7 +106,7 @@ def _scan_file(path: Path, explicit: bool, include_labelmaps: bool = False) -> P
             pass
     if explicit:
         return _problem(path, FAILED, f"{path}: not a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, "
-                                      ".mhd) or DICOM file")
+                                      ".mhd) or DICOM file, nor a 2D picture (.png, .tif, .tiff, .jpg, .jpeg)")
     return None
 
 

@@ -134,3 +134,43 @@ def refuse_foreign(found: list[Path]) -> None:
     raise OutputFolderError(f"{len(found)} file(s) in the output folder were not written by MONAIUNetSeg but have "
                             f"the name of an output of this run: {names}; they are left as they are. Move them, "
                             "choose another -o, or use --overwrite to replace them")
+
+
+# Labelmap output names (every format), whose earlier files may record an input that now has no result.
+_LABELMAP_ENDINGS = ("_seg.nii.gz", "_seg.nrrd", "_seg.mha", "_seg.png")
+
+
+def remove_stale_outputs(out_dir: Path, inputs: set[str]) -> dict[str, list[Path]]:
+    """Remove the earlier outputs (labelmap, SEG, overlay, probability map; only files this tool wrote) that
+    record one of ``inputs`` (resolved paths) as their source: called for inputs whose row now says skipped or
+    failed, so a script globbing ``*_seg.nii.gz`` never takes the result of a scan that is no longer there.
+    Returns the removed files per input."""
+    from monaiunetseg.io.labelmap import is_our_labelmap, read_source_record
+
+    removed: dict[str, list[Path]] = {}
+    if not inputs:
+        return removed
+    try:
+        entries = sorted(Path(e.path) for e in os.scandir(out_dir) if e.name.endswith(_LABELMAP_ENDINGS))
+    except OSError:
+        return removed
+    for labelmap in entries:
+        if not labelmap.is_file() or os.path.islink(labelmap) or not is_our_labelmap(labelmap):
+            continue
+        record = read_source_record(labelmap)
+        source = record.get("input") if isinstance(record, dict) and record.get("kind") != "dicom" else None
+        if source not in inputs:
+            continue
+        stem = labelmap.name[: labelmap.name.rindex("_seg")]
+        extras = [(out_dir / f"{stem}_seg.dcm", "dicom_seg"), (out_dir / f"{stem}_overlay.png", "overlay"),
+                  *((p, "labelmap") for p in out_dir.glob(f"{stem}_prob.*"))]
+        gone = [p for p, kind in extras if p.is_file() and not os.path.islink(p) and is_ours(p, kind)] + [labelmap]
+        for p in gone:
+            p.unlink()
+        removed[source] = gone
+    return removed
+
+
+def stale_note(files: list[Path]) -> str:
+    return (f"earlier output removed ({', '.join(p.name for p in files)}): it was made from this input before, and "
+            "the input now gives no result")

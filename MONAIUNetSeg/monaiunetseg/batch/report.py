@@ -13,13 +13,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from monaiunetseg import TOOL_NAME, __version__
-from monaiunetseg.files import printable, write_text_atomic
+from monaiunetseg.files import csv_text, printable, write_text_atomic
 
 REPORT_NAME = "report.csv"
 
@@ -50,8 +49,6 @@ REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "confidence
                   *MEASURE_COLUMNS]
 INTEGER_COLUMNS = ("components", "axial_slice", "axial_axis")
 NUMERIC_COLUMNS = ("volume_ml", "confidence", "seconds", *(c for c in MEASURE_COLUMNS if c != "side"))
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -148,12 +145,6 @@ class CaseResult:
     def row(self) -> dict[str, str]:
         """The row as ``report.csv`` writes it."""
         return csv_row(self.data())
-
-
-def csv_text(value: str) -> str:
-    """A text cell made safe for spreadsheets: control characters removed, a formula-like start quoted."""
-    text = _CONTROL.sub("", str(value))
-    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def _number(column: str, value) -> str:

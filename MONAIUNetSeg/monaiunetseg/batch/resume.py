@@ -18,6 +18,7 @@ from monaiunetseg.batch.cases import Case
 from monaiunetseg.batch.naming import OutputPaths
 from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.report import FAILED, CaseResult
+from monaiunetseg.files import file_sha256  # noqa: F401  (re-exported: record, model_key)
 from monaiunetseg.geometry import voxel_volume_ml
 from monaiunetseg.io.labelmap import grid_of, is_our_labelmap, read_labels, read_source_record
 
@@ -34,14 +35,6 @@ def no_seg_note(case: Case) -> str:
 
 def base_result(case: Case) -> CaseResult:
     return CaseResult(input=str(case.source), series_uid=case.series_uid, series_description=case.series_description)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def content_digest(case: Case) -> str:
@@ -176,3 +169,4 @@ def existing_result(case: Case, paths: OutputPaths, options: BatchOptions,
     if options.dicom_seg and case.is_file:
         res.note += "; " + no_seg_note(case)
     return res
+

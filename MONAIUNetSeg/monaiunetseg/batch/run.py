@@ -39,6 +39,8 @@ from monaiunetseg.batch.outdir import (
     is_output_name,
     prepare_out_dir,
     refuse_foreign,
+    remove_stale_outputs,
+    stale_note,
 )
 from monaiunetseg.batch.record import RunRecord, record_path
 from monaiunetseg.batch.records import CaseRecords
@@ -237,12 +239,26 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
             _show(res, case, options)
     try:
         _segment_all(todo, results, book, segmenter, options, input_files, model)
+        _remove_stale(out_dir, cases, results, book)
     finally:  # a batch stopped for a broken model is recorded too
         try:
             record.finish(cases, results, segmenter if todo else None)
         except OSError as exc:
             raise folder_error(exc, f"the run record {run_json}") from exc
     return BatchResult(results, report, len(all_cases), time.perf_counter() - started)
+
+
+def _remove_stale(out_dir: Path, cases: list[Case], results: list[CaseResult], book: _Report) -> None:
+    """Earlier outputs of file inputs whose row is now skipped or failed are removed (``resume``), saying so in
+    the row: an input changed into a label map, or into something unreadable, leaves no old labelmap behind."""
+    failed = {os.path.realpath(c.source): i for i, (c, r) in enumerate(zip(cases, results))
+              if r.status in (SKIPPED, FAILED) and c.source.is_file() and " already holds the result of " not in r.error}
+    removed = remove_stale_outputs(out_dir, set(failed))
+    for source, files in removed.items():
+        res = results[failed[source]]
+        res.note = "; ".join(t for t in (res.note, stale_note(files)) if t)
+    if removed:
+        book.put(results, [failed[s] for s in removed])
 
 
 def _show(result: CaseResult, case: Case, options: BatchOptions) -> None:

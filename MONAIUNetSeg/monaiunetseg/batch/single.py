@@ -37,7 +37,7 @@ from monaiunetseg.batch.record import RunRecord, record_path
 from monaiunetseg.batch.report import FAILED, OK, SKIPPED, CaseResult
 from monaiunetseg.batch.resume import existing_result
 from monaiunetseg.batch.run import output_candidates
-from monaiunetseg.files import printable, stale_parts, write_text_atomic
+from monaiunetseg.files import check_output_file, printable, stale_parts, write_text_atomic
 
 # The caller named one series: it is segmented whatever it shows (no FLAIR check; a series that is no volume is
 # still skipped). A folder holding several 3D series fails: which one was meant is not guessed.
@@ -160,19 +160,13 @@ def check_result_path(result_json: str | os.PathLike, input_path: str | os.PathL
     bad = f"--result-json {path}"
     if os.path.islink(path):
         raise ValueError(f"{bad} is a symbolic link (to {os.readlink(path)}); give the path of a plain file")
-    real, source = Path(os.path.realpath(path)), Path(os.path.realpath(input_path))
-    if real == source:
-        raise ValueError(f"{bad} is the input {input_path}: it would be replaced; give another result path")
-    if source.is_dir() and source in real.parents:
-        raise ValueError(f"{bad} is inside the input folder {input_path}; give a result path outside the inputs")
-    out = Path(os.path.realpath(out_dir))
-    ours = real.parent == out and (real.suffix != ".json" or real.name.startswith((".", "run", "report")))
-    if ours or (out / ".monaiunetseg") in real.parents:  # outputs, report, run record, lock; per-case records
-        raise ValueError(f"{bad} has the name of a file MONAIUNetSeg writes in the output folder {out_dir}; give "
-                         "another result path")
-    if os.path.lexists(path) and (not path.is_file() or not _is_result_file(path)):
-        raise ValueError(f"{bad} exists and is not a segment-case result file; it is left as it is: give another "
-                         "result path")
+    real, out = Path(os.path.realpath(path)), Path(os.path.realpath(out_dir))
+    if real != Path(os.path.realpath(input_path)):  # the input itself: check_output_file says so
+        ours = real.parent == out and (real.suffix != ".json" or real.name.startswith((".", "run", "report")))
+        if ours or (out / ".monaiunetseg") in real.parents:  # outputs, report, run record, lock; per-case records
+            raise ValueError(f"{bad} has the name of a file MONAIUNetSeg writes in the output folder {out_dir}; "
+                             "give another result path")
+    check_output_file(result_json, [input_path], _is_result_file, "--result-json", "segment-case result file")
 
 
 def _segment_case(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ re-derived here; this module only decides whether the file is one volume and map
 DICOM SEG can reference each source frame.
 
 Arrays follow the core's layout (column, row, slice) with slices ascending along the slice normal, as
-:func:`monaiunetseg.io.dicom_series.load_series_volume` gives for classic series, so the same scan stored either
+:func:`monaiunetseg.io.dicom_stack.load_series_volume` gives for classic series, so the same scan stored either
 way yields the same grid.
 """
 

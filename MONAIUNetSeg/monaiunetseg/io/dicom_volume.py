@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from monaiunetseg.io.dicom_series import (
-    LPS_TO_RAS,
-    DicomSeries,
-    DicomSeriesError,
-    SeriesVolume,
-    load_series_volume,
-    mixed_identity,
-    not_a_volume,
-    sort_slices,
-)
+from monaiunetseg.io.dicom_series import (LPS_TO_RAS, DicomSeries, DicomSeriesError, SeriesVolume, mixed_identity,
+                                          not_a_volume)
+from monaiunetseg.io.dicom_stack import load_series_volume, sort_slices
 
 
 def is_multiframe(series: DicomSeries) -> bool:

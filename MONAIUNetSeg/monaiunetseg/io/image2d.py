@@ -14,8 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from monaiunetseg.io.guard import voxel_budget_problem
+
 IMAGE2D_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+# A JPEG mask's edges carry compression noise (values 1-40 around a drawn 255): foreground is above half the range.
+LOSSY_MASK_NOTE = "a JPEG mask: lossy compression blurs its edges, so foreground is taken as above half its range"
 # ITU-R BT.601 luma: RGB -> grey as most image tools do it.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -28,9 +33,21 @@ def is_image2d_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE2D_SUFFIXES)
 
 
+def is_lossy(path: str | os.PathLike) -> bool:
+    """A JPEG: its mask values are not the drawn ones (see :data:`LOSSY_MASK_NOTE`)."""
+    return str(path).lower().endswith(JPEG_SUFFIXES)
+
+
 def unit_affine() -> np.ndarray:
     """The geometry of every picture: 1 mm pixels, rows along the first axis, columns along the second."""
     return np.eye(4)
+
+
+def _check_budget(path: Path, shape: tuple[int, ...]) -> None:
+    """The pixel budget (the voxel budget of ``io.guard``), from the header before any pixel is decoded."""
+    too_big = voxel_budget_problem(tuple(shape))
+    if too_big:
+        raise Image2DError(f"{path}: {too_big}")
 
 
 def _read_pixels(path: Path) -> np.ndarray:
@@ -38,11 +55,20 @@ def _read_pixels(path: Path) -> np.ndarray:
         if path.name.lower().endswith(TIFF_SUFFIXES):
             import tifffile
 
-            return np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tif:
+                _check_budget(path, tif.series[0].shape if tif.series else tif.pages[0].shape)
+                return np.asarray(tif.asarray())
         from PIL import Image
 
         with Image.open(path) as img:
+            _check_budget(path, (img.height, img.width))  # the grey picture it becomes
+            if img.mode in ("P", "PA"):  # palette indices are no grey values: the colours they stand for are
+                img = img.convert("RGBA")
+            elif img.mode in ("LA", "1"):
+                img = img.convert("L")
             return np.asarray(img)
+    except Image2DError:
+        raise
     except Exception as exc:  # truncated or not a picture: PIL and tifffile raise many types
         raise Image2DError(f"{path}: not a readable 2D image ({exc.__class__.__name__}: {exc})") from exc
 
@@ -54,7 +80,7 @@ def read_image2d(path: str | os.PathLike, as_mask: bool = False) -> np.ndarray:
     pixels = _read_pixels(path)
     if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
         colour = pixels[..., :3]
-        grey = (colour > 0).any(axis=-1) if as_mask else colour.astype(np.float32) @ LUMA
+        grey = colour.max(axis=-1) if as_mask else colour.astype(np.float32) @ LUMA
     elif pixels.ndim == 2:
         grey = pixels
     else:
@@ -62,7 +88,10 @@ def read_image2d(path: str | os.PathLike, as_mask: bool = False) -> np.ndarray:
     if np.iscomplexobj(grey) or not np.issubdtype(np.asarray(grey).dtype, np.number) and grey.dtype != bool:
         raise Image2DError(f"{path}: {grey.dtype} pixels: expected real values")
     if as_mask:
-        return (np.asarray(grey) > 0).astype(np.uint8)[:, :, None]
+        threshold = 0
+        if is_lossy(path) and np.issubdtype(np.asarray(grey).dtype, np.integer):
+            threshold = np.iinfo(np.asarray(grey).dtype).max // 2
+        return (np.asarray(grey) > threshold).astype(np.uint8)[:, :, None]
     out = np.asarray(grey, dtype=np.float32)[:, :, None]
     if not np.isfinite(out).all():
         raise Image2DError(f"{path}: NaN or infinite pixels")

@@ -70,13 +70,20 @@ def grid_of(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """A labelmap's voxels, (i, j, k)."""
+    """A labelmap's voxels, (i, j, k), as stored; its header is checked first as an input's is (3D, within the
+    voxel budget, the data really there), so a small file claiming a huge grid is refused before any allocation."""
     if image2d.is_png_path(path):
         return image2d.read_mask_png(path)
     if _is_nifti(path):
-        import nibabel as nib
-
-        return np.asarray(nib.load(path).dataobj).reshape(nifti.grid_of(path)[0])
+        path = Path(path)
+        img = nifti._open(path)
+        shape = nifti.spatial_shape(img.shape, path)
+        nifti.check_header(img, path)
+        return np.asarray(img.dataobj).reshape(shape)
+    shape, _ = nrrd_mha.grid_of(path)
+    too_big = voxel_budget_problem(tuple(shape))
+    if too_big:
+        raise nrrd_mha.ImageInputError(f"{path}: {too_big}")
     return nrrd_mha.read_labels(path)
 
 
@@ -160,6 +167,6 @@ def labelmap_reason(path: str | os.PathLike) -> str | None:
         n = None if values is None else _few_values(np.asarray(values), LABELMAP_MAX_VALUES)
     except Exception:
         return None
-    if n is not None:
+    if n is not None and n > 1:  # one value (all zero): an empty image, which the input checks name as such
         return f"{LABELMAP_NOTE} (integer voxels, {n} distinct value(s))"
     return None

@@ -19,7 +19,7 @@ import numpy as np
 
 from monaiunetseg.errors import describe
 from monaiunetseg.files import atomic_path
-from monaiunetseg.geometry import check_affine
+from monaiunetseg.geometry import GeometryError, check_affine
 from monaiunetseg.io.guard import voxel_budget_problem
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -72,7 +72,23 @@ def _open(path: Path) -> nib.Nifti1Image:
         raise NiftiInputError(f"{path}: cannot read as NIfTI ({describe(exc)})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise NiftiInputError(f"{path}: not a NIfTI image (read as {type(img).__name__})")
+    check_pixdim(path)
     return img
+
+
+def check_pixdim(path: Path) -> None:
+    """Refuse a header whose geometry comes from ``pixdim`` (no sform) with a zero or non-finite voxel size:
+    nibabel quietly reads such a size as 1 mm, which would make volumes and distances up."""
+    try:
+        header = _header_block(path)
+    except Exception:  # nibabel read it: a header it can read in full is checked by check_affine
+        return
+    if int(header["sform_code"]) > 0:
+        return
+    sizes = np.asarray(header["pixdim"][1:4], dtype=float)
+    if not np.isfinite(sizes).all() or (sizes == 0).any():
+        raise GeometryError(f"{path}: invalid geometry: voxel size (pixdim) {' x '.join(f'{s:g}' for s in sizes)} "
+                            "mm has a zero or non-finite axis and no sform gives another; fix the header")
 
 
 def spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:

@@ -7,12 +7,16 @@ import sys
 from pathlib import Path
 
 # At the top, so that a missing package (nibabel, scipy) is named when the command is registered (``cli.py``).
+from monaiunetseg.files import printable
 from monaiunetseg.measure.growth import parse_date, summary_line
-from monaiunetseg.measure.report import (growth_files, measure_files, summary, write_growth_json, write_measure_csv,
+from monaiunetseg.measure.report import (check_outputs, growth_files, is_growth_json, is_measure_csv, is_measure_json,
+                                         measure_files, summary, write_growth_json, write_measure_csv,
                                          write_measure_json)
 
 
 def _measure(args: argparse.Namespace) -> int:
+    check_outputs([*args.labelmaps, args.image], [(args.csv, "--csv", is_measure_csv, "measure CSV"),
+                                                  (args.json, "--json", is_measure_json, "measure JSON")])
     rows = measure_files(args.labelmaps, args.image)
     for row in rows:
         print(summary(row), file=sys.stderr if row.get("error") else sys.stdout)
@@ -24,6 +28,7 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _growth(args: argparse.Namespace) -> int:
+    check_outputs([args.baseline, args.followup], [(args.json, "--json", is_growth_json, "growth JSON")])
     dates = None if not args.dates else (parse_date(args.dates[0]), parse_date(args.dates[1]))
     segmenter = None
     if args.images:
@@ -31,7 +36,7 @@ def _growth(args: argparse.Namespace) -> int:
 
         segmenter = Segmenter(device=args.device)
     change = growth_files(args.baseline, args.followup, dates, segmenter=segmenter)
-    print(summary_line(change))
+    print(printable(summary_line(change)))
     if args.json:
         write_growth_json(change, args.json)
     return 0

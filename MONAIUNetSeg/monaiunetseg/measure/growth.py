@@ -10,6 +10,9 @@ from __future__ import annotations
 import datetime
 
 DAYS_PER_YEAR = 365.25
+# Below this interval a yearly rate mostly extrapolates the two readings' own error (a 1 mm difference over a
+# day is 365 mm/year): the velocity is still given, with a remark.
+MIN_VELOCITY_DAYS = 90
 # RANO-LGG on the change of the sum of products of perpendicular diameters (SPD), in per cent.
 PROGRESSION_PCT, MINOR_RESPONSE_PCT, PARTIAL_RESPONSE_PCT = 25.0, -25.0, -50.0
 CAVEAT = ("research use only: the category comes from the product change alone; RANO-LGG also needs clinical "
@@ -34,10 +37,17 @@ def percent_change(before: float, after: float) -> float | None:
     return None if before == 0 else (after - before) / before * 100.0
 
 
-def rano_lgg_category(baseline_product: float, followup_product: float) -> str:
-    """The RANO-LGG category of a change in the sum of products of perpendicular diameters."""
-    if followup_product == 0:
-        return "complete response" if baseline_product > 0 else "no measurable lesion"
+def rano_lgg_category(baseline_product: float, followup_product: float, baseline_volume: float | None = None,
+                      followup_volume: float | None = None) -> str:
+    """The RANO-LGG category of a change in the sum of products of perpendicular diameters. A lesion too thin for
+    a product (a line, one voxel: product 0 but volume > 0) is still a lesion: never "complete response", which
+    needs none left, but "not measurable" (volumes given; without them a zero product is taken for no lesion)."""
+    left = followup_product > 0 or bool(followup_volume)
+    before = baseline_product > 0 or bool(baseline_volume)
+    if not left:
+        return "complete response" if before else "no measurable lesion"
+    if followup_product == 0 or (baseline_product == 0 and before):
+        return "not measurable (a lesion without a bidimensional product: too thin to measure)"
     if baseline_product == 0:
         return "progressive disease"  # a lesion where there was none
     change = percent_change(baseline_product, followup_product)
@@ -68,9 +78,18 @@ def growth(baseline: dict, followup: dict, dates: tuple[datetime.date, datetime.
         "mtd_velocity_mm_per_year": None if days is None else (mtd1 - mtd0) / (days / DAYS_PER_YEAR),
         "baseline_product_mm2": p0, "followup_product_mm2": p1,
         "product_change_pct": percent_change(p0, p1),
-        "rano_lgg_category": rano_lgg_category(p0, p1),
+        "rano_lgg_category": rano_lgg_category(p0, p1, baseline["volume_ml"], followup["volume_ml"]),
         "caveat": CAVEAT,
+        "remarks": remarks(days),
     }
+
+
+def remarks(days: int | None) -> list[str]:
+    """What the reader of the numbers should know: a velocity over a very short interval."""
+    if days is not None and days < MIN_VELOCITY_DAYS:
+        return [f"the velocity extrapolates a {days}-day interval to a year (under {MIN_VELOCITY_DAYS} days, it "
+                "mostly reflects the two measurements' own error)"]
+    return []
 
 
 def _signed(value: float | None, fmt: str, unit: str) -> str:
@@ -81,10 +100,12 @@ def summary_line(change: dict) -> str:
     """One readable line of a :func:`growth` result."""
     velocity = ("no dates: no velocity" if change["mtd_velocity_mm_per_year"] is None else
                 f"{change['mtd_velocity_mm_per_year']:+.2f} mm/year over {change['interval_days']} days")
-    return (f"volume {change['baseline_volume_ml']:.2f} -> {change['followup_volume_ml']:.2f} mL "
+    review = f"REVIEW ({change['review_reasons']}): " if change.get("review") == "yes" else ""
+    notes = "".join(f"; note: {r}" for r in change.get("remarks", []))
+    return (f"{review}volume {change['baseline_volume_ml']:.2f} -> {change['followup_volume_ml']:.2f} mL "
             f"({_signed(change['volume_change_ml'], '.2f', ' mL')}, "
             f"{_signed(change['volume_change_pct'], '.1f', ' %')}); "
             f"MTD {change['baseline_mtd_mm']:.1f} -> {change['followup_mtd_mm']:.1f} mm ({velocity}); "
             f"product {change['baseline_product_mm2']:.0f} -> {change['followup_product_mm2']:.0f} mm2 "
             f"({_signed(change['product_change_pct'], '.1f', ' %')}): {change['rano_lgg_category']} "
-            f"by RANO-LGG product change ({CAVEAT})")
+            f"by RANO-LGG product change ({CAVEAT}){notes}")

@@ -25,8 +25,8 @@ span them (a segment from one to another); ``sum_products_mm2`` adds the lesions
 * ``mean_tumour_diameter_mm``: (2 x volume in mm3)^(1/3), the mean tumour diameter of the LGG growth literature.
 * ``centroid_r/a/s``: centre of the lesion voxels, patient RAS millimetres.
 * ``side``: ``left``/``right`` when at least 95 % of the lesion voxels lie on that side of the midline,
-  ``both`` otherwise. The midline is the sagittal plane through the centre of mass of the head (the voxels of
-  the scan brighter than a tenth of its 99th percentile) when the scan is given, else x = 0 of the scanner's RAS
+  ``both`` otherwise. The midline is the sagittal plane through the centre of mass of the head (the head mask of
+  ``trust.input_checks``: the largest bright object, holes filled) when the scan is given, else x = 0 of the scanner's RAS
   coordinates (which is the head's midline only if the scan was centred on it); ``midline_r`` says which.
 """
 
@@ -42,7 +42,6 @@ from monaiunetseg.geometry import check_affine, voxel_volume_ml
 
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 SIDE_SHARE = 0.95  # share of a lesion's voxels on one side of the midline for it to be on that side
-HEAD_THRESHOLD = 0.1  # head mask: voxels above this fraction of the scan's 99th percentile
 LINE_STEP, SAMPLE_STEP = 0.5, 0.25  # perpendicular lines and samples along them, in finest in-plane voxel sizes
 TIE_MM2 = 1e-6  # products (and lengths) this close count as equal
 _PAIR_CHUNK, _LINE_CHUNK = 2048, 256
@@ -233,14 +232,16 @@ def axial_diameters(mask: np.ndarray, affine: np.ndarray) -> dict:
 
 
 def head_midline_r(image: np.ndarray, affine: np.ndarray) -> float:
-    """R coordinate (RAS mm) of the head's sagittal midline: centre of mass of the voxels brighter than
-    ``HEAD_THRESHOLD`` x the scan's 99th percentile."""
+    """R coordinate (RAS mm) of the head's sagittal midline: centre of mass of the head mask
+    (``model.intensity.head_mask``, the one definition of the head)."""
+    from monaiunetseg.model.intensity import head_mask
+
     data = np.asarray(image, dtype=np.float32)
-    finite = np.isfinite(data)
-    positive = data[finite & (data > 0)]
-    if positive.size == 0:
-        raise ValueError("the scan has no positive voxels: no head to find the midline of")
-    head = finite & (data > HEAD_THRESHOLD * float(np.percentile(positive, 99)))
+    if not np.isfinite(data).all() or not (data > 0).any():
+        raise ValueError("the scan has no positive voxels (or non-finite ones): no head to find the midline of")
+    head = head_mask(data)
+    if not head.any():
+        raise ValueError("no head found in the scan: no midline")
     centre = np.argwhere(head).mean(axis=0)  # the mean of positions is the position of the mean index (linear)
     return float(np.asarray(affine, dtype=float)[0, :3] @ centre + affine[0, 3])
 

@@ -50,13 +50,17 @@ def bundle_root(explicit: str | os.PathLike | None = None) -> Path:
 def shipped_bundles() -> list[Path]:
     """The bundle folders that come with this installation (the installed package, the source checkout's)."""
     found = [Path(__file__).resolve().parents[3] / "monai_bundle"]
+    installed = installed_bundle()
+    return found if installed is None else [installed, *found]
+
+
+def installed_bundle() -> Path | None:
+    """The bundle installed as the package ``monaiunetseg_bundle`` (``pip install``), None in a source checkout."""
     try:
         import monaiunetseg_bundle  # type: ignore[import-not-found]
-
-        found.insert(0, Path(monaiunetseg_bundle.__file__).resolve().parent)
     except ImportError:
-        pass
-    return found
+        return None
+    return Path(monaiunetseg_bundle.__file__).resolve().parent
 
 
 def is_shipped(root: str | os.PathLike) -> bool:
@@ -136,8 +140,23 @@ def read_spec(root: str | os.PathLike | None = None) -> BundleSpec:
     trust = _plain(config.get("trust") or {}, f"{path}: trust")
     if not isinstance(trust, dict):
         raise ValueError(f"{path}: trust must be an object, got {trust!r}")
+    _check_blocks(path, postprocessing, trust)
     normalisation = check_normalisation(config.get("normalisation", LEGACY_NORMALISATION), str(path))
     return BundleSpec(root, net, context, models, postprocessing, flip_tta, trust, normalisation)
+
+
+def _check_blocks(path: Path, postprocessing: dict, trust: dict) -> None:
+    """The post-processing and trust blocks checked as they will be used, so a model folder with a bad value is
+    refused when it is loaded (exit 2, naming the file), never applied wrongly or failed case by case."""
+    from monaiunetseg.model.postprocess import PostProcessing
+    from monaiunetseg.trust.assessment import TrustSpec
+
+    try:
+        PostProcessing.from_dict(postprocessing)
+        if trust:
+            TrustSpec.from_dict(trust)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def build_network(network_args: dict) -> torch.nn.Module:
@@ -145,6 +164,23 @@ def build_network(network_args: dict) -> torch.nn.Module:
     from monai.networks.nets import UNet
 
     return UNet(**network_args)
+
+
+def check_fits(network_args: dict, state: dict, problem: str) -> None:
+    """Raise ``ValueError`` (``problem``: what it is, naming the file) when ``state`` does not fit the network of
+    ``network_args``, compared on the meta device: no memory is spent on a network whose declared size (a model
+    folder's ``channels``) has nothing to do with its weights."""
+    import torch
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_network(network_args).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    wrong = [k for k in expected if k in got and got[k] != expected[k]]
+    if missing or extra or wrong:
+        detail = (f"{wrong[0]}: shape {got[wrong[0]]} in the file, {expected[wrong[0]]} in the network" if wrong else
+                  f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}")
+        raise ValueError(f"{problem} ({detail})")
 
 
 def network_from_config(root: str | os.PathLike | None = None) -> torch.nn.Module:
@@ -165,12 +201,24 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # garbage, truncated or pickled code: UnpicklingError, RuntimeError, EOFError, ...
-        raise ValueError(f"{path}: not a readable PyTorch state_dict ({describe(exc)})") from exc
+        raise ValueError(f"{path}: not a readable PyTorch state_dict ({_load_error(exc)})") from exc
     if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
         state = state["network"]  # a full training checkpoint
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a readable PyTorch state_dict (it holds a {type(state).__name__})")
     return state
+
+
+def _load_error(exc: Exception) -> str:
+    """Why torch refused the file, without torch's advice to retry with ``weights_only=False`` (which would run
+    the file's code: never to be suggested for a file that is not a plain state_dict)."""
+    text = str(exc)
+    if "weights_only" not in text:
+        return describe(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = [line for line in lines if "weights_only" not in line and "Check the documentation" not in line]
+    return (f"{type(exc).__name__}: the file holds Python objects beyond tensors (pickled code?) and was not "
+            f"loaded{': ' + detail[0] if detail else ''}")
 
 
 def load_networks(spec: BundleSpec, weights: list[str | os.PathLike]) -> list[torch.nn.Module]:
@@ -182,8 +230,9 @@ def load_networks(spec: BundleSpec, weights: list[str | os.PathLike]) -> list[to
         w = Path(w)
         if not w.is_file():
             raise FileNotFoundError(f"{w}: model weights not found")
-        net = build_network(spec.network_args)
         state = load_state_dict(w)
+        check_fits(spec.network_args, state, f"{w}: weights do not fit the bundle's network")
+        net = build_network(spec.network_args)
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:  # wrong architecture: shapes/keys do not match the bundle's network

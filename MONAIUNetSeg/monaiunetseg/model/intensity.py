@@ -41,9 +41,12 @@ def check_normalisation(method: object, where: str) -> str:
 def head_mask(v: np.ndarray) -> np.ndarray:
     """The head of a ``(x, y, z)`` volume: the largest bright object (10 % of the 0.5-99.5 percentile range above
     the 0.5th percentile, opened once to cut thin noise bridges), holes filled slice by slice (the brain inside
-    the bright scalp ring, the dark ventricles)."""
+    the bright scalp ring, the dark ventricles). The one definition: the normalisation, the input checks
+    (``trust.input_checks``) and the midline of ``measure.shape`` use it."""
     from scipy import ndimage as ndi
 
+    if v.ndim == 3 and v.shape[2] == 1:  # one slice: opened in its plane (a 3D opening would erase it)
+        return head_mask(v[:, :, 0])[:, :, None]
     lo, hi = np.percentile(v, [0.5, 99.5])
     if not hi > lo:
         return np.zeros(v.shape, bool)
@@ -54,6 +57,8 @@ def head_mask(v: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     mask = labels == sizes.argmax()
+    if mask.ndim == 2:
+        return ndi.binary_fill_holes(mask)
     for z in range(mask.shape[2]):
         mask[:, :, z] = ndi.binary_fill_holes(mask[:, :, z])
     return mask

@@ -25,6 +25,13 @@ class PostProcessing:
         unknown = set(options) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown post-processing option(s): {', '.join(sorted(unknown))}")
+        # Types as JSON gives them, checked: the string "false" is true in Python, and "0.5" fails deep inside.
+        if not isinstance(options.get("largest_only", False), bool):
+            raise ValueError(f"post-processing largest_only must be true or false, got {options['largest_only']!r}")
+        for key in ("min_fraction", "min_mean_prob"):
+            value = options.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"post-processing {key} must be a number in [0, 1], got {value!r}")
         pp = cls(**options)
         if not 0.0 <= pp.min_fraction <= 1.0 or not 0.0 <= pp.min_mean_prob <= 1.0:
             raise ValueError(f"post-processing fractions must lie in [0, 1]: {options}")

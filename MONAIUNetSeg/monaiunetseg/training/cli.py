@@ -77,9 +77,14 @@ def _prepare_pairs(args: argparse.Namespace) -> int:
 
     rows, datalist = prepare_pairs(args.images, args.out_dir, args.labels, n_folds=args.folds, seed=args.seed,
                                    group_regex=args.group_regex)
+    from monaiunetseg.io.image2d import LOSSY_MASK_NOTE, is_lossy
+
     for r in rows:
         print(f"ok      {r['case']}: {r['kind']} {r['shape']}, patient {r['patient']}, fold {r['fold']}, "
               f"{r['foreground_voxels']} foreground voxels")
+        if is_lossy(r["label_source"]):
+            print(f"warning {r['case']}: {r['label_source']} is {LOSSY_MASK_NOTE}; check the count, or save masks "
+                  "as PNG")
     print(f"prepare-pairs: {len(rows)} pairs of {len({r['patient'] for r in rows})} patients in {args.folds} folds; "
           f"datalist: {datalist}")
     return 0

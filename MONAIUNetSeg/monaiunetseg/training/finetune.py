@@ -35,6 +35,9 @@ def source_weights(source: str) -> Path | None:
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"--from {source!r}: use default, fast, none or a weights file")
+    from monaiunetseg.training.initial_weights import check_initial_weights
+
+    check_initial_weights(path, read_spec(None).network_args)
     return path.resolve()
 
 

@@ -11,7 +11,14 @@ import os
 
 import torch
 
-from monaiunetseg.model.bundle import load_state_dict
+from monaiunetseg.model.bundle import check_fits, load_state_dict
+
+
+def check_initial_weights(path: str | os.PathLike, network_args: dict) -> None:
+    """Refuse (``ValueError`` naming the file and why) weights that training would fail on: a corrupt file, a
+    pickle, another network's weights. Checked before training starts, so the reason is said on the console, not
+    only in the training log, and no rerun is suggested for a file that can never load."""
+    check_fits(network_args, load_state_dict(path), f"--from {path}: the weights do not fit the network trained here")
 
 
 def load_initial_weights(network: torch.nn.Module, path: str | os.PathLike | None) -> torch.nn.Module:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from monaiunetseg.files import atomic_path, write_csv_atomic, write_text_atomic
+from monaiunetseg.files import atomic_path, file_sha256, write_csv_atomic, write_text_atomic
 from monaiunetseg.geometry import voxel_volume_ml
 from monaiunetseg.metrics import dice, hd95
 from monaiunetseg.model.postprocess import PostProcessing
@@ -56,31 +56,59 @@ def predict_oof(cv_root: str | os.PathLike, dataset_dir: str | os.PathLike, prob
                 folds: list[int] | None = None, bundle: str | os.PathLike | None = None, device: str = "auto",
                 flip_tta: bool = False, log=print) -> dict[str, Path]:
     """Foreground probabilities of every patient of ``folds`` from its own fold's model, cached in
-    ``probs_dir/<patient>.npz``; existing files are kept (delete the folder to redo)."""
+    ``probs_dir/<patient>.npz``; a cached file is kept while its image, the fold's weights and the options are the
+    ones it was made from (:func:`cached_key`), else redone."""
     import nibabel as nib
 
     from monaiunetseg.model.predictor import Segmenter
 
     probs_dir = Path(probs_dir)
+    refuse_installed(probs_dir)
     probs_dir.mkdir(parents=True, exist_ok=True)
     cases = oof_cases(dataset_dir, folds)
     out: dict[str, Path] = {}
     for fold in sorted({c.fold for c in cases}):
-        todo = [c for c in cases if c.fold == fold and not (probs_dir / f"{c.patient}.npz").is_file()]
+        weights = fold_weights(cv_root, fold)
+        context = int((read_record(cv_root, fold).get("overrides") or {}).get("context", 0))
+        model = f"{file_sha256(weights) if weights.is_file() else weights} flip_tta={flip_tta} context={context}"
+        keys = {c.patient: f"{file_sha256(c.image)} {model}" for c in cases if c.fold == fold}
+        todo = [c for c in cases if c.fold == fold and cached_key(probs_dir / f"{c.patient}.npz") != keys[c.patient]]
         out.update({c.patient: probs_dir / f"{c.patient}.npz" for c in cases if c.fold == fold})
         if not todo:
             continue
-        weights = fold_weights(cv_root, fold)
-        context = int((read_record(cv_root, fold).get("overrides") or {}).get("context", 0))
         segmenter = Segmenter(bundle, device=device, weights=weights, flip_tta=flip_tta, context=context)
         for c in tqdm(todo, desc=f"evaluate-oof fold {fold}", unit="patient", disable=None):
             img = nib.load(c.image)
             prob = segmenter.probabilities(img.get_fdata(dtype=np.float32), img.affine)
             with atomic_path(probs_dir / f"{c.patient}.npz") as tmp:
                 with open(tmp, "wb") as fh:
-                    np.savez_compressed(fh, prob=np.round(prob * 255).astype(np.uint8), affine=img.affine)
+                    np.savez_compressed(fh, prob=np.round(prob * 255).astype(np.uint8), affine=img.affine,
+                                        key=np.array(keys[c.patient]))
         log(f"fold {fold}: {len(todo)} patient(s) predicted with {weights}")
     return out
+
+
+def cached_key(path: Path) -> str | None:
+    """What a cached prediction was made from (the image's and the weights' SHA-256, flip TTA, context); None for
+    no file or one of an earlier version: a cache keyed by the patient's name alone would serve another data set
+    with the same names, or a retrained fold, stale predictions."""
+    try:
+        with np.load(path) as z:
+            return str(z["key"]) if "key" in z.files else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def refuse_installed(folder: Path) -> None:
+    """Never write a cache into the installed bundle (a CV folder given as the shipped one): it is the
+    installation's, and may be read-only or shared."""
+    from monaiunetseg.model.bundle import installed_bundle
+
+    installed = installed_bundle()
+    real = folder.resolve()
+    if installed is not None and (real == installed or installed in real.parents):
+        raise ValueError(f"{folder} is inside the installed bundle {installed}: copy the CV folder elsewhere "
+                         "(its fold records and weights) and give the copy")
 
 
 def load_prob(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from monaiunetseg.files import write_csv_atomic, write_text_atomic
+from monaiunetseg import TOOL_NAME
+from monaiunetseg.files import write_csv_atomic, write_error, write_text_atomic
+from monaiunetseg.training.pairs_output import DESCRIPTION, check_out_dir
 from monaiunetseg.geometry import voxel_volume_ml
 from monaiunetseg.io.image2d import is_image2d_path, read_image2d, unit_affine
 from monaiunetseg.io import nifti, nrrd_mha
@@ -170,9 +172,7 @@ def prepare_pairs(images: str | os.PathLike, out_dir: str | os.PathLike, labels:
     checked before anything is written."""
     out_dir = Path(out_dir)
     pairs = find_pairs(images, labels)
-    inputs = {Path(images).resolve(), *([Path(labels).resolve()] if labels else [])}
-    if out_dir.resolve() in inputs:
-        raise PairError(f"{out_dir}: output directory must differ from the input directories")
+    check_out_dir(out_dir, [Path(images), *([Path(labels)] if labels else [])], [p.case for p in pairs])
     for p in pairs:  # every pair's grids checked first: no half-written data set for a bad pair
         check_grids(p)
     patients = {p.case: patient_of(p.case, group_regex) for p in pairs}
@@ -181,10 +181,8 @@ def prepare_pairs(images: str | os.PathLike, out_dir: str | os.PathLike, labels:
     for pair in pairs:
         image, label, affine, kind = read_pair(pair)
         rel_image, rel_label = Path("images") / f"{pair.case}_image.nii.gz", Path("labels") / f"{pair.case}_label.nii.gz"
-        for rel in (rel_image, rel_label):
-            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        _save_nifti(np.ascontiguousarray(image), affine, out_dir / rel_image)
-        _save_nifti(np.ascontiguousarray(label), affine, out_dir / rel_label)
+        for rel, values in ((rel_image, image), (rel_label, label)):
+            _writing(out_dir / rel, lambda: _save(out_dir / rel, values, affine))
         patient, fold = patients[pair.case], folds[patients[pair.case]]
         entries.append({"image": rel_image.as_posix(), "label": rel_label.as_posix(), "patient": patient,
                         "folder": pair.case, "fold": fold, "n_slices": int(label.shape[2]), "kind": kind})
@@ -194,10 +192,23 @@ def prepare_pairs(images: str | os.PathLike, out_dir: str | os.PathLike, labels:
                      "foreground_slices": int(fg.any(axis=(0, 1)).sum()), "foreground_voxels": int(fg.sum()),
                      "foreground_ml": round(float(fg.sum()) * voxel_volume_ml(affine), 4),
                      "image_source": str(pair.image), "label_source": str(pair.label)})
-    datalist = {"description": f"image/label pairs prepared by prepare-pairs from {images}"
+    datalist = {"tool": TOOL_NAME, "description": f"{DESCRIPTION} from {images}"
                                + (f" and {labels}" if labels else ""),
                 "n_folds": n_folds, "seed": seed, "group_regex": group_regex, "training": entries}
     datalist_path = out_dir / DATALIST_NAME
-    write_text_atomic(datalist_path, json.dumps(datalist, indent=1))
-    write_csv_atomic(out_dir / SUMMARY_CSV, rows, PAIR_COLUMNS)
+    _writing(datalist_path, lambda: write_text_atomic(datalist_path, json.dumps(datalist, indent=1)))
+    _writing(out_dir / SUMMARY_CSV, lambda: write_csv_atomic(out_dir / SUMMARY_CSV, rows, PAIR_COLUMNS))
     return rows, datalist_path
+
+
+def _save(target: Path, values: np.ndarray, affine: np.ndarray) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _save_nifti(np.ascontiguousarray(values), affine, target)
+
+
+def _writing(target: Path, write) -> None:
+    """A write whose OSError (disk full, read-only) is a one-line error naming the file (exit 2)."""
+    try:
+        write()
+    except OSError as exc:
+        raise write_error(exc, target) from exc

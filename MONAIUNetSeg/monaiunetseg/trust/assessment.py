@@ -20,6 +20,14 @@ from monaiunetseg.trust.signals import PredictionStats
 
 REASON_SEPARATOR = "; "
 IGNORABLE_CHECKS = (ISOTROPIC,)
+FEATURES = ("uncertain_ratio", "mean_probability")  # what ``PredictionStats.member_features`` gives
+
+
+def _number(value, where: str) -> float:
+    """A finite JSON number (not a string, not a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise ValueError(f"trust: {where} must be a finite number, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -35,15 +43,25 @@ class TrustSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrustSpec:
-        c = d["confidence"]
-        features, coefficients = tuple(c["features"]), tuple(float(x) for x in c["coefficients"])
+        """The block checked in full (``ValueError`` naming what is wrong), so a malformed one is refused when the
+        model is loaded, not in every case's verdict."""
+        try:
+            c = d["confidence"]
+            features, coefficients = tuple(c["features"]), tuple(_number(x, "coefficients") for x in c["coefficients"])
+            numbers = [_number(c["intercept"], "intercept"), _number(d["review_below"], "review_below"),
+                       _number(d["min_agreement"], "min_agreement")]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"trust: malformed block ({type(exc).__name__}: {exc}); expected confidence.features, "
+                             "confidence.coefficients, confidence.intercept, review_below, min_agreement") from exc
+        unknown = sorted(set(features) - set(FEATURES))
+        if unknown:
+            raise ValueError(f"trust.confidence: unknown feature(s) {unknown} (known: {list(FEATURES)})")
         if len(features) != len(coefficients):
             raise ValueError(f"trust.confidence: {len(features)} features but {len(coefficients)} coefficients")
         ignore = d.get("ignore_checks", [])
         if not isinstance(ignore, list) or any(k not in IGNORABLE_CHECKS for k in ignore):
             raise ValueError(f"trust.ignore_checks must be a list of {list(IGNORABLE_CHECKS)}, got {ignore!r}")
-        return cls(features, coefficients, float(c["intercept"]), float(d["review_below"]), float(d["min_agreement"]),
-                   tuple(ignore))
+        return cls(features, coefficients, *numbers, tuple(ignore))
 
     def expected_dice(self, member_features: dict[str, float]) -> float:
         return self.intercept + sum(w * member_features[f] for f, w in zip(self.features, self.coefficients))

@@ -34,6 +34,10 @@ FOV_MM = (120.0, 400.0)  # in-plane field of view a head scan has
 # The geometry rule a bundle's trust block may switch off (``ignore_checks``): a model trained to read thin
 # isotropic scans (the tissue-normalised recipe) is judged on them by its confidence, not flagged for the voxels.
 ISOTROPIC = "isotropic"
+# A 2D picture (one slice, unit pixels) is always flagged, for what is true of it: not for "no head" or a "3D
+# isotropic acquisition", which its made-up 1 mm geometry would otherwise give.
+PICTURE_REASON = ("a 2D picture: no physical size, so the head and acquisition checks of a scan do not apply "
+                  "(trained on FLAIR volumes)")
 
 
 @dataclass
@@ -69,7 +73,13 @@ def check_image(array: np.ndarray, affine: np.ndarray) -> InputCheck:
     f = result.features
     f["head_ml"] = float(head.sum()) * voxel_ml
     f["head_fraction"] = float(head.mean()) if head.size else 0.0
-    if f["head_ml"] < MIN_HEAD_ML:
+    picture = v.shape[2] == 1  # a 2D picture: no physical size, so no head volume or acquisition geometry
+    if picture:
+        result.add(PICTURE_REASON)
+        if not head.any():
+            result.add("no object found in the picture", hard=True)
+            return result
+    elif f["head_ml"] < MIN_HEAD_ML:
         result.add(f"no head found ({f['head_ml']:.0f} mL of signal)", hard=True)
         return _geometry(result, np.asarray(array).shape[-3:], sizes)
     if f["head_fraction"] > MAX_FILL:
@@ -93,7 +103,7 @@ def check_image(array: np.ndarray, affine: np.ndarray) -> InputCheck:
         result.add(f"noise-like image (neighbour correlation {corr:.2f})", hard=True)
     elif flatness > MAX_FLATNESS:
         result.add(f"flat compartments, no tissue texture (flatness {flatness:.2f}): a phantom?", hard=True)
-    return _geometry(result, np.asarray(array).shape[-3:], sizes)
+    return result if picture else _geometry(result, np.asarray(array).shape[-3:], sizes)
 
 
 def _geometry(result: InputCheck, shape: tuple[int, ...], sizes: np.ndarray) -> InputCheck:

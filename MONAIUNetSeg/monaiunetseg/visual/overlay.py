@@ -19,7 +19,6 @@ axial (too oblique) keeps the usual slice and says the diameters are not drawn.
 from __future__ import annotations
 
 import os
-import textwrap
 from pathlib import Path
 
 import nibabel as nib
@@ -121,6 +120,34 @@ LINE_COLOURS = {"longest": "#D55E00", "perpendicular": "#009E73"}  # Okabe-Ito v
 LENGTH_KEYS = {"longest": "axial_longest_mm", "perpendicular": "axial_perpendicular_mm"}
 
 
+MARGIN_PX = 6  # kept free at either edge of a header line
+
+
+def wrap_to_pixels(text: str, max_px: float, fontsize: float = 8, bold: bool = False) -> list[str]:
+    """``text`` in lines no wider than ``max_px`` (at 100 dpi) as the font draws them: a fixed number of
+    characters per line cut long reasons at both edges of a narrow picture (capitals and bold run wider)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    font = FontProperties(size=fontsize, weight="bold" if bold else "normal")
+    measure = TextToPath()
+
+    def fits(line: str) -> bool:
+        return measure.get_text_width_height_descent(line, font, ismath=False)[0] * 100 / 72 <= max_px
+
+    lines: list[str] = []
+    for word in text.split():
+        if lines and fits(f"{lines[-1]} {word}"):
+            lines[-1] = f"{lines[-1]} {word}"
+            continue
+        while not fits(word) and len(word) > 1:  # a word wider than the picture: cut where it must be
+            n = max((i for i in range(1, len(word)) if fits(word[:i])), default=1)
+            lines.append(word[:n])
+            word = word[n:]
+        lines.append(word)
+    return lines
+
+
 def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, target: str | os.PathLike,
                   title: str | None = None, verdict: str | None = None, review: bool = False,
                   measurements: dict | None = None) -> Path:
@@ -156,8 +183,8 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, tar
     rows, cols = img2d.shape
     height_mm, width_mm = rows * in_plane[1], cols * in_plane[0]
     scale = 512.0 / max(height_mm, width_mm)
-    # The verdict wrapped to the picture's width (8 pt bold: about 6 px a character), a line of the header each.
-    verdict_lines = textwrap.wrap(verdict, width=max(40, int(width_mm * scale / 6.2))) if verdict else []
+    # The verdict wrapped to the picture's width as the font measures it, a line of the header each.
+    verdict_lines = wrap_to_pixels(verdict, width_mm * scale - 2 * MARGIN_PX, bold=review) if verdict else []
     header_px = (44 if title else 26) + LINE_PX * len(verdict_lines) + (12 if "; RANO" in text else 0)
     fig = Figure(figsize=(width_mm * scale / 100, (height_mm * scale + header_px) / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, height_mm * scale / (height_mm * scale + header_px)))

@@ -96,9 +96,9 @@ class Worker:
             else:
                 state.phase = SENDING if self._unsent(state) else DONE
                 state.next_try = {}
+                if state.phase == DONE:
+                    self._finish(key, state)
             spool.save(key)
-        if state.phase == DONE:
-            self._finish(key, state)
 
     def _take(self, key: str, state: StudyState, result: CaseResult) -> None:
         """Record one row of the batch, and build the objects to send for a new segmentation."""
@@ -166,9 +166,8 @@ class Worker:
             with self.spool.lock:
                 if state.phase == SENDING and not self._unsent(state):
                     state.phase = DONE
+                    self._finish(key, state)  # before the state says done: a reader then finds it all tidied
                     self.spool.save(key)
-            if state.phase == DONE:
-                self._finish(key, state)
 
     def _send(self, key: str, state: StudyState, dest: Destination, pending: list[SeriesResult]) -> None:
         files = [self.spool.send_dir(key) / f for r in pending for f in r.files]

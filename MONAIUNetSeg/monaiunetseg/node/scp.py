@@ -1,7 +1,9 @@
 """The receiving side: a pynetdicom Storage SCP (C-ECHO, C-STORE) that writes each instance into the spool.
 
-Only MR image storage classes are offered (the model segments FLAIR MR); any other SOP class is refused at
-association (its presentation context is rejected), so a CT, a SEG or a report never lands in the spool. With
+Only MR image storage classes are stored (the model segments FLAIR MR). The node's own kinds of result (SEG,
+Comprehensive 3D SR, secondary capture) are accepted and dropped, so that an archive can route a whole study
+again, earlier results included; any other SOP class is refused at association (its presentation context is
+rejected), so a CT or a waveform never lands in the spool. With
 ``--allow`` only those calling AE titles are accepted; with ``--tls-cert/--tls-key`` only TLS connections.
 DICOM itself has no authentication: without TLS anyone who can reach the port can send (docs/dicom-node.md).
 """
@@ -22,9 +24,12 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
+    Comprehensive3DSRStorage,
     EnhancedMRImageStorage,
     LegacyConvertedEnhancedMRImageStorage,
     MRImageStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
     Verification,
 )
 
@@ -33,6 +38,7 @@ from monaiunetseg.node.spool import Spool, SpoolFullError, clean_text
 log = logging.getLogger("monaiunetseg.node")
 
 ACCEPTED_SOP_CLASSES = (MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage)
+DROPPED_SOP_CLASSES = (SegmentationStorage, Comprehensive3DSRStorage, SecondaryCaptureImageStorage)
 # Read by pydicom itself; compressed syntaxes would need optional plug-ins: the sender (Orthanc, a PACS) then
 # converts to one of these, as DICOM negotiation intends.
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
@@ -85,7 +91,7 @@ class StorageSCP:
         if options.allow:
             self.ae.require_calling_aet = list(options.allow)
         self.ae.add_supported_context(Verification)
-        for sop_class in ACCEPTED_SOP_CLASSES:
+        for sop_class in ACCEPTED_SOP_CLASSES + DROPPED_SOP_CLASSES:
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         self._server = None
         self._studies: dict[int, set[str]] = {}  # association (id) -> study keys it stored into
@@ -112,6 +118,8 @@ class StorageSCP:
     def _store(self, event) -> int:
         """Write one instance; any status but success makes the sender keep (and retry) it."""
         calling = clean_text(event.assoc.requestor.ae_title, 16)
+        if event.context.abstract_syntax in DROPPED_SOP_CLASSES:
+            return SUCCESS  # a result (ours or another tool's) routed with its study: nothing to segment
         try:
             ds = event.dataset
             ids = [str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the Orthanc harness and the DICOM wri
 from monaiunetseg.batch.record import cpu_name  # noqa: E402  (after the paths above)
 from monaiunetseg.node.spool import load_states  # noqa: E402
 from dicom_factory import write_series  # noqa: E402
-from orthanc import Orthanc, free_port  # noqa: E402
+from orthanc import Orthanc, free_port, wait_for  # noqa: E402
 
 SAMPLE = REPO / "MONAIUNetSeg" / "Resources" / "Sample" / "TCGA_DU_A5TR_19970726_flair.nii.gz"
 
@@ -44,16 +44,6 @@ def series_volume(n_slices: int):
     if extra > 0:
         volume = np.pad(volume, ((0, 0), (0, 0), (extra // 2, extra - extra // 2)), mode="edge")
     return volume[:, :, :n_slices], image.affine
-
-
-def wait_until(condition, timeout: float, poll: float = 0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise TimeoutError(f"not within {timeout} s")
 
 
 def main() -> int:
@@ -74,14 +64,14 @@ def main() -> int:
                                 stdout=subprocess.DEVNULL, stderr=log,
                                 env={**os.environ, "PYTHONPATH": str(REPO / "MONAIUNetSeg")})
         try:
-            wait_until(lambda: "listening as" in (root / "node.log").read_text() or node.poll() is not None, 300)
+            wait_for(lambda: "listening as" in (root / "node.log").read_text() or node.poll() is not None, 300, "node")
             rows = []
             for run in range(args.runs):
                 info = write_series(volume, affine, root / f"series{run}", patient_id=f"BENCH-{run}", seed=run)
                 study = orthanc.upload(info["paths"])
                 orthanc.send_to_node([study])
-                wait_until(lambda: orthanc.instances_of_modality(study, "SEG") and
-                           orthanc.instances_of_modality(study, "SR"), 300)
+                wait_for(lambda: orthanc.instances_of_modality(study, "SEG") and
+                         orthanc.instances_of_modality(study, "SR"), 300, "SEG and SR", poll=0.05)
                 stored = time.time()
                 state = next(s for s in load_states(root / "spool").values() if s.study_uid == info["study_uid"])
                 rows.append((run + 1, len(info["paths"]), stored - state.last_received))

@@ -25,6 +25,18 @@ def orthanc_binary() -> str | None:
     return shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if Path(p).is_file()), None)
 
 
+def wait_for(condition, timeout: float, what: str = "condition", poll: float = 0.2):
+    """``condition()``'s first true value, polled every ``poll`` seconds; TimeoutError naming ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"{what}: not within {timeout} s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

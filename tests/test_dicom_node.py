@@ -17,7 +17,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -35,21 +34,11 @@ from monaiunetseg.node.spool import load_states
 
 from conftest import REPO, SAMPLE_FLAIR
 from dicom_factory import write_series
-from orthanc import NODE_AET, Orthanc, free_port, orthanc_binary
+from orthanc import NODE_AET, Orthanc, free_port, orthanc_binary, wait_for
 
 pytestmark = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc not installed (apt-get install orthanc; .ci/run does)")
 MODEL = "fast"
 VOLUME_CODE = "118565006"  # SNOMED CT "Volume"
-
-
-def wait_for(condition, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise TimeoutError(f"{what}: not within {timeout} s")
 
 
 class Node:

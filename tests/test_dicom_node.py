@@ -175,7 +175,7 @@ def test_orthanc_receives_seg_and_sr_equal_to_segment_and_a_duplicate_is_not_red
         evidence = {s.SeriesInstanceUID for item in report.CurrentRequestedProcedureEvidenceSequence
                     for s in item.ReferencedSeriesSequence}
         assert {sample_series["series_uid"], seg.SeriesInstanceUID} <= evidence
-        for ds in (seg, report):
+        for ds in (seg, report, overlay):  # warnings allowed: the private coding scheme, the SC's empty Laterality
             assert dciodvfy_errors(Path(ds.filename)) == [], ds.Modality
         # the T1 series was left alone, with the reason in the study's report
         rows = json.loads(next((tmp_path / "spool").glob("studies/*/out/report.json")).read_text())["rows"]
@@ -220,8 +220,9 @@ def test_review_is_said_in_the_seg_and_the_sr(reference, sample_series, tmp_path
 
 
 def test_node_killed_mid_series_restarts_and_finishes(orthanc, sample_series, reference, tmp_path):
-    """kill -9 while an association is half way through the series; the restarted node keeps what was stored,
-    takes the rest when Orthanc sends the study again, and sends the result once."""
+    """kill -9 while an association is half way through the series; the restarted node keeps what was stored and
+    finishes it (a failed case: half a series is no volume), takes the rest when Orthanc sends the study again, and
+    sends the result once."""
     study = orthanc.upload(sample_series["paths"])
     spool = tmp_path / "spool"
     node = Node(spool, orthanc.node_port, [orthanc.destination], "--series-timeout", "3", log=tmp_path / "node.log")
@@ -237,23 +238,30 @@ def test_node_killed_mid_series_restarts_and_finishes(orthanc, sample_series, re
     stored = list(spool.glob("studies/*/dicom/*/*.dcm"))
     assert len(stored) == 15
     node.start()
+    uid = sample_series["study_uid"]
     try:
+        # what was received is finished: 15 scattered slices are no volume, a FAILED line names the series
+        state = wait_for(lambda: (s := node.state().get(uid)) and s.phase == "done" and s, 60, "half series processed")
+        assert [r.status for r in state.results] == ["failed"] and "slice(s) missing" in state.results[0].error
+        assert f"FAILED {state.results[0].error}" in node.text()
+        assert not orthanc.instances_of_modality(study, "SEG") and len(list(spool.glob("studies/*/dicom/*/*.dcm"))) == 15
+        # the sender sends the study again: completed, segmented, sent
         assert orthanc.send_to_node([study])["InstancesCount"] == 38
         wait_for(lambda: orthanc.instances_of_modality(study, "SEG") and orthanc.instances_of_modality(study, "SR"),
                  120, "SEG and SR after the restart")
         (seg,) = fetch(orthanc, study, "SEG", tmp_path)
         expected = seg_frames(pydicom.dcmread(reference.dicom_seg))
         assert all(np.array_equal(seg_frames(seg)[k], v) for k, v in expected.items())
-        state = wait_for(lambda: (s := node.state()[sample_series["study_uid"]]).phase == "done" and s, 30, "done")
-        assert state.segmentations == 1 and state.received == 15 + 38
+        state = wait_for(lambda: (s := node.state()[uid]).phase == "done" and s.results[0].sent_to and s, 30, "done")
+        assert state.segmentations == 1 and state.received == 15 + 38 and state.results[0].status == "ok"
         assert not [p for p in spool.rglob("*") if ".part" in p.name]
     finally:
         node.stop()
 
 
 def test_results_wait_for_a_destination_that_is_down(orthanc, sample_series, tmp_path):
-    """Orthanc stops before the results are ready: the node retries with back-off, keeps them in the spool, and
-    stores them once Orthanc is back on the same port."""
+    """Orthanc stops before the results are ready: the node retries with back-off and keeps them in the spool;
+    killed (-9) and restarted meanwhile, it stores them once Orthanc is back on the same port."""
     study = orthanc.upload(sample_series["paths"])
     node = Node(tmp_path / "spool", orthanc.node_port, [orthanc.destination], "--series-timeout", "5",
                 "--retry-max", "1", log=tmp_path / "node.log").start()
@@ -267,6 +275,8 @@ def test_results_wait_for_a_destination_that_is_down(orthanc, sample_series, tmp
         assert all((tmp_path / "spool" / "studies" / f"study-{_digest(uid)}" / "send" / f).is_file()
                    for f in state.results[0].files)
         assert "failed (try 1)" in node.text()
+        node.kill()  # results made, not sent: a restarted node sends them
+        node.start()
         orthanc.start()
         wait_for(lambda: orthanc.instances_of_modality(study, "SEG") and orthanc.instances_of_modality(study, "SR"),
                  60, "SEG and SR once Orthanc is back")

@@ -123,10 +123,17 @@ class Worker:
             if earlier is not None and earlier.seg_uid == entry.seg_uid and self._files_exist(key, earlier):
                 entry.files, entry.sent_to = earlier.files, earlier.sent_to  # the same result: kept as it was
             else:
-                entry.files = self._build(key, result)
-            flag = f" REVIEW: {result.review_reasons}" if result.review == "yes" else ""
-            log.info("ok %s: %.2f mL%s%s", entry.name, result.volume_ml or 0.0,
-                     "" if result.seconds is not None else " (earlier result kept)", flag)
+                try:
+                    entry.files = self._build(key, result)
+                except Exception as exc:  # noqa: BLE001  nothing of this result is sent, the others go on
+                    entry.status = FAILED
+                    entry.error = f"{result.dicom_seg}: the SR or SEG to send could not be made ({type(exc).__name__}: {exc})"
+            if entry.status == FAILED:
+                log.error("FAILED %s", entry.error)
+            else:
+                flag = f" REVIEW: {result.review_reasons}" if result.review == "yes" else ""
+                log.info("ok %s: %.2f mL%s%s", entry.name, result.volume_ml or 0.0,
+                         "" if result.seconds is not None else " (earlier result kept)", flag)
         state.results = [r for r in state.results if r.series_uid != result.series_uid] + [entry]
 
     def _files_exist(self, key: str, entry: SeriesResult) -> bool:
@@ -139,10 +146,16 @@ class Worker:
         name = Path(result.dicom_seg).name[: -len("_seg.dcm")]
         sources = [pydicom.dcmread(p, stop_before_pixels=True)
                    for p in sorted(Path(result.input).glob("*.dcm"))]
-        files = [sr.mark_review(result.dicom_seg, send / f"{name}_seg.dcm", result),
-                 sr.write_report_sr(result.dicom_seg, sources, result, send / f"{name}_sr.dcm")]
-        if self.options.send_overlay and result.overlay:
-            files.append(sr.write_overlay_sc(result.overlay, sources[0], result, send / f"{name}_overlay.dcm"))
+        files: list[Path] = []
+        try:
+            files.append(sr.mark_review(result.dicom_seg, send / f"{name}_seg.dcm", result))
+            files.append(sr.write_report_sr(result.dicom_seg, sources, result, send / f"{name}_sr.dcm"))
+            if self.options.send_overlay and result.overlay:
+                files.append(sr.write_overlay_sc(result.overlay, sources[0], result, send / f"{name}_overlay.dcm"))
+        except Exception:
+            for f in files:  # a SEG without its report is never sent
+                f.unlink(missing_ok=True)
+            raise
         self.spool.add_bytes(sum(f.stat().st_size for f in files))
         return [f.name for f in files]
 

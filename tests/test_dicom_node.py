@@ -301,8 +301,8 @@ def _tls_files(folder: Path) -> tuple[Path, Path]:
 
 
 def test_tls_allowed_callers_mr_only_and_hostile_names(tmp_path):
-    """Over TLS, only --allow'ed callers, only MR storage; a PatientID of ``../../evil`` with a NUL byte writes
-    nothing outside the spool."""
+    """Over TLS, only --allow'ed callers, only MR storage; a PatientID of ``../../evil`` with a NUL byte and a
+    newline writes nothing outside the spool and forges no log line."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
     cert, key = _tls_files(tmp_path)
@@ -328,21 +328,26 @@ def test_tls_allowed_callers_mr_only_and_hostile_names(tmp_path):
         assert MRImageStorage in accepted and CTImageStorage not in accepted
         image = nib.load(SAMPLE_FLAIR)
         crop = np.asarray(image.dataobj)[64:192, 64:192, 12:24].astype(np.float64)
-        series = write_series(crop, image.affine, tmp_path / "evil", patient_id="../../evil\x00x",
-                              description="../FLAIR\x00/..")
+        series = write_series(crop, image.affine, tmp_path / "evil", patient_id="../../evil\x00x\nFORGED",
+                              description="../FLAIR\x00\nFORGED/..")
         for path in series["paths"]:
             assert assoc.send_c_store(path).Status == 0
         assoc.release()
         state = wait_for(lambda: (s := node.state().get(series["study_uid"])) and s.results and s, 120, "segmented")
     finally:
         node.stop()
-    assert state.results[0].status == OK and "\x00" not in state.patient
+    assert state.results[0].status == OK and "\x00" not in state.patient and "\n" not in state.patient
+    assert not [line for line in node.text().splitlines() if line.startswith("FORGED")]  # one event, one line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cert.pem", "evil", "key.pem", "node.log", "work"]
     assert [p.name for p in (tmp_path / "work").iterdir()] == ["spool"]
     for path in spool.rglob("*"):
         assert ".." not in path.relative_to(spool).parts and "\x00" not in str(path) and "evil/" not in str(path)
-    sent = sorted(p.name for p in spool.glob("studies/*/send/*"))
-    assert len(sent) == 2 and all(re.fullmatch(r"evil[A-Za-z0-9._-]*_(seg|sr)\.dcm", n) and ".." not in n for n in sent)
+    sent = sorted(spool.glob("studies/*/send/*"))
+    assert len(sent) == 2 and all(re.fullmatch(r"evil[A-Za-z0-9._-]*_(seg|sr)\.dcm", p.name) and ".." not in p.name
+                                  for p in sent)
+    # this crop of 12 slices is flagged (low confidence): REVIEW in the SEG and SR the node made
+    flagged = state.results[0].review == "yes"
+    assert all(pydicom.dcmread(p).SeriesDescription.startswith("REVIEW - ") == flagged for p in sent)
 
 
 def test_full_spool_refuses_instances_and_bad_options_are_one_line_errors(sample_series, tmp_path):

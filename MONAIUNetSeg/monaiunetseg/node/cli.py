@@ -13,7 +13,7 @@ from pathlib import Path
 from monaiunetseg.batch.cli import add_model_options, check_model_options
 from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.node.sender import parse_destination
-from monaiunetseg.node.spool import DONE, SENDING, load_states
+from monaiunetseg.node.spool import DONE, SENDING, escape_controls, load_states
 
 log = logging.getLogger("monaiunetseg.node")
 STATUS_COLUMNS = ("study", "patient", "received", "segmented", "sent", "failed", "state")
@@ -50,6 +50,14 @@ def print_status(spool: Path) -> int:
     return 0
 
 
+class _LineFormatter(logging.Formatter):
+    """One event, one line: DICOM text inside a message (descriptions, errors) keeps no control characters."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord({**record.__dict__, "msg": escape_controls(record.getMessage()), "args": None})
+        return super().format(record)  # a traceback (never expected) keeps its lines
+
+
 def _listen(args: argparse.Namespace) -> int:
     if args.status:
         return print_status(args.spool)
@@ -69,7 +77,9 @@ def _listen(args: argparse.Namespace) -> int:
     options = NodeOptions(destinations=destinations, ae_title=args.ae_title, series_timeout=args.series_timeout,
                           complete_on_release=args.complete_on_release, retry_max=args.retry_max,
                           send_overlay=args.send_overlay, batch=batch)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter("%(asctime)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per instance is noise; refusals stay
     spool = Spool(args.spool, int(args.spool_limit * 1e9) if args.spool_limit else None)
     from monaiunetseg.model.predictor import Segmenter

@@ -38,6 +38,11 @@ def digest(text: str, n: int = 16) -> str:
     return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:n]
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with control characters as ``\\xNN``: a SeriesDescription holding a newline cannot forge a log line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def clean_text(value: object, limit: int = 64) -> str:
     """DICOM text for logs and the status (never for paths): control characters and NUL bytes removed."""
     return _CONTROL.sub("", str(value or ""))[:limit]

@@ -81,13 +81,23 @@ def _listen(args: argparse.Namespace) -> int:
     handler.setFormatter(_LineFormatter("%(asctime)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per instance is noise; refusals stay
-    spool = Spool(args.spool, int(args.spool_limit * 1e9) if args.spool_limit else None)
-    from monaiunetseg.model.predictor import Segmenter
-
-    segmenter = Segmenter(args.bundle, device=args.device, weights=args.weights, model=args.model)
-    worker = Worker(spool, options, segmenter)
+    try:
+        spool = Spool(args.spool, int(args.spool_limit * 1e9) if args.spool_limit else None)
+    except OSError as exc:
+        raise RuntimeError(f"{args.spool}: cannot be used as the spool ({exc.strerror or exc})") from exc
+    worker = Worker(spool, options)
     scp = StorageSCP(spool, scp_options, on_released=worker.wake.set)
-    scp.start()
+    try:  # before the model loads: a port in use is said at once; instances wait in the spool for the model
+        scp.start()
+    except OSError as exc:
+        raise RuntimeError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from exc
+    try:
+        from monaiunetseg.model.predictor import Segmenter
+
+        worker.segmenter = Segmenter(args.bundle, device=args.device, weights=args.weights, model=args.model)
+    except BaseException:
+        scp.stop()
+        raise
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: (stop.set(), worker.stop()))

@@ -31,11 +31,11 @@ def status_rows(spool: str | Path) -> list[dict[str, str]]:
             state = f"sending (next try in {wait:.0f} s: {errors})" if errors else "sending"
         elif s.phase == DONE and (s.error or any(r.status == "failed" for r in s.results)):
             state = "done with failures: " + (s.error or "; ".join(r.error for r in s.results if r.status == "failed"))
-        rows.append({"study": s.study_uid or key, "patient": s.patient, "received": str(s.received),
+        rows.append({"study": escape_controls(s.study_uid or key), "patient": s.patient, "received": str(s.received),
                      "segmented": str(sum(r.status == "ok" for r in s.results)),
                      "sent": str(sum(bool(r.files) and set(s.destinations) <= set(r.sent_to) for r in s.results)),
                      "failed": str(sum(r.status == "failed" for r in s.results) + bool(s.error)),
-                     "state": state})
+                     "state": escape_controls(state)})  # DICOM text in errors: one study, one line
     return rows
 
 

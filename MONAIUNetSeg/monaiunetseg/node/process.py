@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pydicom
 
+from monaiunetseg.batch.naming import LABELMAP_SUFFIX, SEG_SUFFIX
 from monaiunetseg.batch.options import BatchOptions
 from monaiunetseg.batch.report import FAILED, OK, CaseResult
 from monaiunetseg.batch.run import run_batch
@@ -107,7 +108,7 @@ class Worker:
                 log.error("FAILED %s", result.error)
             return
         earlier = next((r for r in state.results if r.series_uid == result.series_uid), None)
-        entry = SeriesResult(series_uid=result.series_uid, name=Path(result.output).name.split("_seg")[0],
+        entry = SeriesResult(series_uid=result.series_uid, name=Path(result.output).name.removesuffix(LABELMAP_SUFFIX),
                              status=str(result.status), error=result.error, volume_ml=result.volume_ml,
                              review=result.review, review_reasons=result.review_reasons)
         if result.status == OK and result.seconds is not None:
@@ -143,7 +144,7 @@ class Worker:
         """SEG (REVIEW-marked when flagged), SR and optional secondary capture of one result, under send/."""
         send = self.spool.send_dir(key)
         send.mkdir(parents=True, exist_ok=True)
-        name = Path(result.dicom_seg).name[: -len("_seg.dcm")]
+        name = Path(result.dicom_seg).name.removesuffix(SEG_SUFFIX)
         sources = [pydicom.dcmread(p, stop_before_pixels=True)
                    for p in sorted(Path(result.input).glob("*.dcm"))]
         files: list[Path] = []

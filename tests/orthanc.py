@@ -22,7 +22,8 @@ NODE_AET = "MONAIUNETSEG"
 
 def orthanc_binary() -> str | None:
     """The Orthanc server binary (``/usr/sbin/Orthanc`` on Debian), or None when it is not installed."""
-    return shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if Path(p).is_file()), None)
+    found = shutil.which("Orthanc")  # /usr/sbin may be missing from a user's PATH
+    return found or next((p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if Path(p).is_file()), None)
 
 
 def wait_for(condition, timeout: float, what: str = "condition", poll: float = 0.2):
@@ -46,7 +47,8 @@ def free_port() -> int:
 class Orthanc:
     """One Orthanc server; :meth:`start` waits until its REST API answers. Storage survives :meth:`stop`."""
 
-    def __init__(self, folder: Path, node_port: int, http_port: int | None = None, dicom_port: int | None = None) -> None:
+    def __init__(self, folder: Path, node_port: int, http_port: int | None = None,
+                 dicom_port: int | None = None) -> None:
         self.folder = folder
         self.http_port = http_port or free_port()
         self.dicom_port = dicom_port or free_port()

@@ -37,7 +37,8 @@ from conftest import REPO, SAMPLE_FLAIR
 from dicom_factory import write_series
 from orthanc import NODE_AET, Orthanc, free_port, orthanc_binary, wait_for
 
-pytestmark = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc not installed (apt-get install orthanc; .ci/run does)")
+pytestmark = pytest.mark.skipif(orthanc_binary() is None,
+                                reason="Orthanc not installed (apt-get install orthanc; .ci/run does)")
 MODEL = "fast"
 VOLUME_CODE = "118565006"  # SNOMED CT "Volume"
 
@@ -195,7 +196,8 @@ def test_orthanc_receives_seg_and_sr_equal_to_segment_and_a_duplicate_is_not_red
     finally:
         node.stop()
     status = subprocess.run([sys.executable, "-m", "monaiunetseg.cli", "listen", "--spool", str(tmp_path / "spool"),
-                             "--status"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "MONAIUNetSeg")})
+                             "--status"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "MONAIUNetSeg")})
     assert status.returncode == 0, status.stderr
     assert status.stdout.splitlines()[1].split()[1:6] == ["LGG-TEST-01", "84", "1", "1", "0"]
 
@@ -214,7 +216,8 @@ def test_review_is_said_in_the_seg_and_the_sr(reference, sample_series, tmp_path
     codes = {i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0].CodeMeaning
              for i in items if i.ValueType == "CODE"}
     assert codes["Review recommended"] == "Yes"
-    comments = [i.TextValue for i in items if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    comments = [i.TextValue for i in items
+                if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121106"]
     assert comments == [flagged.review_reasons]
     for path in (tmp_path / "seg.dcm", tmp_path / "sr.dcm"):
         assert dciodvfy_errors(path) == [], path.name
@@ -245,7 +248,8 @@ def test_node_killed_mid_series_restarts_and_finishes(orthanc, sample_series, re
         state = wait_for(lambda: (s := node.state().get(uid)) and s.phase == "done" and s, 60, "half series processed")
         assert [r.status for r in state.results] == ["failed"] and "slice(s) missing" in state.results[0].error
         assert f"FAILED {state.results[0].error}" in node.text()
-        assert not orthanc.instances_of_modality(study, "SEG") and len(list(spool.glob("studies/*/dicom/*/*.dcm"))) == 15
+        assert not orthanc.instances_of_modality(study, "SEG")
+        assert len(list(spool.glob("studies/*/dicom/*/*.dcm"))) == 15
         # the sender sends the study again: completed, segmented, sent
         assert orthanc.send_to_node([study])["InstancesCount"] == 38
         wait_for(lambda: orthanc.instances_of_modality(study, "SEG") and orthanc.instances_of_modality(study, "SR"),

@@ -128,7 +128,8 @@ class Worker:
                     entry.files = self._build(key, result)
                 except Exception as exc:  # noqa: BLE001  nothing of this result is sent, the others go on
                     entry.status = FAILED
-                    entry.error = f"{result.dicom_seg}: the SR or SEG to send could not be made ({type(exc).__name__}: {exc})"
+                    entry.error = (f"{result.dicom_seg}: the SR or SEG to send could not be made "
+                                   f"({type(exc).__name__}: {exc})")
             if entry.status == FAILED:
                 log.error("FAILED %s", entry.error)
             else:

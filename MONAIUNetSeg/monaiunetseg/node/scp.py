@@ -70,7 +70,8 @@ def tls_context(options: ScpOptions) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(options.tls_cert, options.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"{options.tls_cert} / {options.tls_key}: cannot load the TLS certificate and key ({exc})") from exc
+        raise ValueError(f"{options.tls_cert} / {options.tls_key}: cannot load the TLS certificate and key "
+                         f"({exc})") from exc
     if options.tls_ca:
         try:
             context.load_verify_locations(options.tls_ca)

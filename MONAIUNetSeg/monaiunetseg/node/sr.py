@@ -90,7 +90,9 @@ def write_report_sr(seg_path: str | os.PathLike, sources: list[pydicom.Dataset],
     referenced = hd.sr.ReferencedSegment(
         sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=1,
         source_series=hd.sr.SourceSeriesForSegmentation(sources[0].SeriesInstanceUID))
-    evaluations = [hd.sr.QualitativeEvaluation(REVIEW_FLAG, YES if result.review == "yes" else NO)] if result.review else []
+    evaluations = []
+    if result.review:
+        evaluations.append(hd.sr.QualitativeEvaluation(REVIEW_FLAG, YES if result.review == "yes" else NO))
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=labels.SEGMENT_LABEL),
         referenced_segment=referenced, finding_type=_code(labels.TYPE), finding_category=_code(labels.CATEGORY),

@@ -27,9 +27,10 @@ setup(
     package_data={"monaiunetseg_bundle": ["configs/*", "models/model.pt", "models/cv/*/model.pt", "models/cv/*/cv_fold.json", "docs/*", "LICENSE"],
                   "monaiunetseg.batch": ["run_record.schema.json"]},
     # Every requirement is imported by the core, the bundle configs or the commands (none "just in case"):
-    # nibabel NIfTI; SimpleITK NRRD/MetaImage; pydicom + highdicom DICOM, enhanced multi-frame, SEG; tifffile
-    # the Kaggle slices; pytorch-ignite, tensorboard and fire the bundle's training and `python -m monai.bundle`;
-    # scipy post-processing and metrics; matplotlib the overlay and the evaluation pictures; tqdm progress.
+    # nibabel NIfTI; SimpleITK NRRD/MetaImage; pydicom + highdicom DICOM, enhanced multi-frame, SEG, SR; pynetdicom
+    # the DICOM node; tifffile the Kaggle slices; pytorch-ignite, tensorboard and fire the bundle's training and
+    # `python -m monai.bundle`; scipy post-processing and metrics; matplotlib the overlay and the evaluation pictures;
+    # tqdm progress.
     install_requires=[
         "torch>=2.1,<2.15",
         "onnxruntime>=1.16",  # the CPU inference backend (without it: torch, slower to start)
@@ -40,6 +41,7 @@ setup(
         "SimpleITK>=2.2",
         "pydicom>=2.4",
         "highdicom>=0.22",
+        "pynetdicom>=2.0",  # the DICOM node (`listen`): C-ECHO/C-STORE in, C-STORE of SEG and SR out
         "tifffile>=2023.1",
         "tqdm",
         "fire",

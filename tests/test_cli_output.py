@@ -21,7 +21,7 @@ from dicom_factory import write_series
 IMPORT_NAMES = {"torch": "torch", "monai": "monai", "pytorch-ignite": "ignite", "numpy": "numpy", "nibabel": "nibabel",
                 "SimpleITK": "SimpleITK", "pydicom": "pydicom", "highdicom": "highdicom", "tifffile": "tifffile",
                 "tqdm": "tqdm", "tensorboard": None, "fire": None, "matplotlib": "matplotlib", "scipy": "scipy",
-                "onnxruntime": "onnxruntime"}
+                "onnxruntime": "onnxruntime", "pynetdicom": "pynetdicom"}
 # Used without an import of its own: TensorBoardStatsHandler (bundle configs) needs tensorboard, and
 # `python -m monai.bundle` (every bundle command in the README) needs fire.
 INDIRECT = {"tensorboard": "TensorBoardStatsHandler", "fire": "python -m monai.bundle"}

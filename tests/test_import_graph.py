@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     # 4: the jobs built on the above
     "monaiunetseg.training": 4,
     "monaiunetseg.batch": 4,
+    "monaiunetseg.node": 4,  # the DICOM node: receives, runs the batch, sends (imports batch, never the reverse)
     # 5: the command line, which registers every job
     "monaiunetseg.cli": 5,
 }

@@ -50,10 +50,12 @@ MEASURE_COMMANDS = (
     ("measure", "monaiunetseg.measure.cli", "add_measure_parser"),
     ("growth", "monaiunetseg.measure.cli", "add_growth_parser"),
 )
+# The DICOM node (pynetdicom; the inference stack once a study is complete), registered the same way.
+NODE_COMMANDS = (("listen", "monaiunetseg.node.cli", "add_listen_parser"),)
 
 
 def _add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
-    for name, module, register in INFERENCE_COMMANDS + MEASURE_COMMANDS:
+    for name, module, register in INFERENCE_COMMANDS + MEASURE_COMMANDS + NODE_COMMANDS:
         try:
             add_parser = getattr(importlib.import_module(module), register)
         except ImportError as exc:  # a missing dependency: say which, never drop the command silently

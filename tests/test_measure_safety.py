@@ -103,8 +103,10 @@ def test_measure_has_a_voxel_budget(tmp_path: Path, capsys):
     nib.Nifti1Image(np.zeros((1024, 1024, 256), np.uint8), np.eye(4)).to_filename(big)
     good = labelmap(tmp_path / "good.nii.gz")
     out = tmp_path / "m.csv"
-    code = ("import resource, sys; from monaiunetseg.cli import main; rc = main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(rc)")
+    # peak RSS of this process alone: VmHWM (ru_maxrss keeps the forking pytest's, across exec)
+    code = ("import sys; from monaiunetseg.cli import main; rc = main(sys.argv[1:]); "
+            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) // 1024); "
+            "sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, "measure", str(big), str(good), "--csv", str(out)],
                           capture_output=True, text=True, env={**os.environ, "MONAIUNETSEG_MAX_VOXELS": str(2**26)})
     assert proc.returncode == 1, proc.stderr

@@ -39,6 +39,10 @@ GRACE_S = 1.0
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
+class FolderBusyError(OutputFolderError):
+    """Another run holds the output folder (exit code 2, as every output-folder problem)."""
+
+
 def shard_lock_name(num_shards: int, shard_id: int) -> str:
     return f".monaiunetseg.shard{shard_id}of{num_shards}.lock"
 
@@ -159,7 +163,7 @@ class OutputLock:
                 busy = f"output folder {self.out_dir} is in use by another monaiunetseg run ({self._holder(lock)})"
                 if not self.wait:
                     self.release()
-                    raise OutputFolderError(f"{busy}; wait for it to finish (or rerun with --wait), or choose "
+                    raise FolderBusyError(f"{busy}; wait for it to finish (or rerun with --wait), or choose "
                                             "another -o")
                 if not waited and self.on_wait:
                     self.on_wait(f"{busy}: waiting (--wait)")

@@ -42,6 +42,11 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def free_port() -> int:
+    """One loopback port that is free now."""
+    return _free_ports(1)[0]
+
+
 def _real_memory_mb() -> int:
     """What slurmd will find on this machine, less a margin (a node announcing more than it has is drained)."""
     pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")

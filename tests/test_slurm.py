@@ -23,7 +23,7 @@ import pytest
 
 from conftest import REPO, SMALL_PATIENTS
 from segment_data import save_nifti, small_volume
-from slurm_cluster import SlurmCluster, missing_binaries, start_cluster
+from slurm_cluster import SlurmCluster, free_port, missing_binaries, start_cluster
 from test_run_record import validated
 
 SCRIPTS = REPO / "scripts" / "slurm"
@@ -158,3 +158,24 @@ def test_train_cv_array_trains_both_folds_then_evaluates(slurm: SlurmCluster, pr
     assert not (cv / "fold2").exists()
     table = rows(cv / "oof" / "oof_metrics_per_patient.csv")
     assert sorted(int(r["fold"]) for r in table) == [0, 1]  # each patient by the fold model that never saw it
+
+
+def test_multi_node_ddp_script_trains_with_srun_and_torchrun(slurm: SlurmCluster, kaggle_dir: Path, tmp_path: Path):
+    """The DDP example on the one node there is: srun starts torchrun, torchrun two CPU processes (gloo) that
+    meet at the rendezvous and train one epoch together (2 patients per fold: each rank validates one)."""
+    from monaiunetseg.training.prepare import prepare_lgg
+
+    prepared = tmp_path / "prepared"
+    results, _ = prepare_lgg(kaggle_dir, prepared, n_folds=2, subset=2, progress=False)
+    assert len(results) == 4 and not [r.error for r in results if r.error]
+    out = tmp_path / "ddp"
+    env = {"GPUS_PER_NODE": "2", "PYTHON": sys.executable, "TORCHRUN": str(Path(sys.executable).parent / "torchrun"),
+           "PORT": str(free_port())}
+    job = sbatch(slurm, tmp_path, "--nodes=1", "--gpus-per-node=0", "--export=ALL," + ",".join(
+        f"{k}={v}" for k, v in env.items()), str(SCRIPTS / "train_ddp_multinode.sbatch"), str(prepared),
+                 str(out), "--epochs", "1", "--subset", "2", "--device", "cpu", "--num_workers", "0")
+    states = slurm.wait([job])
+    log = (tmp_path / f"monaiunetseg-ddp_{job}.log").read_text(errors="replace")
+    assert states[job] == "COMPLETED", f"{states}\n{log[-3000:]}"
+    assert (out / "model.pt").is_file(), log[-3000:]
+    assert log.count("Setting logging properties based on config") == 2  # one line per rank: two processes trained

@@ -211,13 +211,13 @@ def start_cluster(root: Path) -> SlurmCluster:
     key.write_bytes(secrets.token_bytes(1024))
     key.chmod(0o400)
     run, log = root / "run", root / "log"
+    env = cluster.env()  # PATH with /usr/sbin, where Debian puts the daemons
     try:
         subprocess.run(["munged", "--force", f"--socket={run / 'munge.socket'}", f"--key-file={key}",
                         f"--pid-file={run / 'munged.pid'}", f"--log-file={log / 'munged.log'}",
                         f"--seed-file={root / 'state' / 'munged.seed'}"], check=True, capture_output=True,
-                       timeout=30)
+                       env=env, timeout=30)
         cluster.pids["munged"] = _read_pid(run / "munged.pid")
-        env = cluster.env()
         subprocess.run(["slurmctld", "-f", str(conf), "-i"], check=True, capture_output=True, env=env, timeout=30)
         cluster.pids["slurmctld"] = _read_pid(run / "slurmctld.pid")
         subprocess.run(["slurmd", "-f", str(conf), "-N", "localhost"], check=True, capture_output=True, env=env,

@@ -136,14 +136,10 @@ class SlurmCluster:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs: a daemon's exit leaves a zombie where PID 1 does not reap (containers)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie of ours counts as gone
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
 
 

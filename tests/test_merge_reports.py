@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -203,3 +204,21 @@ def test_auto_shard_numbers_come_from_the_scheduler(env: dict, index: int | None
     else:
         assert resolve("auto", "--num-shards", counting=True, env=env) == count
     assert resolve(5, "--shard-id", counting=False, env=env) == 5
+
+
+def test_merge_when_done_lets_the_last_shard_merge(scans: Path, tmp_path: Path):
+    """Three shards started at once with the real model: whichever finishes last merges (the others say they leave
+    it); the report has every case once."""
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-m", "monaiunetseg.cli", "segment", str(scans), "-o", str(out),
+                               "--num-shards", "3", "--shard-id", str(k), "--merge-when-done", "--model", "fast",
+                               "--device", "cpu", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+             for k in range(N_SHARDS)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * N_SHARDS, outputs
+    merged = [o for o in outputs if f"merge-reports: {N_CASES} case(s) from {N_SHARDS} shard(s)" in o]
+    assert merged, outputs  # at least the last; two finishing within a moment may both merge (the same files)
+    assert all(o in merged or "the last" in o for o in outputs), outputs
+    rows = csv_rows(out / "report.csv")
+    assert sorted(Path(r["input"]).name for r in rows) == [f"case{i}.nii.gz" for i in range(N_CASES)]

@@ -95,9 +95,9 @@ def _merge_if_last(out_dir: Path) -> int | None:
     from monaiunetseg.batch.merge import IncompleteShardsError, merge_reports
 
     try:
-        merged = merge_reports(out_dir, list_missing=False)
+        merged = merge_reports(out_dir, list_missing=False, grace_s=0)
     except FolderBusyError:
-        print("merge-reports: other shards still run; the last to finish merges")
+        print("merge-reports: not yet: other shards still hold the folder; the last to finish merges")
         return None
     except IncompleteShardsError as exc:
         print(f"merge-reports: not yet: {len(exc.missing)} case(s) of other shards not done; the last shard to "

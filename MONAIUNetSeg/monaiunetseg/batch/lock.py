@@ -130,13 +130,14 @@ def _lock(fd: int, exclusive: bool) -> bool:
 class OutputLock:
     """Hold ``out_dir`` for one run (see the module docstring); a context manager.
 
-    ``wait``: wait for the holder to finish instead of raising :class:`OutputFolderError`.
+    ``wait``: wait for the holder to finish instead of raising :class:`OutputFolderError`; ``grace_s``: how long a
+    busy lock is retried even so (0: at once, for a merge that another shard will make if this one cannot).
     """
 
     def __init__(self, out_dir: str | os.PathLike, num_shards: int = 1, shard_id: int = 0, wait: bool = False,
-                 on_wait=None) -> None:
+                 on_wait=None, grace_s: float = GRACE_S) -> None:
         self.out_dir = Path(out_dir)
-        self.wait, self.on_wait = wait, on_wait
+        self.wait, self.on_wait, self.grace_s = wait, on_wait, grace_s
         sharded = num_shards > 1
         folder = _FileLock(self.out_dir / LOCK_NAME, exclusive=not sharded or fcntl is None)
         self._locks = [folder]
@@ -155,7 +156,7 @@ class OutputLock:
 
     def acquire(self) -> OutputLock:
         for lock in self._locks:
-            waited, grace_until = False, time.monotonic() + GRACE_S
+            waited, grace_until = False, time.monotonic() + self.grace_s
             while not lock.try_acquire():
                 if time.monotonic() < grace_until:
                     time.sleep(0.05)

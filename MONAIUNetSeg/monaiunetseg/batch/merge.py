@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from monaiunetseg import TOOL_NAME
-from monaiunetseg.batch.lock import OutputLock
+from monaiunetseg.batch.lock import GRACE_S, OutputLock
 from monaiunetseg.batch.outdir import OutputFolderError, folder_error
 from monaiunetseg.batch.record import RECORD_NAME, SCHEMA_VERSION, is_our_record, record_path
 from monaiunetseg.batch.records import STATE_DIR
@@ -240,16 +240,17 @@ def merged_record(out_dir: Path, shards: list[ShardReport]) -> dict | None:
 
 
 def merge_reports(out_dir: str | Path, wait: bool = False, list_missing: bool = True,
-                  on_wait: Callable[[str], None] | None = None) -> MergeResult:
+                  on_wait: Callable[[str], None] | None = None, grace_s: float = GRACE_S) -> MergeResult:
     """Merge the shard reports and run records of ``out_dir`` (see the module docstring); prints nothing.
 
     ``wait``: wait for running shards instead of refusing; ``list_missing``: find the cases of a shard that left no
-    report by discovering the inputs again (off for a quick check, as ``segment --merge-when-done`` makes).
+    report by discovering the inputs again; both off, with ``grace_s`` 0, for ``segment --merge-when-done``: a
+    shard that finds another still running leaves the merge to it at once.
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"{out_dir}: no such output folder")
-    with OutputLock(out_dir, wait=wait, on_wait=on_wait):  # exclusive: refused while any shard holds it
+    with OutputLock(out_dir, wait=wait, on_wait=on_wait, grace_s=grace_s):  # exclusive: refused while any shard holds it
         shards = find_shards(out_dir)
         for s in shards:
             s.rows = read_rows(s.path)

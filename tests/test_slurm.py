@@ -12,8 +12,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,16 +40,19 @@ CASES = [(SMALL_PATIENTS[0], 4), (SMALL_PATIENTS[1], 4), (SMALL_PATIENTS[2], 4),
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory) -> SlurmCluster:
+def slurm() -> SlurmCluster:
     missing = missing_binaries()
     if missing:
         pytest.skip(f"SLURM/munge not installed ({', '.join(missing)} missing; Debian: apt-get install slurmctld "
                     "slurmd slurm-client munge)")
     if os.geteuid() != 0:
         pytest.skip("the test cluster's daemons (munged, slurmctld, slurmd) run as root")
-    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    # A short folder of its own: munge's socket path must fit a Unix socket name (108 bytes), whatever --basetemp is
+    root = Path(tempfile.mkdtemp(prefix="monaiunetseg-slurm-"))
+    cluster = start_cluster(root)
     yield cluster
     cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def job_env(cluster: SlurmCluster) -> dict[str, str]:

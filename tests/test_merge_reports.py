@@ -152,10 +152,11 @@ def test_merge_is_refused_while_a_shard_holds_its_lock_and_waits_with_wait(scans
         run_shard(scans, out, k)
     running = OutputLock(out, N_SHARDS, 1).acquire()  # shard 1 rerunning now
     try:
-        with pytest.raises(FolderBusyError, match="in use by another monaiunetseg run"):
+        with pytest.raises(FolderBusyError, match=r"is not merged: a shard still runs \(PID \d+ on "):
             merge_reports(out)
         proc = cli("merge-reports", str(out))
-        assert proc.returncode == 2 and "in use by another monaiunetseg run (PID" in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "a shard still runs (PID" in proc.stderr and "--wait" in proc.stderr, proc.stderr
         assert not (out / "report.csv").exists()
         threading.Timer(1.5, running.release).start()
         t0 = time.monotonic()

@@ -40,7 +40,11 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class FolderBusyError(OutputFolderError):
-    """Another run holds the output folder (exit code 2, as every output-folder problem)."""
+    """Another run holds the output folder (exit code 2, as every output-folder problem); ``holder`` says who."""
+
+    def __init__(self, message: str, holder: str = "") -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 def shard_lock_name(num_shards: int, shard_id: int) -> str:
@@ -161,11 +165,12 @@ class OutputLock:
                 if time.monotonic() < grace_until:
                     time.sleep(0.05)
                     continue
-                busy = f"output folder {self.out_dir} is in use by another monaiunetseg run ({self._holder(lock)})"
+                holder = self._holder(lock)
+                busy = f"output folder {self.out_dir} is in use by another monaiunetseg run ({holder})"
                 if not self.wait:
                     self.release()
                     raise FolderBusyError(f"{busy}; wait for it to finish (or rerun with --wait), or choose "
-                                            "another -o")
+                                          "another -o", holder)
                 if not waited and self.on_wait:
                     self.on_wait(f"{busy}: waiting (--wait)")
                 waited = True

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from monaiunetseg import TOOL_NAME
-from monaiunetseg.batch.lock import GRACE_S, OutputLock
+from monaiunetseg.batch.lock import GRACE_S, FolderBusyError, OutputLock
 from monaiunetseg.batch.outdir import OutputFolderError, folder_error
 from monaiunetseg.batch.record import RECORD_NAME, SCHEMA_VERSION, is_our_record, record_path
 from monaiunetseg.batch.records import STATE_DIR
@@ -250,7 +250,15 @@ def merge_reports(out_dir: str | Path, wait: bool = False, list_missing: bool = 
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"{out_dir}: no such output folder")
-    with OutputLock(out_dir, wait=wait, on_wait=on_wait, grace_s=grace_s):  # exclusive: refused while any shard holds it
+    lock = OutputLock(out_dir, wait=wait, on_wait=on_wait, grace_s=grace_s)  # exclusive: not while a shard holds it
+    try:
+        lock.acquire()
+    except FolderBusyError as exc:
+        raise FolderBusyError(f"{out_dir} is not merged: a shard still runs ({exc.holder}); merge when it has "
+                              "finished (or with --wait)", exc.holder) from None
+    except OSError as exc:  # a read-only or full folder
+        raise folder_error(exc, f"the lock file in {out_dir}") from exc
+    try:
         shards = find_shards(out_dir)
         for s in shards:
             s.rows = read_rows(s.path)
@@ -267,4 +275,6 @@ def merge_reports(out_dir: str | Path, wait: bool = False, list_missing: bool = 
             write_report(rows, report)
         except OSError as exc:
             raise folder_error(exc, f"the merged report in {out_dir}") from exc
+    finally:
+        lock.release()
     return MergeResult(rows, report, run if record is not None else None, shards[0].num_shards)

@@ -129,6 +129,19 @@ def test_missing_shard_and_stopped_shard_are_refused_with_their_cases(scans: Pat
     assert [Path(r["input"]).name for r in kept] == ["case1.nii.gz"]  # existing output kept, not redone
 
 
+def test_missing_cases_of_relative_inputs_are_found_from_the_runs_own_folder(scans: Path, tmp_path: Path,
+                                                                            monkeypatch):
+    monkeypatch.chdir(scans.parent)
+    out = tmp_path / "out"
+    run_batch([Path(scans.name)], out, BatchOptions(progress=False, num_shards=N_SHARDS, shard_id=0),
+              segmenter=ThresholdSegmenter())
+    monkeypatch.chdir(tmp_path.parent)  # merged from elsewhere
+    with pytest.raises(IncompleteShardsError) as info:
+        merge_reports(out)
+    assert sorted(Path(m).name for m in info.value.missing) == [f"case{i}.nii.gz" for i in (1, 2, 4, 5)]
+    assert all(Path(m).is_absolute() for m in info.value.missing)
+
+
 def test_two_shards_disagreeing_on_a_case_are_refused_naming_both(scans: Path, tmp_path: Path):
     """Inputs changed between shards (a scan removed): the shards' case lists shift, two shards run one case, with
     different results; merging names the case and both reports and writes nothing."""

@@ -14,6 +14,7 @@ same files (idempotent), so a dependent merge job may be rerun after a failed sh
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,8 @@ def _discovered_cases(out_dir: Path, shards: list[ShardReport], shard_id: int) -
         try:
             runs = json.loads(record_path(out_dir, num_shards, other.shard_id).read_text(encoding="utf-8"))["runs"]
             run = runs[-1]
-            cases = discover_cases(run["inputs"], all_series=bool(run["options"].get("all_series")),
+            inputs = [os.path.join(run["cwd"], p) for p in run["inputs"]]  # as that run saw them
+            cases = discover_cases(inputs, all_series=bool(run["options"].get("all_series")),
                                    include_labelmaps=bool(run["options"].get("include_labelmaps")))
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             continue
@@ -192,7 +194,7 @@ def check_complete(out_dir: Path, shards: list[ShardReport], list_missing: bool 
             parts.append(f"shard {label} stopped with {len(pending)} case(s) not done")
     if missing:
         names = ", ".join(missing[:LISTED]) + (f" and {len(missing) - LISTED} more" if len(missing) > LISTED else "")
-        rerun = sorted({p.split()[1] for p in parts})
+        rerun = [p.split()[1] for p in parts]  # "shard 1of3 ...": in shard order
         raise IncompleteShardsError(printable(
             f"{out_dir}: not every shard has finished: {'; '.join(parts)}; missing: {names}. Rerun shard(s) "
             f"{', '.join(rerun)} (segment ... --num-shards {num_shards} --shard-id K resumes), then merge again"),

@@ -293,3 +293,25 @@ def test_evaluate_oof_of_a_cv_in_progress_uses_the_finished_folds(prepared_small
     assert "folds [1] have not finished training" in capsys.readouterr().out
     with open(docs / "oof_metrics_per_patient.csv", newline="") as fh:
         assert sorted(int(r["fold"]) for r in csv.DictReader(fh)) == [0, 2]
+
+
+def test_train_cv_fold_is_turned_away_while_another_process_trains_it(prepared_small: Path, tmp_path: Path):
+    """One fold per array task: a fold whose folder another process holds is not trained twice (exit 1, naming
+    the holder); a fold the data set lacks, or ``auto`` outside an array, is a command error before any folder."""
+    from monaiunetseg.batch.lock import OutputLock
+
+    out = tmp_path / "cv"
+    (out / "fold1").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")}
+    cmd = [sys.executable, "-m", "monaiunetseg.cli", "train-cv", str(prepared_small), "-o", str(out), "--epochs", "1",
+           "--device", "cpu"]
+    with OutputLock(out / "fold1"):
+        busy = subprocess.run([*cmd, "--fold", "auto"], capture_output=True, text=True, timeout=120,
+                              env=dict(env, SLURM_ARRAY_TASK_ID="1"))
+    assert busy.returncode == 1 and "in use by another monaiunetseg run (PID" in busy.stdout, busy.stdout + busy.stderr
+    assert not (out / "fold1" / "cv_fold.json").exists() and not (out / "fold1" / "train.log").exists()
+    wrong = subprocess.run([*cmd, "--fold", "3"], capture_output=True, text=True, timeout=120, env=env)
+    assert wrong.returncode == 2 and "no fold 3: the data set has folds 0-2" in wrong.stderr, wrong.stderr
+    outside = subprocess.run([*cmd, "--fold", "auto"], capture_output=True, text=True, timeout=120, env=env)
+    assert outside.returncode == 2 and "--fold auto: neither $SLURM_ARRAY_TASK_ID" in outside.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["fold1"]

@@ -345,7 +345,8 @@ def test_segment_measure_fills_the_report_columns_for_new_and_kept_results(head_
 
     path, head, affine = head_scan
     assert MEASURE_COLUMNS == [c for c in SHAPE_COLUMNS if c not in ("lesion", "volume_ml")]
-    assert REPORT_COLUMNS[-len(MEASURE_COLUMNS):] == MEASURE_COLUMNS  # new columns at the end
+    # new columns at the end: the measurements, then the shard (merge-reports)
+    assert REPORT_COLUMNS[-len(MEASURE_COLUMNS) - 1:-1] == MEASURE_COLUMNS and REPORT_COLUMNS[-1] == "shard"
     segmenter = EllipsoidSegmenter()
     expected = measure_labelmap(segmenter.segment(head, affine), affine, image=(head, affine))
     assert expected["side"] == "left" and expected["midline_r"] == pytest.approx(6, abs=0.6)

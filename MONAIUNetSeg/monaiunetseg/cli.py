@@ -44,6 +44,7 @@ def _add_unavailable(subparsers: argparse._SubParsersAction, name: str, exc: Imp
 INFERENCE_COMMANDS = (
     ("segment", "monaiunetseg.batch.cli", "add_segment_parser"),
     ("segment-case", "monaiunetseg.batch.single", "add_segment_case_parser"),
+    ("merge-reports", "monaiunetseg.batch.cli", "add_merge_reports_parser"),
 )
 # Commands on labelmaps (nibabel, scipy; highdicom for a DICOM SEG), registered the same way.
 MEASURE_COMMANDS = (

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from monaiunetseg.batch.array_task import number_or_auto, resolve
 from monaiunetseg.batch.discover import shard
 from monaiunetseg.batch.naming import OUTPUT_FORMATS
 from monaiunetseg.batch.report import FAILED
@@ -62,14 +63,16 @@ def apply_input_options(args: argparse.Namespace) -> None:
 
 
 def _segment(args: argparse.Namespace) -> int:
+    args.num_shards = resolve(args.num_shards, "--num-shards", counting=True)
+    args.shard_id = resolve(args.shard_id, "--shard-id", counting=False)
+    shard([], args.num_shards, args.shard_id)  # validates N and K
     check_model_options(args)
     apply_input_options(args)
-    shard([], args.num_shards, args.shard_id)  # validates N and K
     options = BatchOptions(device=args.device, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                            all_series=args.all_series, overlay=args.overlay, num_shards=args.num_shards,
                            shard_id=args.shard_id, bundle=args.bundle, weights=args.weights, model=args.model,
                            progress=not args.quiet,
-                           output_format=args.output_format, wait=args.wait,
+                           output_format=args.output_format, wait=args.wait or args.merge_when_done,
                            save_probabilities=args.save_probabilities, strict=args.strict, measure=args.measure,
                            include_labelmaps=args.include_labelmaps)
     result = run_batch(args.inputs, args.out_dir, options)
@@ -78,7 +81,59 @@ def _segment(args: argparse.Namespace) -> int:
             if r.status == FAILED:
                 print(r.line(), file=sys.stderr)
     print(result.summary())
+    if args.merge_when_done and args.num_shards > 1:
+        merged = _merge_if_last(args.out_dir)
+        if merged is not None:
+            return max(result.exit_code, merged)
     return result.exit_code
+
+
+def _merge_if_last(out_dir: Path) -> int | None:
+    """``--merge-when-done``: merge when this shard finished last; None (with a line why) while others still run
+    or have not run. Shards wait for each other's merge (``--wait``), so the last one always finds the folder."""
+    from monaiunetseg.batch.lock import FolderBusyError
+    from monaiunetseg.batch.merge import IncompleteShardsError, merge_reports
+
+    try:
+        merged = merge_reports(out_dir, list_missing=False, grace_s=0)
+    except FolderBusyError:
+        print("merge-reports: not yet: other shards still hold the folder; the last to finish merges")
+        return None
+    except IncompleteShardsError as exc:
+        print(f"merge-reports: not yet: {len(exc.missing)} case(s) of other shards not done; the last shard to "
+              "finish merges (or run merge-reports)")
+        return None
+    print(merged.summary())
+    return merged.exit_code
+
+
+def _merge_reports(args: argparse.Namespace) -> int:
+    from monaiunetseg.batch.merge import IncompleteShardsError, merge_reports
+
+    try:
+        merged = merge_reports(args.out_dir, wait=args.wait, on_wait=lambda text: print(text, file=sys.stderr))
+    except IncompleteShardsError as exc:
+        print(f"monaiunetseg merge-reports: error: {exc}", file=sys.stderr)
+        return 3
+    print(merged.summary())
+    return merged.exit_code
+
+
+def add_merge_reports_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``merge-reports``: one report of a sharded batch."""
+    p = subparsers.add_parser(
+        "merge-reports", help="join the shard reports of a sharded segment batch into report.csv/.json and run.json",
+        description="Join OUTDIR/report.shardKofN.csv (and .json, run.shardKofN.json) of 'segment --num-shards N' "
+                    "into OUTDIR/report.csv, report.json and run.json: every case once, with the shard that ran it. "
+                    "Exit code 0 when merged, 1 when merged and a case failed, 2 for a command error (a shard "
+                    "still running, two shards disagreeing on a case, files it would replace that are not a "
+                    "merge's), 3 when cases are missing (a shard never ran or stopped: they are listed). Merging "
+                    "again gives the same files.")
+    p.add_argument("out_dir", type=Path, metavar="OUTDIR", help="the output folder the shards wrote into")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for running shards to finish (default: stop with exit code 2)")
+    p.set_defaults(func=_merge_reports)
+    return p
 
 
 def add_strict_option(p: argparse.ArgumentParser) -> None:
@@ -160,8 +215,14 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--include-labelmaps", action="store_true",
                    help="also segment image files that look like label maps (skipped by default: names ending in "
                         "_label, _seg or _mask, or integer voxels with at most 8 distinct values)")
-    p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the cases into N shards (default 1)")
-    p.add_argument("--shard-id", type=int, default=0, metavar="K", help="run shard K of N (0-based, default 0)")
+    p.add_argument("--num-shards", type=number_or_auto, default=1, metavar="N",
+                   help="split the cases into N shards (default 1); auto: $SLURM_ARRAY_TASK_COUNT of an array 0-(N-1)")
+    p.add_argument("--shard-id", type=number_or_auto, default=0, metavar="K",
+                   help="run shard K of N (0-based, default 0); auto: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX "
+                        "(a Kubernetes indexed Job)")
+    p.add_argument("--merge-when-done", action="store_true",
+                   help="with --num-shards: the shard that finishes last also runs merge-reports OUTDIR (implies "
+                        "--wait: a shard starting during that merge waits for it)")
     add_model_options(p)
     add_input_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar and no line per case (failures still shown)")

@@ -39,6 +39,14 @@ GRACE_S = 1.0
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
+class FolderBusyError(OutputFolderError):
+    """Another run holds the output folder (exit code 2, as every output-folder problem); ``holder`` says who."""
+
+    def __init__(self, message: str, holder: str = "") -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 def shard_lock_name(num_shards: int, shard_id: int) -> str:
     return f".monaiunetseg.shard{shard_id}of{num_shards}.lock"
 
@@ -126,13 +134,14 @@ def _lock(fd: int, exclusive: bool) -> bool:
 class OutputLock:
     """Hold ``out_dir`` for one run (see the module docstring); a context manager.
 
-    ``wait``: wait for the holder to finish instead of raising :class:`OutputFolderError`.
+    ``wait``: wait for the holder to finish instead of raising :class:`OutputFolderError`; ``grace_s``: how long a
+    busy lock is retried even so (0: at once, for a merge that another shard will make if this one cannot).
     """
 
     def __init__(self, out_dir: str | os.PathLike, num_shards: int = 1, shard_id: int = 0, wait: bool = False,
-                 on_wait=None) -> None:
+                 on_wait=None, grace_s: float = GRACE_S) -> None:
         self.out_dir = Path(out_dir)
-        self.wait, self.on_wait = wait, on_wait
+        self.wait, self.on_wait, self.grace_s = wait, on_wait, grace_s
         sharded = num_shards > 1
         folder = _FileLock(self.out_dir / LOCK_NAME, exclusive=not sharded or fcntl is None)
         self._locks = [folder]
@@ -151,16 +160,17 @@ class OutputLock:
 
     def acquire(self) -> OutputLock:
         for lock in self._locks:
-            waited, grace_until = False, time.monotonic() + GRACE_S
+            waited, grace_until = False, time.monotonic() + self.grace_s
             while not lock.try_acquire():
                 if time.monotonic() < grace_until:
                     time.sleep(0.05)
                     continue
-                busy = f"output folder {self.out_dir} is in use by another monaiunetseg run ({self._holder(lock)})"
+                holder = self._holder(lock)
+                busy = f"output folder {self.out_dir} is in use by another monaiunetseg run ({holder})"
                 if not self.wait:
                     self.release()
-                    raise OutputFolderError(f"{busy}; wait for it to finish (or rerun with --wait), or choose "
-                                            "another -o")
+                    raise FolderBusyError(f"{busy}; wait for it to finish (or rerun with --wait), or choose "
+                                          "another -o", holder)
                 if not waited and self.on_wait:
                     self.on_wait(f"{busy}: waiting (--wait)")
                 waited = True

@@ -24,7 +24,7 @@ from typing import Iterable
 
 import monaiunetseg
 from monaiunetseg.batch.cases import Case
-from monaiunetseg.batch.report import OK, CaseResult
+from monaiunetseg.batch.report import OK, CaseResult, shard_label
 from monaiunetseg.batch.resume import content_digest, file_sha256
 from monaiunetseg.files import write_text_atomic
 
@@ -36,7 +36,7 @@ VERSIONED = ("torch", "monai", "numpy", "nibabel", "pydicom", "highdicom", "onnx
 
 def record_path(out_dir: Path, num_shards: int = 1, shard_id: int = 0) -> Path:
     """``run.json``; one file per shard when sharded (like the report), so that shards never clash."""
-    return out_dir / (RECORD_NAME if num_shards == 1 else f"run.shard{shard_id}of{num_shards}.json")
+    return out_dir / (RECORD_NAME if num_shards == 1 else f"run.shard{shard_label(num_shards, shard_id)}.json")
 
 
 def input_sha256(case: Case) -> str | None:

@@ -46,7 +46,7 @@ MEASURE_COLUMNS = ["components", "max_diameter_mm", "axial_longest_mm", "axial_p
                    "centroid_s", "side", "midline_r", "axial_axis", "axial_tilt_deg"]
 REPORT_COLUMNS = ["input", "output", "status", "error", "volume_ml", "confidence", "review", "review_reasons", "seconds",
                   "series_uid", "series_description", "dicom_seg", "overlay", "probabilities", "note", "model",
-                  *MEASURE_COLUMNS]
+                  *MEASURE_COLUMNS, "shard"]
 INTEGER_COLUMNS = ("components", "axial_slice", "axial_axis")
 NUMERIC_COLUMNS = ("volume_ml", "confidence", "seconds", *(c for c in MEASURE_COLUMNS if c != "side"))
 
@@ -86,6 +86,7 @@ class CaseResult:
     midline_r: float | None = None
     axial_axis: int | None = None
     axial_tilt_deg: float | None = None
+    shard: str = ""  # "KofN": the shard that ran the case (segment --num-shards N --shard-id K); empty unsharded
     timings: dict[str, float] = field(default_factory=dict)
 
     def line(self, name: str = "") -> str:
@@ -237,6 +238,11 @@ def _is_our_json(path: Path) -> bool:
     return isinstance(document, dict) and document.get("tool") == TOOL_NAME
 
 
+def shard_label(num_shards: int, shard_id: int) -> str:
+    """``KofN``, as shard files are named (``report.shard1of3.csv``) and the ``shard`` column says; "" unsharded."""
+    return "" if num_shards == 1 else f"{shard_id}of{num_shards}"
+
+
 def report_path(out_dir: Path, num_shards: int = 1, shard_id: int = 0) -> Path:
     """``report.csv``; one file per shard when sharded, so that shards sharing ``out_dir`` never clash."""
-    return out_dir / (REPORT_NAME if num_shards == 1 else f"report.shard{shard_id}of{num_shards}.csv")
+    return out_dir / (REPORT_NAME if num_shards == 1 else f"report.shard{shard_label(num_shards, shard_id)}.csv")

@@ -54,6 +54,7 @@ from monaiunetseg.batch.report import (
     foreign_reports,
     json_path,
     report_path,
+    shard_label,
     write_report,
 )
 from monaiunetseg.batch.resume import base_result, existing_result
@@ -140,8 +141,8 @@ def output_candidates(paths: OutputPaths, case: Case, options: BatchOptions) -> 
 class _Report:
     """This run's rows, their records and the report files rebuilt from them; write errors are exit-2 errors."""
 
-    def __init__(self, out_dir: Path, path: Path, inputs: list[Path], legacy: bool) -> None:
-        self.path = path
+    def __init__(self, out_dir: Path, path: Path, inputs: list[Path], legacy: bool, shard: str = "") -> None:
+        self.path, self.shard = path, shard
         self.records = CaseRecords(out_dir, path.name)
         try:
             self.records.start(inputs, legacy_report=path if legacy else None)
@@ -151,6 +152,7 @@ class _Report:
     def put(self, results: list[CaseResult], indices: Iterable[int]) -> None:
         try:
             for i in indices:
+                results[i].shard = self.shard  # where a merge of the shards finds it (merge-reports)
                 self.records.put(results[i], i)
             write_report(self.records.rows(), self.path)
         except OSError as exc:
@@ -228,7 +230,8 @@ def _run_held(inputs: list[Path], out_dir: Path, options: BatchOptions, segmente
         from monaiunetseg.model.predictor import Segmenter
 
         segmenter = Segmenter(options.bundle, device=options.device, weights=options.weights, model=options.model)
-    book = _Report(out_dir, report, inputs, legacy=report.exists() and report not in foreign)
+    book = _Report(out_dir, report, inputs, legacy=report.exists() and report not in foreign,
+                   shard=shard_label(options.num_shards, options.shard_id))
     book.put(results, range(len(results)))
     try:
         record = RunRecord.start(out_dir, options, inputs, started)  # run.json: what produced these results

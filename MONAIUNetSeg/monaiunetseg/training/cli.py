@@ -7,16 +7,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from monaiunetseg.batch.array_task import number_or_auto
+
 
 def _train_cv(args: argparse.Namespace) -> int:
     from monaiunetseg.training.cv import train_cv
 
+    from monaiunetseg.batch.array_task import resolve
+
+    folds = args.folds if args.fold is None else [resolve(args.fold, "--fold", counting=False)]
     overrides = {"device": args.device, "num_workers": args.num_workers, "context": args.context}
-    runs = train_cv(args.dataset_dir, args.out_dir, args.folds, args.epochs, bundle=args.bundle,
+    if args.subset:
+        overrides["subset"] = args.subset
+    runs = train_cv(args.dataset_dir, args.out_dir, folds, args.epochs, bundle=args.bundle,
                     configs=args.config, overrides=overrides)
-    failed = [r.fold for r in runs if r.status == "failed"]
+    failed = [r.fold for r in runs if r.status in ("failed", "busy")]
     print(f"train-cv: {sum(r.status == 'done' for r in runs)} fold(s) trained, "
-          f"{sum(r.status == 'skipped' for r in runs)} finished earlier, {len(failed)} failed"
+          f"{sum(r.status == 'skipped' for r in runs)} finished earlier, {len(failed)} failed or busy"
           + (f" (folds {failed}; rerun to resume them)" if failed else ""))
     return 1 if failed else 0
 
@@ -157,8 +164,14 @@ def add_training_parsers(subparsers: argparse._SubParsersAction) -> None:
                     "fold resumes from its newest checkpoint.")
     p.add_argument("dataset_dir", type=Path, help="prepare-lgg output (datalist.json with folds)")
     p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, help="CV output folder")
-    p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="folds to train (default: 0-4)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="folds to train (default: 0-4)")
+    which.add_argument("--fold", type=number_or_auto, default=None, metavar="K|auto",
+                       help="train fold K only (one task of a job array); auto: $SLURM_ARRAY_TASK_ID or "
+                            "$JOB_COMPLETION_INDEX")
     p.add_argument("--epochs", type=int, default=180, help="epochs per fold (default 180)")
+    p.add_argument("--subset", type=int, default=None, metavar="N",
+                   help="train and validate on the first N patients of each side only (smoke tests)")
     p.add_argument("--context", type=int, default=0, help="2.5D: neighbouring slices on either side as channels")
     p.add_argument("--config", nargs="+", default=None, metavar="FILE",
                    help="bundle config file(s), relative to the bundle (default: configs/train.json)")

@@ -2,7 +2,9 @@
 
 Each fold is a separate ``monai.bundle run training`` process writing ``<out>/fold<k>/``; the bundle resumes
 a fold from its newest checkpoint, and a fold whose process finished is recorded in ``fold<k>/cv_fold.json``
-and skipped on the next call, so a CV can be spread over several interrupted runs.
+and skipped on the next call, so a CV can be spread over several interrupted runs. Folds may also run at once, one
+process each (``train-cv --fold K``, a SLURM array with ``--fold auto``): each holds its fold folder
+(``batch.lock``), so a fold resubmitted while it still runs is turned away rather than trained twice into one folder.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from monaiunetseg.batch.lock import FolderBusyError, OutputLock
 from monaiunetseg.files import write_text_atomic
 from monaiunetseg.model.bundle import bundle_root
+from monaiunetseg.training.prepare import DATALIST_NAME
 
 RECORD = "cv_fold.json"
 
@@ -24,7 +28,7 @@ RECORD = "cv_fold.json"
 @dataclass
 class FoldRun:
     fold: int
-    status: str  # "done" (this call), "skipped" (finished earlier) or "failed"
+    status: str  # "done" (this call), "skipped" (finished earlier), "failed" or "busy" (another process on it)
     seconds: float = 0.0
     returncode: int = 0
 
@@ -71,6 +75,19 @@ def train_command(bundle: Path, dataset_dir: str | os.PathLike, out: Path, fold:
     return cmd
 
 
+def check_folds(dataset_dir: str | os.PathLike, folds: list[int]) -> None:
+    """Refuse a fold the prepared data set does not have (``--fold auto`` from an array larger than the CV)
+    before any folder is made; a raw kaggle_3m folder (prepared by the bundle) is checked by the bundle."""
+    path = Path(dataset_dir) / DATALIST_NAME
+    try:
+        n_folds = int(json.loads(path.read_text(encoding="utf-8"))["n_folds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    wrong = [k for k in folds if not 0 <= k < n_folds]
+    if wrong:
+        raise ValueError(f"{path}: no fold {wrong[0]}: the data set has folds 0-{n_folds - 1}")
+
+
 def train_cv(dataset_dir: str | os.PathLike, out_root: str | os.PathLike, folds: list[int], epochs: int,
              bundle: str | os.PathLike | None = None, configs: list[str] | None = None,
              overrides: dict[str, str] | None = None, log=print) -> list[FoldRun]:
@@ -79,6 +96,7 @@ def train_cv(dataset_dir: str | os.PathLike, out_root: str | os.PathLike, folds:
     bundle = bundle_root(bundle).resolve()
     configs = configs or ["configs/train.json"]
     overrides = dict(overrides or {})
+    check_folds(dataset_dir, folds)
     runs: list[FoldRun] = []
     for fold in folds:
         out = fold_dir(out_root, fold).resolve()
@@ -87,25 +105,40 @@ def train_cv(dataset_dir: str | os.PathLike, out_root: str | os.PathLike, folds:
             runs.append(FoldRun(fold, "skipped"))
             continue
         out.mkdir(parents=True, exist_ok=True)
-        record = read_record(out_root, fold)
-        if record and record.get("epochs") not in (None, epochs):
-            raise ValueError(f"{out} was trained for {record['epochs']} epochs; resume it with --epochs "
-                             f"{record['epochs']} or use another output folder")
-        record.update({"fold": fold, "epochs": epochs, "configs": configs, "overrides": overrides,
-                       "dataset_dir": str(dataset_dir), "status": "running"})
-        # A run is recorded before it starts, so one killed outright still shows (without seconds).
-        record.setdefault("runs", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        write_text_atomic(out / RECORD, json.dumps(record, indent=1))
-        cmd = train_command(bundle, dataset_dir, out, fold, epochs, configs, overrides)
-        log(f"fold {fold}: training ({epochs} epochs) -> {out} (log: {out / 'train.log'})")
-        t0 = time.perf_counter()
-        with open(out / "train.log", "a", encoding="utf-8") as fh:
-            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        seconds = time.perf_counter() - t0
-        record["runs"][-1].update({"seconds": round(seconds, 1), "returncode": rc})
-        record["status"] = "done" if rc == 0 and (out / "model.pt").is_file() else "interrupted"
-        record["train_seconds"] = round(sum(r.get("seconds") or 0.0 for r in record["runs"]), 1)
-        write_text_atomic(out / RECORD, json.dumps(record, indent=1))
-        runs.append(FoldRun(fold, "done" if record["status"] == "done" else "failed", seconds, rc))
-        log(f"fold {fold}: {record['status']} in {seconds / 60:.1f} min (exit {rc})")
+        try:
+            with OutputLock(out):
+                runs.append(_train_fold(bundle, dataset_dir, out_root, fold, epochs, configs, overrides, log))
+        except FolderBusyError as exc:
+            log(f"fold {fold}: not trained: {exc}")
+            runs.append(FoldRun(fold, "busy"))
     return runs
+
+
+def _train_fold(bundle: Path, dataset_dir: str | os.PathLike, out_root: str | os.PathLike, fold: int, epochs: int,
+                configs: list[str], overrides: dict[str, str], log) -> FoldRun:
+    """Train one fold, its folder held, unless it finished meanwhile (another process, before this one held it)."""
+    out = fold_dir(out_root, fold).resolve()
+    if fold_finished(out_root, fold, epochs):
+        log(f"fold {fold}: finished earlier ({out}), skipped")
+        return FoldRun(fold, "skipped")
+    record = read_record(out_root, fold)
+    if record and record.get("epochs") not in (None, epochs):
+        raise ValueError(f"{out} was trained for {record['epochs']} epochs; resume it with --epochs "
+                         f"{record['epochs']} or use another output folder")
+    record.update({"fold": fold, "epochs": epochs, "configs": configs, "overrides": overrides,
+                   "dataset_dir": str(dataset_dir), "status": "running"})
+    # A run is recorded before it starts, so one killed outright still shows (without seconds).
+    record.setdefault("runs", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    write_text_atomic(out / RECORD, json.dumps(record, indent=1))
+    cmd = train_command(bundle, dataset_dir, out, fold, epochs, configs, overrides)
+    log(f"fold {fold}: training ({epochs} epochs) -> {out} (log: {out / 'train.log'})")
+    t0 = time.perf_counter()
+    with open(out / "train.log", "a", encoding="utf-8") as fh:
+        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    seconds = time.perf_counter() - t0
+    record["runs"][-1].update({"seconds": round(seconds, 1), "returncode": rc})
+    record["status"] = "done" if rc == 0 and (out / "model.pt").is_file() else "interrupted"
+    record["train_seconds"] = round(sum(r.get("seconds") or 0.0 for r in record["runs"]), 1)
+    write_text_atomic(out / RECORD, json.dumps(record, indent=1))
+    log(f"fold {fold}: {record['status']} in {seconds / 60:.1f} min (exit {rc})")
+    return FoldRun(fold, "done" if record["status"] == "done" else "failed", seconds, rc)

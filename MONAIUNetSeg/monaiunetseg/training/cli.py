@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -80,7 +81,8 @@ def _prepare_pairs(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"ok      {r['case']}: {r['kind']} {r['shape']}, patient {r['patient']}, fold {r['fold']}, "
               f"{r['foreground_voxels']} foreground voxels")
-    print(f"prepare-pairs: {len(rows)} pairs of {len({r['patient'] for r in rows})} patients in {args.folds} folds; "
+    n_folds = json.loads(datalist.read_text())["n_folds"]
+    print(f"prepare-pairs: {len(rows)} pairs of {len({r['patient'] for r in rows})} patients in {n_folds} folds; "
           f"datalist: {datalist}")
     return 0
 
@@ -108,7 +110,8 @@ def add_finetune_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("labels", type=Path, nargs="?", default=None, help="folder of labels (optional)")
     p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="PREPARED",
                    help="output folder")
-    p.add_argument("--folds", type=int, default=5, help="number of patient-level folds (default 5)")
+    p.add_argument("--folds", type=int, default=None,
+                   help="number of patient-level folds (default 5, or one per patient for 2-4 patients)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
     p.add_argument("--group-regex", default=None, metavar="REGEX",
                    help="the patient of a case: the first group (or whole match) of REGEX in its name, so a "

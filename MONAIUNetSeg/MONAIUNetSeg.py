@@ -310,6 +310,7 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = f"Fine-tuning the {choice.describe()} on {p.trainingFolder} ..."
         self._log(self.ui.statusLabel.text + f" -> {modelDir}")
         self._timer.start()
+        self._poll()  # the process starts now; the buttons follow
 
     def _showFineTuned(self, outcome):
         self.ui.progressBar.setVisible(False)

@@ -35,6 +35,7 @@ class FineTuneRequest:
     device: str = "auto"
     keepWorse: bool = False
     options: dict = field(default_factory=dict)  # more finetune options, e.g. {"epochs": 2}
+    prepared: str = ""  # the prepared pairs (default: prepared when the job starts)
     name: str = "fine-tuning"
 
 
@@ -124,7 +125,7 @@ class FineTuneJob:
 
 
 def start_job(request: FineTuneRequest, env: dict | None = None) -> FineTuneJob:
-    prepared = prepare(request.casesFolder, request.modelDir)
+    prepared = request.prepared or prepare(request.casesFolder, request.modelDir)
     process = start_process(finetune_command(prepared, request), env=env, cwd=str(Path(request.modelDir).parent))
     return FineTuneJob(request, ProcessMonitor(process))
 

@@ -25,6 +25,7 @@ class Logic:
         self.jobs = jobs.JobQueue(self.startJob, self.finishJob)
         self.training = jobs.JobQueue(lambda r: finetuning.start_job(r, env=self.childEnvironment()),
                                       lambda job, returncode: job.result(returncode))
+        self.fineTuneOptions = {}  # more finetune options for every fine-tuning (scripts), e.g. {"epochs": 5}
 
     @staticmethod
     def modelChoice(model=models.DEFAULT_MODEL, bundle=None):
@@ -135,7 +136,10 @@ class Logic:
             raise ValueError("choose the folder of training cases (Add to training cases fills it) first")
         source = self.modelChoice(model, bundle).bundle or model
         modelDir = finetuning.plan(text, source)
-        self.training.enqueue([finetuning.FineTuneRequest(text, str(modelDir), source, device, keepWorse, dict(options or {}))])
+        prepared = finetuning.prepare(text, modelDir)  # a bad or lonely pair is refused here, before any process
+        options = dict(self.fineTuneOptions if options is None else options)
+        self.training.enqueue([finetuning.FineTuneRequest(text, str(modelDir), source, device, keepWorse, options,
+                                                          str(prepared))])
         return str(modelDir)
 
     def pollFineTune(self):

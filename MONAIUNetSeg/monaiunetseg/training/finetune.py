@@ -203,7 +203,8 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
             overrides[key] = value
     record.update(source=source, source_weights=str(starts[0]) if starts else None, prepared=str(prepared),
                   fold=fold, epochs=recipe.epochs, device=dev, recipe=asdict(recipe), recipe_text=recipe.text(),
-                  replay=str(replay) if replay else None, overrides={k: str(v) for k, v in overrides.items()})
+                  replay=str(replay) if replay else None, overrides={k: str(v) for k, v in overrides.items()},
+                  status="running")
     record.setdefault("runs", [])
     old = record.get("members") or []
     record["members"] = [old[k] if k < len(old) else {} for k in range(max(1, len(starts)))]

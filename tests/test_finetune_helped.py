@@ -118,3 +118,45 @@ def test_replay_mixes_source_volumes_into_the_training_folds_only(prepared: Path
 
     train, val = load_split(data, 0)
     assert len(train) == 3 and [v["patient"] for v in val] == [e["patient"] for e in entries if e["fold"] == 0]
+
+
+def test_train_json_keys_are_off_by_default_and_wire_l2sp_and_early_stop():
+    """train.json's new keys: ``l2sp`` 0 and ``early_stop_patience`` null leave the recipe as it was; set, the
+    trainer's loss is L2-SP toward ``pretrained`` and the evaluator stops the trainer after ``patience``."""
+    from monai.bundle import ConfigParser
+    from monai.handlers import EarlyStopHandler
+
+    def parsed(**overrides):
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLE_DIR / "configs" / "train.json"))
+        parser.update({"device": "cpu", **overrides})
+        return parser
+
+    off = parsed()
+    assert off["l2sp"] == 0.0 and off["early_stop_patience"] is None
+    assert off.get_parsed_content("validate#early_stop") is None
+    assert not isinstance(off.get_parsed_content("train#trainer#loss_function"), L2SPLoss)
+    on = parsed(l2sp=0.05, pretrained=str(SHIPPED), early_stop_patience=3)
+    loss = on.get_parsed_content("train#trainer#loss_function")
+    assert isinstance(loss, L2SPLoss) and loss.weight == 0.05
+    stop = on.get_parsed_content("validate#early_stop")
+    assert isinstance(stop, EarlyStopHandler) and stop.patience == 3
+
+
+def test_three_2d_pictures_prepare_and_finetune_with_the_defaults(tmp_path: Path):
+    """2D out of the box: three tiles, no --folds (one fold each), finetune with the recipe's defaults but
+    one epoch: it trains, scores start and result, and either delivers (0) or keeps the model aside (3)."""
+    from test_finetune import write_tiles
+
+    tiles = write_tiles(tmp_path / "tiles", slice(0, 128))
+    for extra in sorted(tiles.glob("t384_*")):  # 3 of the 4 tiles of this strip
+        extra.unlink()
+    prepared, model = tmp_path / "prepared", tmp_path / "model"
+    assert cli_main(["prepare-pairs", str(tiles), "-o", str(prepared)]) == 0
+    assert json.loads((prepared / "datalist.json").read_text())["n_folds"] == 3
+    rc = cli_main(["finetune", str(prepared), "-o", str(model), "--from", "fast", "--epochs", "1", "--device", "cpu"])
+    record = json.loads((model / "train" / "finetune.json").read_text())
+    assert (rc, record["status"]) in ((0, "done"), (3, "worse"))
+    assert set(record["verdict"]["tuned"]) == set(record["verdict"]["start"]) and len(record["verdict"]["tuned"]) == 1
+    assert record["recipe"]["learning_rate"] == 2e-4 and record["recipe"]["l2sp"] == 0.01
+    assert ((model if rc == 0 else model / "worse-than-start") / "models" / "model.pt").is_file()

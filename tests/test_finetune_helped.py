@@ -160,3 +160,24 @@ def test_three_2d_pictures_prepare_and_finetune_with_the_defaults(tmp_path: Path
     assert set(record["verdict"]["tuned"]) == set(record["verdict"]["start"]) and len(record["verdict"]["tuned"]) == 1
     assert record["recipe"]["learning_rate"] == 2e-4 and record["recipe"]["l2sp"] == 0.01
     assert ((model if rc == 0 else model / "worse-than-start") / "models" / "model.pt").is_file()
+
+
+def test_early_stop_ends_training_and_the_best_epoch_is_delivered(tmp_path: Path):
+    """--patience 1: the trainer stops at the first epoch whose validation Dice is not better than the best one
+    (a learning rate of 1e-12 leaves only the batch-norm statistics moving, so that comes within a few epochs); the
+    final weights still get written, and the delivered model is the best epoch's checkpoint."""
+    from test_finetune import write_tiles
+
+    tiles = write_tiles(tmp_path / "tiles", slice(0, 128))
+    for extra in sorted(tiles.glob("t384_*")):
+        extra.unlink()
+    prepared, model = tmp_path / "prepared", tmp_path / "model"
+    assert cli_main(["prepare-pairs", str(tiles), "-o", str(prepared)]) == 0
+    assert cli_main(["finetune", str(prepared), "-o", str(model), "--from", "fast", "--epochs", "10", "--patience",
+                     "1", "--learning-rate", "1e-12", "--batch-size", "1", "--num-samples", "1", "--device", "cpu",
+                     "--keep-worse"]) == 0
+    log = (model / "train" / "train.log").read_text()
+    assert "EarlyStopping: Stop training" in log and "Epoch: 10/10" not in log, log[-3000:]
+    best = model / "train" / "model_best_val.pt"
+    assert best.is_file() and (model / "train" / "model.pt").is_file()
+    assert (model / "models" / "model.pt").read_bytes() == best.read_bytes()

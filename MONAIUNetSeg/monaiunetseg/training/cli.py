@@ -125,8 +125,11 @@ def add_finetune_parsers(subparsers: argparse._SubParsersAction) -> None:
         description="Train configs/train.json of the shipped bundle on every fold of PREPARED but --fold, starting "
                     "from the shipped weights (--from default or fast: the set's first model) or from scratch "
                     "(--from none), then write MODEL_DIR: models/model.pt, configs/inference.json (post-processing "
-                    "chosen on the validation fold), docs/README.md (model card). Rerun the same command to resume "
-                    "from the newest checkpoint. Use it with: monaiunetseg segment --model-dir MODEL_DIR ...")
+                    "chosen on the validation fold), docs/README.md (model card). Fine-tuning uses a conservative "
+                    "recipe (options below) and scores the start and the result on the validation fold: a result "
+                    "worse than its start is kept in MODEL_DIR/worse-than-start (exit code 3) unless --keep-worse. "
+                    "Rerun the same command to resume from the newest checkpoint. Use it with: monaiunetseg segment "
+                    "--model-dir MODEL_DIR ...")
     p.add_argument("prepared", type=Path, help="prepare-pairs (or prepare-lgg) output")
     p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="MODEL_DIR",
                    help="the model folder to write (its train/ subfolder holds checkpoints and the log)")

@@ -23,6 +23,7 @@ class L2SPLoss(torch.nn.Module):
     def __init__(self, loss: torch.nn.Module, network: torch.nn.Module, reference: str | os.PathLike,
                  weight: float) -> None:
         super().__init__()
+        network = getattr(network, "module", network)  # DistributedDataParallel: the wrapped network's names
         self.loss, self.weight, self._network = loss, float(weight), [network]  # a list: not a submodule
         state = load_state_dict(reference)
         params = dict(network.named_parameters())

@@ -1,17 +1,15 @@
 """3D Slicer module: FLAIR abnormality (lower-grade glioma) segmentation with the project's MONAI U-Net.
 
-GUI wiring only. Everything that computes lives beside this file: in MONAIUNetSegLib ``mrml`` (volume nodes <->
-arrays/files), ``segmentations`` (segmentation node, volume, checks), ``markups`` (the RANO diameters as line
-nodes), ``jobs`` (the background job queue the Logic
-owns) and ``dependencies`` (dependency check), and in the Slicer-free core package ``monaiunetseg``. Research use only, not for clinical use.
+GUI wiring only. Everything that computes lives beside this file, in MONAIUNetSegLib (``mrml``, ``segmentations``,
+``markups``, ``jobs`` + ``background`` (segmentation jobs), ``training_cases`` + ``finetuning`` (the correct, save,
+fine-tune loop), ``models``, ``dependencies``), and in the Slicer-free core package ``monaiunetseg``. Research use
+only, not for clinical use.
 """
 
 import logging
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 from typing import Annotated
 
 import qt
@@ -33,7 +31,7 @@ _MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if _MODULE_DIR not in sys.path:
     sys.path.insert(0, _MODULE_DIR)
 
-from MONAIUNetSegLib import dependencies, jobs, models, mrml, segmentations  # noqa: E402
+from MONAIUNetSegLib import background, dependencies, logic, models, mrml, segmentations, training_cases  # noqa: E402
 
 DEVICES = ["auto", "cuda", "cpu"]
 MODEL_CHOICES = models.model_sets() + [models.FOLDER_CHOICE]  # the shipped sets, or a folder made by finetune
@@ -65,6 +63,8 @@ class MONAIUNetSegParameterNode:
     model: Annotated[str, Choice(MODEL_CHOICES)] = models.DEFAULT_MODEL
     modelFolder: pathlib.Path
     createLabelmap: bool = False
+    trainingFolder: pathlib.Path
+    keepWorse: bool = False
 
 
 class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -95,6 +95,8 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.clicked.connect(self.onSegment)
         self.ui.segmentAllButton.clicked.connect(self.onSegmentAll)
         self.ui.cancelButton.clicked.connect(self.onCancel)
+        self.ui.addTrainingCaseButton.clicked.connect(self.onAddTrainingCase)
+        self.ui.fineTuneButton.clicked.connect(self.onFineTune)
         self.ui.progressBar.setVisible(False)
         self.initializeParameterNode()
 
@@ -161,6 +163,8 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputsCollapsibleButton.enabled = not busy
         self.ui.modelFolderPathLineEdit.enabled = bool(self._parameterNode) and self._parameterNode.model == models.FOLDER_CHOICE
         self.ui.outputsCollapsibleButton.enabled = not busy
+        self.ui.addTrainingCaseButton.enabled = hasInput and not busy
+        self.ui.fineTuneButton.enabled = not busy
 
     # --- log -------------------------------------------------------------------------------------------------
 
@@ -174,23 +178,14 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         missing = dependencies.missing()
         if not missing:
             return True
-        torchNote = ""
-        if any(d.module == "torch" for d in missing):
-            torchNote = ("\n\nPyTorch will be installed with the PyTorch extension's installer (the right CUDA or CPU build)."
-                         if dependencies.pytorch_utils_available() else
-                         "\n\nThe PyTorch extension is not installed, so PyTorch will come from PyPI (default build). "
-                         "For a specific CUDA build, cancel, install the 'PyTorch' extension from the Extensions Manager, "
-                         "restart Slicer and try again.")
-        text = ("MONAIUNetSeg needs these Python packages, which are missing from Slicer's Python:\n\n"
-                + dependencies.describe(missing) + torchNote
-                + "\n\nSlicer's own numpy and SimpleITK are kept as they are. Install now? (PyTorch can take several GB.)")
+        text = dependencies.confirmation_text(missing)
         if not slicer.util.confirmOkCancelDisplay(text, windowTitle="MONAIUNetSeg: missing Python packages"):
             self._log("Missing Python packages not installed: " + ", ".join(d.requirement for d in missing))
             return False
         self._log("Installing " + ", ".join(d.requirement for d in missing) + " ...")
         try:
             with slicer.util.tryWithErrorDisplay("Installing the Python packages failed.", waitCursor=True):
-                self.logic.installDependencies(missing)
+                dependencies.install(missing, background.temp_constraints())
         except Exception as error:  # already shown by tryWithErrorDisplay
             self._log(f"Installing the Python packages failed: {error}")
             return False
@@ -231,6 +226,7 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         count = self.logic.enqueue(volumeNodes, device, segmentationNode, self._parameterNode.createLabelmap,
                                    model=choice.model, bundle=choice.bundle)
         self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.format = "%v / %m scans"
         self.ui.progressBar.setRange(0, 0 if count == 1 else count)
         self.ui.progressBar.setValue(0)
         self._log(f"Segmenting {count} scan(s) on device '{device}' with the {choice.describe()} ...")
@@ -239,8 +235,8 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _poll(self):
         """Timer tick: the queue moves on; its news goes to the log, the progress bar and the status line."""
-        update = self.logic.pollJobs()
-        for line in update.lines:
+        update, training = self.logic.pollJobs(), self.logic.pollFineTune()
+        for line in update.lines + training.lines:
             self._log(line)
         for outcome in update.finished:
             self._showOutcome(outcome)
@@ -251,6 +247,10 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(self.ui.statusLabel.text)
         if update.ended:
             self._showSummary(update)
+        for outcome in training.finished:
+            self._showFineTuned(outcome)
+        if self.logic.training.busy:
+            self.ui.progressBar.setValue(round(100 * self.logic.fineTuneProgress()))
         if not self.logic.isBusy():
             self._timer.stop()
         self._updateButtons()
@@ -280,6 +280,50 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(f"Segmentation failed for {failed} of {update.total} scan(s).",
                                      windowTitle="MONAIUNetSeg", detailedText=details)
 
+    # --- the correct, save, fine-tune loop ------------------------------------------------------------------
+
+    def onAddTrainingCase(self):
+        p = self._parameterNode
+        segmentationNode = p.outputSegmentation or (training_cases.result_of(p.inputVolume) if p.inputVolume else None)
+        try:
+            case = self.logic.addTrainingCase(p.inputVolume, segmentationNode, p.trainingFolder)
+        except (ValueError, OSError) as error:
+            slicer.util.errorDisplay(str(error), windowTitle="MONAIUNetSeg: training cases")
+            return
+        how = {True: "edited", False: "as the model made it", None: "not made by this module"}[case["edited"]]
+        self._log(f"Training case '{case['case']}' added to {p.trainingFolder} ({how}; model: {case['model']}).")
+
+    def onFineTune(self):
+        p = self._parameterNode
+        if self.logic.isBusy() or not self._ensureDependencies():
+            return
+        try:
+            choice = models.resolve(p.model, p.modelFolder)
+            modelDir = self.logic.startFineTune(p.trainingFolder, p.device, choice.model, choice.bundle, p.keepWorse)
+        except (ValueError, OSError) as error:
+            slicer.util.errorDisplay(str(error), windowTitle="MONAIUNetSeg: fine-tune")
+            return
+        self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.format = "fine-tuning: %p%"
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.setValue(0)
+        self.ui.statusLabel.text = f"Fine-tuning the {choice.describe()} on {p.trainingFolder} ..."
+        self._log(self.ui.statusLabel.text + f" -> {modelDir}")
+        self._timer.start()
+        self._poll()  # the process starts now; the buttons follow
+
+    def _showFineTuned(self, outcome):
+        self.ui.progressBar.setVisible(False)
+        if not outcome.ok:
+            self.ui.statusLabel.text = "Fine-tuning: no new model."
+            self._log(f"Fine-tuning: {outcome.error}")
+            slicer.util.errorDisplay(f"Fine-tuning gave no new model: {outcome.error}", windowTitle="MONAIUNetSeg")
+            return
+        self._parameterNode.model = models.FOLDER_CHOICE  # the new model is the one the next run uses
+        self._parameterNode.modelFolder = pathlib.Path(outcome.result.modelDir)
+        self.ui.statusLabel.text = f"Fine-tuned: {outcome.result.text()}; selected as the model."
+        self._log(f"Fine-tuned model {outcome.result.modelDir}: {outcome.result.text()}")
+
     def onCancel(self):
         self._cancelAll()
 
@@ -288,161 +332,23 @@ class MONAIUNetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
         ended = self.logic.cancelJobs()
         if ended:
-            self._log("Cancelled: the segmentation process was ended.")
+            self._log("Cancelled: the background process was ended.")
         if not quiet or ended:
             self.ui.progressBar.setVisible(False)
             self.ui.statusLabel.text = "Cancelled."
         self._updateButtons()
 
 
-class MONAIUNetSegLogic(ScriptedLoadableModuleLogic):
-    """Callable without the GUI: ``MONAIUNetSegLogic().segment(volumeNode, device="auto")``. Background runs go
-    through the Logic's one job queue: ``enqueue`` volumes, ``pollJobs`` from a timer, ``cancelJobs``.
-    ``model`` is a model set of the bundle; ``bundle`` a model folder made by ``monaiunetseg finetune`` (or any
-    bundle folder; None: the shipped one), used alike in-process and by the background job."""
-
-    _segmenters = {}  # (resolved device, bundle folder or None, model set) -> core Segmenter, loaded once
+class MONAIUNetSegLogic(ScriptedLoadableModuleLogic, logic.Logic):
+    """Callable without the GUI: ``MONAIUNetSegLogic().segment(volumeNode, device="auto")``; the work is in
+    ``MONAIUNetSegLib.logic.Logic`` (segmentation jobs, the correct, save, fine-tune loop)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.jobs = jobs.JobQueue(self.startJob, self.finishJob)
+        logic.Logic.__init__(self)
 
     def getParameterNode(self):
         return MONAIUNetSegParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def modelChoice(model=models.DEFAULT_MODEL, bundle=None):
-        """(model, bundle) checked: a bundle folder must hold the set's config and weights (ModelFolderError)."""
-        if bundle is None:
-            return models.ModelChoice(model or models.DEFAULT_MODEL, None)
-        return models.ModelChoice(model, str(models.check_model_folder(bundle, model)))
-
-    def getSegmenter(self, device="auto", model=models.DEFAULT_MODEL, bundle=None):
-        from monaiunetseg.model.predictor import Segmenter, resolve_device
-
-        choice = self.modelChoice(model, bundle)
-        key = (str(resolve_device(device)), choice.bundle, choice.model)
-        if key not in MONAIUNetSegLogic._segmenters:
-            MONAIUNetSegLogic._segmenters[key] = Segmenter(bundle=choice.bundle, device=key[0], model=choice.model)
-        return MONAIUNetSegLogic._segmenters[key]
-
-    def segment(self, volumeNode, device="auto", segmentationNode=None, createLabelmap=False, inProcess=True, timeout=None,
-                model=models.DEFAULT_MODEL, bundle=None):
-        """Segment synchronously; returns the segmentation node (``run`` returns the full result)."""
-        return self.run(volumeNode, device, segmentationNode, createLabelmap, inProcess, timeout, model, bundle).segmentationNode
-
-    def run(self, volumeNode, device="auto", segmentationNode=None, createLabelmap=False, inProcess=True, timeout=None,
-            model=models.DEFAULT_MODEL, bundle=None):
-        """In-process with the cached Segmenter, or (``inProcess=False``) as a background job, waited for."""
-        if volumeNode is None:
-            raise ValueError("no input volume")
-        if inProcess:
-            segmenter = self.getSegmenter(device, model, bundle)
-            result = segmentations.segment_volume_node(volumeNode, segmenter, segmentationNode, createLabelmap)
-        else:
-            (result,) = self.runJobs([volumeNode], device, segmentationNode, createLabelmap, timeout, model, bundle)
-        logging.info("MONAIUNetSeg: FLAIR abnormality in '%s': %.1f mL", volumeNode.GetName(), result.volumeMl)
-        return result
-
-    def segmentAll(self, device="auto", inProcess=True, createLabelmap=False, timeout=None, model=models.DEFAULT_MODEL,
-                   bundle=None):
-        """Segment every loaded scalar volume, each into its own new segmentation node."""
-        volumeNodes = mrml.scalar_volume_nodes(slicer.mrmlScene)
-        if inProcess:
-            return [self.segment(v, device, None, createLabelmap, model=model, bundle=bundle) for v in volumeNodes]
-        results = self.runJobs(volumeNodes, device, None, createLabelmap, timeout, model, bundle)
-        return [result.segmentationNode for result in results]
-
-    def runJobs(self, volumeNodes, device="auto", segmentationNode=None, createLabelmap=False, timeout=None,
-                model=models.DEFAULT_MODEL, bundle=None):
-        """Background jobs waited for (scripts, the self-test): results in order; once all have run, a failure
-        raises (a single job's own error, else one listing every failed scan)."""
-        if self.isBusy():
-            raise RuntimeError("background segmentations are running: wait for them or cancel them first")
-        self.enqueue(volumeNodes, device, segmentationNode, createLabelmap, model, bundle)
-        outcomes = self.jobs.wait(timeout)
-        failures = [o for o in outcomes if not o.ok]
-        if len(failures) == 1 and len(outcomes) == 1:
-            raise failures[0].error
-        if failures:
-            raise jobs.BackgroundError(f"segmentation failed for {len(failures)} of {len(outcomes)} scan(s): "
-                                             + "; ".join(f"{o.request.name}: {o.error}" for o in failures))
-        return [o.result for o in outcomes]
-
-    def enqueue(self, volumeNodes, device="auto", segmentationNode=None, createLabelmap=False,
-                model=models.DEFAULT_MODEL, bundle=None):
-        """Queue a background job per volume, into a new segmentation node each (or ``segmentationNode``, meant
-        for a single volume); returns how many. They start, one at a time, from ``pollJobs``. A bad model folder
-        raises here, before anything is queued."""
-        choice = self.modelChoice(model, bundle)
-        segmentationNodeID = segmentationNode.GetID() if segmentationNode else None
-        return self.jobs.enqueue(jobs.JobRequest(volumeNode.GetID(), volumeNode.GetName(), device, segmentationNodeID,
-                                                 createLabelmap, choice.model, choice.bundle) for volumeNode in volumeNodes)
-
-    def pollJobs(self):
-        """Advance the queue (call it from a timer); returns a ``jobs.QueueUpdate``: output, finished, started."""
-        return self.jobs.poll()
-
-    def cancelJobs(self):
-        """End the running job's process and drop the waiting ones; True when a process was ended."""
-        return self.jobs.cancel()
-
-    def isBusy(self):
-        return self.jobs.busy
-
-    def childEnvironment(self):
-        try:
-            base = slicer.util.startupEnvironment()  # PythonSlicer sets up Slicer's own paths itself
-        except AttributeError:  # headless (no slicer.app): this process's environment
-            base = None
-        return jobs.child_environment(base)
-
-    def startJob(self, request):
-        """The queue's ``start``: write the volume to a temporary NIfTI and start ``segment-case`` on it."""
-        volumeNode = self._requestedVolume(request)
-        workDir = tempfile.mkdtemp(prefix="MONAIUNetSeg-")
-        try:
-            inputPath = segmentations.prepare_background_input(volumeNode, workDir)
-            return jobs.start_job(request, inputPath, workDir, env=self.childEnvironment())
-        except Exception:
-            shutil.rmtree(workDir, ignore_errors=True)
-            raise
-
-    def finishJob(self, job, returncode):
-        """The queue's ``finish``: bring a finished job's labelmap into the scene; raises saying why it failed."""
-        result = job.result(returncode)
-        volumeNode = self._requestedVolume(job.request)
-        segmentationID = job.request.segmentationNodeID
-        segmentationNode = slicer.mrmlScene.GetNodeByID(segmentationID) if segmentationID else None
-        return segmentations.import_background_result(result.output, volumeNode, segmentationNode,
-                                                    job.request.createLabelmap, job.started,
-                                                    (result.confidence, result.review == "yes", result.review_reasons))
-
-    @staticmethod
-    def _requestedVolume(request):
-        volumeNode = slicer.mrmlScene.GetNodeByID(request.volumeNodeID)
-        if volumeNode is None:
-            raise RuntimeError(f"'{request.name}' was removed from the scene before it was segmented")
-        return volumeNode
-
-    def installDependencies(self, missing):
-        """torch through the PyTorch extension when present (right CUDA/CPU build), the rest with pip, all under
-        a constraints file pinning Slicer's numpy and SimpleITK (and an installed torch)."""
-        constraintsPath = dependencies.write_constraints(os.path.join(tempfile.gettempdir(), "MONAIUNetSeg-constraints.txt"))
-        if any(d.module == "torch" for d in missing):
-            if dependencies.pytorch_utils_available():
-                import PyTorchUtils
-
-                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=True, torchVersionRequirement=dependencies.TORCH_VERSION_REQUIREMENT)
-                if torch is None:
-                    raise RuntimeError("PyTorch was not installed")
-            else:
-                slicer.util.pip_install(dependencies.torch_pip_arguments(constraintsPath))
-            constraintsPath = dependencies.write_constraints(constraintsPath)  # now also pins the torch just installed
-        arguments = dependencies.pip_arguments(dependencies.missing(), constraintsPath)
-        if arguments:
-            slicer.util.pip_install(arguments)
 
 
 class MONAIUNetSegTest(ScriptedLoadableModuleTest):

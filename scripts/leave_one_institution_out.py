@@ -7,12 +7,16 @@ Steps (each resumable: a finished model folder is reused):
    for ``--base-epochs`` epochs: a model that never saw the site;
 2. ``--site`` patients shuffled with ``--seed``: the first 6 are the site's labelled cases, the rest the test
    set; ``site3`` fine-tunes on 2 and validates on 1 (the first 3), ``site6`` fine-tunes on 5 and validates on 1,
-   each ``finetune --from base`` for ``--finetune-epochs`` epochs;
-3. base, site3 and site6 segment every test patient (each model folder as ``segment --model-dir`` uses it).
+   each ``finetune --from base`` once per declared candidate (:data:`CANDIDATES`, issue 29: declared before any
+   test patient was scored; ``recipe`` is finetune's own defaults);
+3. base and every candidate model segment every test patient (each model folder as ``segment --model-dir`` runs
+   it). A candidate that ``finetune`` refused (worse than the base on its validation patient) is scored as what
+   the site gets, the base, and its refused model is reported beside it.
 
 Prints the table for the model card, with each training's wall time, and writes ``OUT/results.json``.
 
-    python scripts/leave_one_institution_out.py PREPARED -o OUT [--site DU] [--base-epochs 60] [--finetune-epochs 30]
+    python scripts/leave_one_institution_out.py PREPARED -o OUT [--site DU] [--base-epochs 60]
+        [--candidates recipe replay ...] [--finetune-epochs N] [--test-limit N]
 """
 
 from __future__ import annotations
@@ -43,16 +47,31 @@ def write_subset(prepared: Path, out: Path, entries: list[dict], fold_of) -> Pat
     return out
 
 
-def train(prepared: Path, model_dir: Path, source: str, epochs: int, learning_rate: float | None = None) -> float:
-    """``finetune`` into ``model_dir`` (reused when finished); its training wall seconds (all its runs)."""
-    from monaiunetseg.training.finetune import finetune
+# Declared in advance (issue 29), each a set of finetune options on top of its defaults (finetune.FINETUNE: lr 2e-4,
+# 20 epochs, L2-SP 0.01, best validation epoch, early stop after 8); "replay" mixes 2 base-training volumes per
+# site training case in. The rule: a candidate becomes the default only if it beats "recipe" on the validation
+# patients of the development runs, never on these test patients; every one is guarded by "never below its start".
+CANDIDATES: dict[str, dict] = {
+    "recipe": {},
+    "replay": {"replay": True},
+    "l2sp0.1": {"l2sp": 0.1},
+    "no_l2sp": {"l2sp": 0.0},
+    "lr0.002": {"learning_rate": 0.002},
+    "old_defaults": {"learning_rate": 0.002, "epochs": 30, "l2sp": 0.0, "best_checkpoint": False, "patience": None},
+}
 
-    if not (model_dir / "models" / "model.pt").is_file():
-        record = finetune(prepared, model_dir, source=source, epochs=epochs, fold=0, device="cpu",
-                          learning_rate=learning_rate)
-        if record.get("status") != "done":
+
+def train(prepared: Path, model_dir: Path, source: str, epochs: int | None, **options) -> tuple[float, str]:
+    """``finetune`` into ``model_dir`` (reused when finished); (training wall seconds of all its runs, status:
+    ``done``, or ``worse`` when finetune kept it aside as worse than its start)."""
+    from monaiunetseg.training.finetune import finetune, read_record
+
+    record = read_record(model_dir / "train")
+    if record.get("status") not in ("done", "worse") or not (model_dir / "train" / "model.pt").is_file():
+        record = finetune(prepared, model_dir, source=source, epochs=epochs, fold=0, device="cpu", **options)
+        if record.get("status") not in ("done", "worse"):
             raise RuntimeError(f"{model_dir}: training did not finish ({record.get('status')})")
-    return float(json.loads((model_dir / "train" / "finetune.json").read_text()).get("train_seconds") or 0.0)
+    return float(record.get("train_seconds") or 0.0), record["status"]
 
 
 def score(model_dir: Path, prepared: Path, patients: list[str]) -> dict[str, float]:
@@ -78,40 +97,56 @@ def main() -> int:
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("--site", default="DU", help="the institution left out (default DU, the largest)")
     ap.add_argument("--base-epochs", type=int, default=60)
-    ap.add_argument("--finetune-epochs", type=int, default=30)
+    ap.add_argument("--finetune-epochs", type=int, default=None, help="default: each candidate's (recipe: 20)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--finetune-lr", type=float, default=None,
-                    help="fine-tuning learning rate (default: the recipe's); its models get a suffix")
+    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES),
+                    help="the declared fine-tuning candidates to run (default: all)")
+    ap.add_argument("--test-limit", type=int, default=None, help="score only the first N test patients (smoke runs)")
     args = ap.parse_args()
     entries = json.loads((args.prepared / "datalist.json").read_text())["training"]
     site = sorted((e for e in entries if e["institution"] == args.site), key=lambda e: e["patient"])
     random.Random(args.seed).shuffle(site)
-    labelled, test = site[:6], sorted(e["patient"] for e in site[6:])
+    labelled, test = site[:6], sorted(e["patient"] for e in site[6:])[: args.test_limit]
     out = args.out
     base_data = write_subset(args.prepared, out / "base", [e for e in entries if e["institution"] != args.site],
                              lambda i, e: e["fold"])
-    seconds = {"base": train(base_data, out / "base_model", "none", args.base_epochs)}
-    base_weights = str(out / "base_model" / "models" / "model.pt")
-    tag = "" if args.finetune_lr is None else f"_lr{args.finetune_lr:g}"
+    seconds = {"base": train(base_data, out / "base_model", "none", args.base_epochs)[0]}
+    base_model = out / "base_model"
+    rows = [("base", "other institutions", base_model, "done")]
     for n in (3, 6):
         data = write_subset(args.prepared, out / f"site{n}", labelled[:n], lambda i, e, n=n: 0 if i == n - 1 else 1)
-        seconds[f"site{n}{tag}"] = train(data, out / f"site{n}{tag}_model", base_weights, args.finetune_epochs,
-                                         args.finetune_lr)
+        for cand in args.candidates:
+            options = dict(CANDIDATES[cand])
+            epochs = options.pop("epochs", args.finetune_epochs)
+            if options.pop("replay", False):
+                options["replay"] = base_data
+            name = f"site{n}_{cand}"
+            seconds[name], status = train(data, out / f"{name}_model", str(base_model), epochs, **options)
+            rows.append((name, f"base + {n - 1} {args.site} (1 validates), {cand}", out / f"{name}_model", status))
     results = {"site": args.site, "labelled": [e["patient"] for e in labelled], "test": test,
                "base_epochs": args.base_epochs, "finetune_epochs": args.finetune_epochs,
-               "finetune_lr": args.finetune_lr, "models": {}}
+               "candidates": {c: CANDIDATES[c] for c in args.candidates}, "models": {}}
     print(f"Leave {args.site} out: base trained on {len(entries) - len(site)} patients of the other institutions; "
           f"{len(test)} {args.site} test patients\n")
-    print("| model | trained on | training wall time (this run) | Dice mean | median | min |")
-    print("|---|---|---|---|---|---|")
-    for name, trained in (("base", "other institutions"), (f"site3{tag}", f"base + 2 {args.site} (1 validates)"),
-                          (f"site6{tag}", f"base + 5 {args.site} (1 validates)")):
-        d = score(out / f"{name}_model", args.prepared, test)
-        results["models"][name] = {"dice": d, "train_seconds": seconds[name]}
+    print("| model | trained on | training wall time (this run) | delivered | Dice mean | median | min | "
+          "refused model's Dice mean |")
+    print("|---|---|---|---|---|---|---|---|")
+    base_scores = None
+    for name, trained, model_dir, status in rows:
+        refused = None
+        if status == "worse":  # finetune kept it aside: the site goes on with the base
+            refused = score(model_dir / "worse-than-start", args.prepared, test)
+            d = base_scores
+        else:
+            d = score(model_dir, args.prepared, test)
+        base_scores = base_scores or d
+        results["models"][name] = {"dice": d, "train_seconds": seconds[name], "status": status,
+                                   "refused_dice": refused}
         v = list(d.values())
-        print(f"| {name} | {trained} | {seconds[name] / 60:.1f} min | {statistics.mean(v):.3f} | "
-              f"{statistics.median(v):.3f} | {min(v):.3f} |")
-    (out / f"results{tag}.json").write_text(json.dumps(results, indent=1))
+        print(f"| {name} | {trained} | {seconds[name] / 60:.1f} min | {'base (refused)' if refused else 'yes'} | "
+              f"{statistics.mean(v):.3f} | {statistics.median(v):.3f} | {min(v):.3f} | "
+              f"{f'{statistics.mean(refused.values()):.3f}' if refused else '-'} |")
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     return 0
 
 

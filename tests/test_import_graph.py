@@ -17,6 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = REPO / "MONAIUNetSeg" / "monaiunetseg"
 PACKAGE = "monaiunetseg"
+GLUE_DIR = REPO / "MONAIUNetSeg" / "MONAIUNetSegLib"  # the Slicer glue: not layered, but circles count there too
+GLUE = "MONAIUNetSegLib"
 
 # Lower layers never import higher ones; modules of one layer may import each other (acyclically). A key names a
 # module or a subpackage (and so every module under it; the top package's key names only its __init__); the longest
@@ -213,6 +215,17 @@ def test_every_module_has_a_layer(graph: dict[str, set[str]]) -> None:
 def test_no_import_circles(graph: dict[str, set[str]]) -> None:
     found = [f"{' -> '.join(_cycle_in(graph, set(c), c[0]))}  (tangled: {', '.join(c)})" for c in tangles(graph)]
     assert not found, "import circles:\n" + "\n".join(found)
+
+
+def test_no_import_circles_in_the_slicer_glue() -> None:
+    """MONAIUNetSegLib has no circles either: the glue modules go one way,
+    ``mrml`` below ``segmentations`` and ``markups``, ``processes`` below ``jobs``."""
+    glue = import_graph(GLUE_DIR, GLUE)
+    assert len(glue) >= 8 and "MONAIUNetSegLib.mrml" in glue["MONAIUNetSegLib.markups"]
+    assert "MONAIUNetSegLib.processes" in glue["MONAIUNetSegLib.jobs"]
+    found = [" -> ".join(_cycle_in(glue, set(c), c[0])) for c in tangles(glue)]
+    assert not found, "import circles in the Slicer glue:\n" + "\n".join(found)
+    assert "MONAIUNetSegLib.segmentations" not in glue["MONAIUNetSegLib.markups"]  # the circle issue 31 found
 
 
 def test_no_upward_imports(graph: dict[str, set[str]]) -> None:

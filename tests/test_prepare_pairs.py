@@ -143,3 +143,40 @@ def test_unmatched_files_and_patient_groups(tmp_path: Path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / "lonely.png")
     with pytest.raises(PairError, match="lonely.png"):
         find_pairs(src)
+
+
+@pytest.mark.parametrize("kind", ["3d", "2d"])
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_few_pairs_get_one_fold_per_case_by_default(tmp_path: Path, kind: str, n: int):
+    """Issue 29: a site with 2-4 labelled cases needs no --folds: one fold per case, so one validates and the
+    others train, and the bundle's split reads it."""
+    src = tmp_path / "src"
+    for i in range(n):
+        if kind == "3d":
+            image, label, affine = volume()
+            save_nifti(image, affine, src / f"case{i}.nii.gz")
+            save_nifti(label, affine, src / f"case{i}_seg.nii.gz")
+        else:
+            src.mkdir(exist_ok=True)
+            Image.fromarray(RNG.integers(0, 255, (16, 16), dtype=np.uint8)).save(src / f"pic{i}.png")
+            Image.fromarray(np.eye(16, dtype=np.uint8) * 255).save(src / f"pic{i}_mask.png")
+    out = tmp_path / "prepared"
+    assert cli_main(["prepare-pairs", str(src), "-o", str(out)]) == 0
+    datalist = json.loads((out / "datalist.json").read_text())
+    assert datalist["n_folds"] == n
+    assert sorted(e["fold"] for e in datalist["training"]) == list(range(n))
+    assert {e["kind"] for e in datalist["training"]} == {kind}
+    train, val = load_split(out, val_fold=0)
+    assert len(val) == 1 and len(train) == n - 1
+
+
+def test_a_single_pair_gets_a_one_line_message(tmp_path: Path, capsys):
+    image, label, affine = volume()
+    save_nifti(image, affine, tmp_path / "src" / "only.nii.gz")
+    save_nifti(label, affine, tmp_path / "src" / "only_label.nii.gz")
+    assert cli_main(["prepare-pairs", str(tmp_path / "src"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 patient(s): training needs at least 2" in err, err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(PairError, match="add another image/label pair"):
+        prepare_pairs(tmp_path / "src", tmp_path / "out")

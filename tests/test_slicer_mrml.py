@@ -743,7 +743,7 @@ def test_module_file_is_gui_wiring_only():
     source = MODULE_FILE.read_text()
     for forbidden in ("import numpy", "import nibabel", "import torch", "import SimpleITK", "np.", "arrayFromVolume"):
         assert forbidden not in source, forbidden
-    assert len(source.splitlines()) < 600
+    assert len(source.splitlines()) <= 400  # issue 31: the work lives in MONAIUNetSegLib
 
 
 class _FakeWidget:

@@ -88,3 +88,39 @@ def pip_arguments(deps: list[Dependency], constraintsPath: str | os.PathLike | N
     if not requirements:
         return []
     return requirements + (["-c", str(constraintsPath)] if constraintsPath else [])
+
+
+def confirmation_text(deps: list[Dependency]) -> str:
+    """The question the module asks before installing ``deps`` (what, how torch comes, what is never touched)."""
+    torch_note = ""
+    if any(d.module == "torch" for d in deps):
+        torch_note = ("\n\nPyTorch will be installed with the PyTorch extension's installer (the right CUDA or CPU build)."
+                      if pytorch_utils_available() else
+                      "\n\nThe PyTorch extension is not installed, so PyTorch will come from PyPI (default build). "
+                      "For a specific CUDA build, cancel, install the 'PyTorch' extension from the Extensions Manager, "
+                      "restart Slicer and try again.")
+    return ("MONAIUNetSeg needs these Python packages, which are missing from Slicer's Python:\n\n" + describe(deps)
+            + torch_note + "\n\nSlicer's own numpy and SimpleITK are kept as they are. Install now? (PyTorch can take "
+            "several GB.)")
+
+
+def install(deps: list[Dependency], constraintsPath: str | os.PathLike) -> None:
+    """torch through the PyTorch extension when present (right CUDA/CPU build), the rest with pip, all under a
+    constraints file pinning Slicer's numpy and SimpleITK (and an installed torch). Inside Slicer only."""
+    import slicer.util
+
+    constraintsPath = write_constraints(constraintsPath)
+    if any(d.module == "torch" for d in deps):
+        if pytorch_utils_available():
+            import PyTorchUtils
+
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=True, torchVersionRequirement=TORCH_VERSION_REQUIREMENT)
+            if torch is None:
+                raise RuntimeError("PyTorch was not installed")
+        else:
+            slicer.util.pip_install(torch_pip_arguments(constraintsPath))
+        constraintsPath = write_constraints(constraintsPath)  # now also pins the torch just installed
+    arguments = pip_arguments(missing(), constraintsPath)
+    if arguments:
+        slicer.util.pip_install(arguments)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from MONAIUNetSegLib.mrml import ijk_to_ras, world_affine
+from MONAIUNetSegLib.mrml import ijk_to_ras, place_in_subject_hierarchy, world_affine
 
 LINE_SUFFIXES = {"longest": " RANO longest", "perpendicular": " RANO perpendicular"}
 # Node reference roles on the segmentation node: a later run into the same node reuses its lines.
@@ -74,8 +74,6 @@ def add_diameter_lines(measured: dict, volumeNode, segmentationNode) -> dict[str
     """The two diameters of ``measured`` as locked line nodes named after ``volumeNode``, under its parent
     transform, beside it in the subject hierarchy; ``{"longest": node, "perpendicular": node}`` (empty when
     nothing was measured). The figures go on the segmentation node too (attribute ``MONAIUNetSeg.RANO``)."""
-    from MONAIUNetSegLib.segmentations import place_in_subject_hierarchy
-
     segmentationNode.SetAttribute(RANO_ATTRIBUTE, measurement_text(measured))
     diameters = measured.get("diameters") or {}
     if not diameters.get("longest") or not diameters.get("perpendicular"):

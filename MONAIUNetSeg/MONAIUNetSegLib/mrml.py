@@ -7,6 +7,7 @@ their scene is ``node.GetScene()``: nothing here uses ``slicer.mrmlScene`` or ``
 
 * volume node -> ``(array_xyz, affine_ras)`` for :class:`monaiunetseg.model.predictor.Segmenter`
 * volume node -> NIfTI (the background ``monaiunetseg segment-case`` input) and NIfTI -> labelmap node
+* any node placed beside its input in the subject hierarchy (segmentations, labelmaps, the RANO lines)
 """
 
 from __future__ import annotations
@@ -140,6 +141,26 @@ def load_volume(path: str | os.PathLike, scene, labelmap: bool = False, name: st
     if node is None:
         raise OSError(f"could not load {path}")
     return node
+
+
+def place_in_subject_hierarchy(node, volumeNode) -> int:
+    """Put ``node`` beside the input: under its study when it has one, else under the input's parent item."""
+    import slicer
+
+    scene = volumeNode.GetScene()
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    invalid = shNode.GetInvalidItemID()
+    parent = shNode.GetSceneItemID()
+    volumeItem = shNode.GetItemByDataNode(volumeNode)
+    if volumeItem != invalid:
+        study = shNode.GetItemAncestorAtLevel(volumeItem, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy())
+        parent = study if study != invalid else shNode.GetItemParent(volumeItem)
+    item = shNode.GetItemByDataNode(node)
+    if item == invalid:  # inside Slicer the subject hierarchy plugins add items; headless we do
+        item = shNode.CreateItem(parent, node)
+    else:
+        shNode.SetItemParent(item, parent)
+    return item
 
 
 def sample_paths() -> tuple[Path, Path]:

@@ -21,6 +21,7 @@ from monaiunetseg.batch.naming import safe_name
 from MONAIUNetSegLib import markups
 from MONAIUNetSegLib.mrml import (
     ijk_to_ras,
+    place_in_subject_hierarchy,
     read_labelmap_nifti,
     volume_to_array_affine,
     voxel_volume_ml,
@@ -82,11 +83,6 @@ class SegmentationResult:
         if self.review:
             return f"REVIEW (confidence {self.confidence:.2f}): {self.reviewReasons}"
         return f"confidence {self.confidence:.2f}"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Volume nodes -> arrays and files
-# ---------------------------------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -192,26 +188,6 @@ def segmentation_from_labelmap(labelmapNode, referenceVolume, segmentationNode=N
             raise RuntimeError("could not add an empty segment")
     style_segment(segmentation.GetSegment(segmentId))
     return segmentationNode, segmentId
-
-
-def place_in_subject_hierarchy(node, volumeNode) -> int:
-    """Put ``node`` beside the input: under its study when it has one, else under the input's parent item."""
-    import slicer
-
-    scene = volumeNode.GetScene()
-    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    invalid = shNode.GetInvalidItemID()
-    parent = shNode.GetSceneItemID()
-    volumeItem = shNode.GetItemByDataNode(volumeNode)
-    if volumeItem != invalid:
-        study = shNode.GetItemAncestorAtLevel(volumeItem, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy())
-        parent = study if study != invalid else shNode.GetItemParent(volumeItem)
-    item = shNode.GetItemByDataNode(node)
-    if item == invalid:  # inside Slicer the subject hierarchy plugins add items; headless we do
-        item = shNode.CreateItem(parent, node)
-    else:
-        shNode.SetItemParent(item, parent)
-    return item
 
 
 def show_in_3d(segmentationNode) -> bool:

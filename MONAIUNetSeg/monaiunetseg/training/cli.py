@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from monaiunetseg.batch.array_task import number_or_auto
@@ -92,7 +93,8 @@ def _prepare_pairs(args: argparse.Namespace) -> int:
         if is_lossy(r["label_source"]):
             print(f"warning {r['case']}: {r['label_source']} is {LOSSY_MASK_NOTE}; check the count, or save masks "
                   "as PNG")
-    print(f"prepare-pairs: {len(rows)} pairs of {len({r['patient'] for r in rows})} patients in {args.folds} folds; "
+    n_folds = json.loads(datalist.read_text())["n_folds"]
+    print(f"prepare-pairs: {len(rows)} pairs of {len({r['patient'] for r in rows})} patients in {n_folds} folds; "
           f"datalist: {datalist}")
     return 0
 
@@ -102,8 +104,10 @@ def _finetune(args: argparse.Namespace) -> int:
 
     record = finetune(args.prepared, args.out_dir, source=args.source, epochs=args.epochs, fold=args.fold,
                       device=args.device, batch_size=args.batch_size, num_samples=args.num_samples,
-                      learning_rate=args.learning_rate, num_workers=args.num_workers)
-    return 0 if record.get("status") == "done" else 1
+                      learning_rate=args.learning_rate, num_workers=args.num_workers, l2sp=args.l2sp,
+                      patience=args.patience, best_checkpoint=args.best_checkpoint, members=args.members,
+                      replay=args.replay, keep_worse=args.keep_worse)
+    return {"done": 0, "worse": 3}.get(record.get("status"), 1)
 
 
 def add_finetune_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -120,7 +124,8 @@ def add_finetune_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("labels", type=Path, nargs="?", default=None, help="folder of labels (optional)")
     p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="PREPARED",
                    help="output folder")
-    p.add_argument("--folds", type=int, default=5, help="number of patient-level folds (default 5)")
+    p.add_argument("--folds", type=int, default=None,
+                   help="number of patient-level folds (default 5, or one per patient for 2-4 patients)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
     p.add_argument("--group-regex", default=None, metavar="REGEX",
                    help="the patient of a case: the first group (or whole match) of REGEX in its name, so a "
@@ -132,19 +137,40 @@ def add_finetune_parsers(subparsers: argparse._SubParsersAction) -> None:
         description="Train configs/train.json of the shipped bundle on every fold of PREPARED but --fold, starting "
                     "from the shipped weights (--from default or fast: the set's first model) or from scratch "
                     "(--from none), then write MODEL_DIR: models/model.pt, configs/inference.json (post-processing "
-                    "chosen on the validation fold), docs/README.md (model card). Rerun the same command to resume "
-                    "from the newest checkpoint. Use it with: monaiunetseg segment --model-dir MODEL_DIR ...")
+                    "chosen on the validation fold), docs/README.md (model card). Fine-tuning uses a conservative "
+                    "recipe (options below) and scores the start and the result on the validation fold: a result "
+                    "worse than its start is kept in MODEL_DIR/worse-than-start (exit code 3) unless --keep-worse. "
+                    "Rerun the same command to resume from the newest checkpoint. Use it with: monaiunetseg segment "
+                    "--model-dir MODEL_DIR ...")
     p.add_argument("prepared", type=Path, help="prepare-pairs (or prepare-lgg) output")
     p.add_argument("-o", "--out-dir", dest="out_dir", type=Path, required=True, metavar="MODEL_DIR",
                    help="the model folder to write (its train/ subfolder holds checkpoints and the log)")
     p.add_argument("--from", dest="source", default="default", metavar="SOURCE",
-                   help="default, fast (the shipped weights), none (from scratch) or a weights file (default: default)")
-    p.add_argument("--epochs", type=int, default=50, help="training epochs (default 50)")
+                   help="default, fast (the shipped weights), none (from scratch), a model folder or a weights file "
+                        "(default: default)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: 20 fine-tuning, 50 from scratch)")
     p.add_argument("--fold", type=int, default=0, help="the validation fold (default 0)")
     p.add_argument("--batch-size", type=int, default=None, help="volumes per step (default: the bundle's, 4)")
     p.add_argument("--num-samples", type=int, default=None,
                    help="random crops per volume and step (default: the bundle's, 8)")
-    p.add_argument("--learning-rate", type=float, default=None, help="default: the bundle's (0.002)")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="default: 0.0002 fine-tuning, the bundle's 0.002 from scratch")
+    p.add_argument("--l2sp", type=float, default=None, metavar="WEIGHT",
+                   help="L2-SP: add WEIGHT x squared distance to the starting weights to the loss (default: 0.01 "
+                        "fine-tuning, 0 from scratch)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after this many epochs without a better validation Dice (default: 8 fine-tuning, "
+                        "never from scratch)")
+    p.add_argument("--best-checkpoint", action=argparse.BooleanOptionalAction, default=None,
+                   help="validate every epoch and keep the best epoch (default: on fine-tuning, off from scratch)")
+    p.add_argument("--members", choices=("all", "first"), default=None,
+                   help="fine-tune every member of the starting model set or only the first (default: all)")
+    p.add_argument("--replay", type=Path, default=None, metavar="PREPARED",
+                   help="mix source volumes of this prepare-lgg/prepare-pairs output into training (2 per site "
+                        "training case)")
+    p.add_argument("--keep-worse", action="store_true",
+                   help="deliver the model even when it scores below its start on the validation case(s)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers (default 0)")
     p.set_defaults(func=_finetune)

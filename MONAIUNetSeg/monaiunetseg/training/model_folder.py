@@ -38,15 +38,21 @@ def trained_normalisation(record: dict, bundle: str | os.PathLike | None = None)
     return str(train.get("normalisation", LEGACY_NORMALISATION))
 
 
-def inference_config(source: str, postprocessing: dict, normalisation: str | None = None,
-                     bundle: str | os.PathLike | None = None) -> dict:
+def member_files(n: int) -> list[str]:
+    """The weights files of an ``n``-member model folder: ``models/model.pt``, then ``models/member<k>.pt``."""
+    return [WEIGHTS.as_posix()] + [f"models/member{k}.pt" for k in range(1, n)]
+
+
+def inference_config(source: str, postprocessing: dict, bundle: str | os.PathLike | None = None,
+                     n_members: int = 1, normalisation: str | None = None) -> dict:
     """The folder's ``configs/inference.json``: the shipped network definition and context, the normalisation
-    the weights were trained with (default: the shipped set's), one model, the post-processing; the shipped ``trust`` block only for weights
-    that started from the shipped ones."""
+    the weights were trained with (default: the shipped set's), its model(s) (one, or every fine-tuned member of
+    an ensemble), the post-processing; the shipped ``trust`` block only for weights that started from the
+    shipped ones."""
     shipped = json.loads((bundle_root(bundle) / INFERENCE_CONFIG).read_text(encoding="utf-8"))
     config = {"network_def": shipped["network_def"], "context": shipped.get("context", 0),
-              "normalisation": normalisation or shipped.get("normalisation", LEGACY_NORMALISATION), "models": {"default": [WEIGHTS.as_posix()]},
-              "postprocessing": postprocessing}
+              "normalisation": normalisation or shipped.get("normalisation", LEGACY_NORMALISATION),
+              "models": {"default": member_files(n_members)}, "postprocessing": postprocessing}
     if source != "none" and shipped.get("trust"):
         config["trust"] = shipped["trust"]
     return config
@@ -96,10 +102,12 @@ def model_card(summary: dict) -> str:
         f"| Source weights | {s['source']} |",
         f"| Data | {s['prepared']}: {s['n_cases']} cases of {s['n_patients']} patients ({s['kinds']}), "
         f"{s['n_train']} for training, {s['n_val']} in validation fold {s['fold']} |",
-        f"| Training | {s['epochs']} epochs, {s['train_seconds'] / 60:.1f} min ({s['device']}) |",
+        f"| Training | {s['epochs']} epochs, {s['train_seconds'] / 60:.1f} min ({s['device']})"
+        f"{', ' + s['recipe'] if s.get('recipe') else ''}{f', {n} members' if (n := s.get('n_members', 1)) > 1 else ''} |",
         f"| Validation Dice | {s['dice']:.3f} mean over {s['n_val']} cases ({s['dice_raw']:.3f} without post-processing) |",
         f"| Post-processing | {s['postprocessing_name']} (chosen on the validation fold) |",
         f"| Confidence model | {'the shipped one (calibrated on LGG FLAIR, not on this data)' if s['trust'] else 'none'} |",
+        *verdict_rows(s.get("verdict")),
         "",
         "The validation Dice comes from the fold the post-processing was chosen on: an optimistic estimate, not a "
         "test result. Per-case values: `validation.csv`.",
@@ -108,24 +116,37 @@ def model_card(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_model_folder(model_dir: str | os.PathLike, weights: str | os.PathLike, prepared: str | os.PathLike,
+def verdict_rows(verdict: dict | None) -> list[str]:
+    """The card's "did fine-tuning help" rows (``training.helped.Verdict.to_dict``), none without a verdict."""
+    if not verdict or verdict.get("start_mean") is None:
+        return []
+    helped = "yes" if verdict["helped"] else "**no: worse than the start**"
+    return [f"| Start on the same cases | Dice {verdict['start_mean']:.3f} (the starting model as `segment` runs it) |",
+            f"| Fine-tuned on the same cases | Dice {verdict['tuned_mean']:.3f} (this folder as `segment --model-dir` "
+            f"runs it); helped: {helped} |"]
+
+
+def write_model_folder(model_dir: str | os.PathLike, weights: str | os.PathLike | list, prepared: str | os.PathLike,
                        fold: int, source: str, record: dict, device: str = "auto") -> dict:
-    """Copy ``weights`` into ``model_dir``, write its inference config (post-processing chosen on ``fold``),
-    per-case validation Dice and the model card; returns the card's summary."""
+    """Copy ``weights`` (one file, or the members of a fine-tuned ensemble) into ``model_dir``, write its
+    inference config (post-processing chosen on ``fold``), per-case validation Dice and the model card; returns
+    the card's summary."""
     model_dir = Path(model_dir)
+    weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
     (model_dir / WEIGHTS).parent.mkdir(parents=True, exist_ok=True)
     (model_dir / INFERENCE_CONFIG).parent.mkdir(parents=True, exist_ok=True)
     (model_dir / CARD).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(model_dir / WEIGHTS) as tmp:
-        shutil.copyfile(weights, tmp)
+    for src, name in zip(weights, member_files(len(weights))):
+        with atomic_path(model_dir / name) as tmp:
+            shutil.copyfile(src, tmp)
     normalisation = trained_normalisation(record)
-    write_text_atomic(model_dir / INFERENCE_CONFIG, json.dumps(inference_config(source, {}, normalisation), indent=1))
+    write_text_atomic(model_dir / INFERENCE_CONFIG, json.dumps(
+        inference_config(source, {}, n_members=len(weights), normalisation=normalisation), indent=1))
     rows = validate(model_dir, prepared, fold, device)
     best, mean, raw = choose_postprocessing(rows)
-    config = inference_config(source, best.to_dict(), normalisation)
+    config = inference_config(source, best.to_dict(), n_members=len(weights), normalisation=normalisation)
     write_text_atomic(model_dir / INFERENCE_CONFIG, json.dumps(config, indent=1))
-    write_csv_atomic(model_dir / VALIDATION_CSV, [{**r, "dice": r[best.name], "dice_raw": r["none"]} for r in rows],
-                     ["case", "patient", "dice", "dice_raw"])
+    write_validation_csv(model_dir, [{**r, "dice": r[best.name], "dice_raw": r["none"]} for r in rows])
     entries = json.loads((Path(prepared) / DATALIST_NAME).read_text())["training"]
     summary = {"name": model_dir.name, "source": record.get("source_weights") or "none (trained from scratch)",
                "prepared": str(prepared), "n_cases": len(entries), "n_patients": len({e["patient"] for e in entries}),
@@ -133,6 +154,30 @@ def write_model_folder(model_dir: str | os.PathLike, weights: str | os.PathLike,
                "n_train": sum(e["fold"] != fold for e in entries), "fold": fold, "epochs": record["epochs"],
                "train_seconds": record.get("train_seconds", 0.0), "device": record.get("device", device),
                "dice": mean, "dice_raw": raw, "postprocessing": best.to_dict(), "postprocessing_name": best.name,
-               "trust": "trust" in config}
+               "trust": "trust" in config, "n_members": len(weights),
+               "recipe": record.get("recipe_text", "")}
+    write_text_atomic(model_dir / CARD, model_card(summary))
+    return summary
+
+
+def write_validation_csv(model_dir: Path, rows: list[dict]) -> None:
+    columns = ["case", "patient", "dice", "dice_raw"] + [c for c in ("dice_start", "dice_segment") if c in rows[0]]
+    write_csv_atomic(model_dir / VALIDATION_CSV, rows, columns)
+
+
+def add_verdict(model_dir: str | os.PathLike, summary: dict, verdict: dict) -> dict:
+    """The card and ``validation.csv`` of ``model_dir`` with the start's and this folder's per-case Dice as
+    ``segment`` gives them (``training.helped``); returns the summary with the verdict."""
+    import csv
+
+    model_dir = Path(model_dir)
+    with open(model_dir / VALIDATION_CSV, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["dice_segment"] = verdict["tuned"].get(r["case"])
+        if verdict.get("start"):
+            r["dice_start"] = verdict["start"].get(r["case"])
+    write_validation_csv(model_dir, rows)
+    summary = {**summary, "verdict": verdict}
     write_text_atomic(model_dir / CARD, model_card(summary))
     return summary

@@ -32,6 +32,7 @@ LABEL_SUFFIXES = ("_label", "_mask", "_seg")
 PAIR_COLUMNS = ["case", "patient", "fold", "kind", "shape", "n_slices", "foreground_slices", "foreground_voxels",
                 "foreground_ml", "image_source", "label_source"]
 AFFINE_TOLERANCE = 1e-3  # mm: header round-off, not a different grid
+MAX_DEFAULT_FOLDS = 5  # without --folds: 5 folds, or one per patient when there are fewer (a few corrected cases)
 
 
 class PairError(ValueError):
@@ -153,9 +154,21 @@ def patient_of(case: str, group_regex: str | None) -> str:
     return match.group(1) if match.groups() else match.group(0)
 
 
-def assign_patient_folds(patients: list[str], n_folds: int, seed: int = 0) -> dict[str, int]:
-    """Shuffle the distinct patients (seeded) and deal them round-robin into ``n_folds`` folds."""
+def default_folds(n_patients: int) -> int:
+    """Folds when none are asked for: ``MAX_DEFAULT_FOLDS``, or one per patient for 2-4 patients (one validates,
+    the rest train: the few-cases fine-tuning a site starts with); a single patient cannot be split."""
+    if n_patients < 2:
+        raise PairError(f"{n_patients} patient(s): training needs at least 2 (one to train on, one to validate); "
+                        "add another image/label pair")
+    return min(MAX_DEFAULT_FOLDS, n_patients)
+
+
+def assign_patient_folds(patients: list[str], n_folds: int | None, seed: int = 0) -> dict[str, int]:
+    """Shuffle the distinct patients (seeded) and deal them round-robin into ``n_folds`` folds (None:
+    :func:`default_folds`)."""
     distinct = sorted(set(patients))
+    if n_folds is None:
+        n_folds = default_folds(len(distinct))
     if n_folds < 2:
         raise PairError(f"--folds must be >= 2, got {n_folds}")
     if len(distinct) < n_folds:
@@ -166,10 +179,10 @@ def assign_patient_folds(patients: list[str], n_folds: int, seed: int = 0) -> di
 
 
 def prepare_pairs(images: str | os.PathLike, out_dir: str | os.PathLike, labels: str | os.PathLike | None = None,
-                  n_folds: int = 5, seed: int = 0, group_regex: str | None = None) -> tuple[list[dict], Path]:
+                  n_folds: int | None = None, seed: int = 0, group_regex: str | None = None) -> tuple[list[dict], Path]:
     """Write every pair as ``images/<case>_image.nii.gz`` + ``labels/<case>_label.nii.gz`` (foreground = label > 0),
     ``datalist.json`` and ``dataset_summary.csv``; returns the summary rows and the datalist path. All pairs are
-    checked before anything is written."""
+    checked before anything is written. ``n_folds`` None: :func:`default_folds`."""
     out_dir = Path(out_dir)
     pairs = find_pairs(images, labels)
     check_out_dir(out_dir, [Path(images), *([Path(labels)] if labels else [])], [p.case for p in pairs])
@@ -177,6 +190,7 @@ def prepare_pairs(images: str | os.PathLike, out_dir: str | os.PathLike, labels:
         check_grids(p)
     patients = {p.case: patient_of(p.case, group_regex) for p in pairs}
     folds = assign_patient_folds(list(patients.values()), n_folds, seed)
+    n_folds = max(folds.values()) + 1 if n_folds is None else n_folds
     entries, rows = [], []
     for pair in pairs:
         image, label, affine, kind = read_pair(pair)

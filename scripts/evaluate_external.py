@@ -17,7 +17,6 @@ import csv
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -33,12 +32,9 @@ def evaluate(data: Path, bundle: str | None, model: str, weights: list[str] | No
     """One row per ``*_flair.nii.gz`` of ``data`` with a ``*_labels.nii.gz`` beside it."""
     from monaiunetseg.geometry import voxel_volume_ml
     from monaiunetseg.metrics import dice
-    from monaiunetseg.model.intensity import check_normalisation
     from monaiunetseg.model.predictor import Segmenter
 
-    segmenter = Segmenter(bundle, device="cpu", model=model, weights=weights)
-    if normalisation:
-        segmenter.spec = replace(segmenter.spec, normalisation=check_normalisation(normalisation, "--normalisation"))
+    segmenter = Segmenter(bundle, device="cpu", model=model, weights=weights, normalisation=normalisation)
     rows = []
     for flair_path in sorted(data.glob("*_flair.nii.gz")):
         label_path = Path(str(flair_path).replace("_flair.nii.gz", "_labels.nii.gz"))

@@ -149,3 +149,28 @@ def test_a_model_made_for_thin_isotropic_scans_is_not_flagged_for_their_voxels_a
     assert not any("isotropic" in r for r in kept.reasons)
     with pytest.raises(ValueError, match="ignore_checks"):
         TrustSpec.from_dict(dict(shipped, ignore_checks=["no head"]))  # hard checks cannot be switched off
+
+
+def test_cv_folds_and_finetune_starts_keep_the_normalisation_they_were_trained_with(tmp_path: Path) -> None:
+    from monaiunetseg.training.cv import configured_normalisation, fold_normalisation
+    from monaiunetseg.training.helped import source_normalisation
+
+    bundle = REPO / "monai_bundle"
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    assert configured_normalisation(bundle, ["configs/train.json"], {}) == train["normalisation"]
+    assert configured_normalisation(bundle, ["configs/train.json"], {"normalisation": "percentile"}) == "percentile"
+    (tmp_path / "fold0").mkdir()
+    assert fold_normalisation(tmp_path, 0) == "percentile"  # the folds recorded before the key (the shipped CV)
+    (tmp_path / "fold0" / "cv_fold.json").write_text(json.dumps({"normalisation": "tissue"}))
+    assert fold_normalisation(tmp_path, 0) == "tissue"
+    shipped = json.loads((bundle / "configs" / "inference.json").read_text()).get("normalisation", "percentile")
+    assert source_normalisation("default") == shipped and source_normalisation("none") is None
+    folder = tmp_path / "site_model"
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    shutil.copy(bundle / "models" / "model.pt", folder / "models" / "model.pt")
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    (folder / "configs" / "inference.json").write_text(json.dumps(
+        dict(config, normalisation="tissue", models={"default": ["models/model.pt"]})))
+    assert source_normalisation(str(folder)) == "tissue"
+    assert source_normalisation(str(folder / "models" / "model.pt")) == "tissue"  # a weights file of that folder

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from monaiunetseg.model.bundle import DEFAULT_MODEL, read_spec
 from monaiunetseg.model.fast_preprocess import GridPlan, model_grid_volume, neighbour_slices
+from monaiunetseg.model.intensity import check_normalisation
 from monaiunetseg.model.errors import input_out_of_range, non_finite_output
 from monaiunetseg.model.postprocess import PostProcessing
 from monaiunetseg.trust.signals import PredictionStats
@@ -99,11 +100,14 @@ class Segmenter:
     def __init__(self, bundle: str | os.PathLike | None = None, device: str = "auto",
                  weights: str | os.PathLike | list[str | os.PathLike] | None = None, batch_size: int = 32,
                  model: str = DEFAULT_MODEL, flip_tta: bool | None = None, context: int | None = None,
-                 postprocessing: dict | None = None, backend: str | None = None) -> None:
+                 postprocessing: dict | None = None, backend: str | None = None,
+                 normalisation: str | None = None) -> None:
         self.device_name = device_name(device)
         self.spec = read_spec(bundle)
         if context is not None:  # e.g. the folds of a cross-validation of another recipe
             self.spec = self.spec.with_context(context)
+        if normalisation is not None:  # likewise: weights trained with another input normalisation
+            self.spec = replace(self.spec, normalisation=check_normalisation(normalisation, "normalisation"))
         self.postprocessing = PostProcessing.from_dict(self.spec.postprocessing if postprocessing is None else postprocessing)
         if weights is None:
             files = self.spec.weights(model)

@@ -20,6 +20,7 @@ from pathlib import Path
 from monaiunetseg.batch.lock import FolderBusyError, OutputLock
 from monaiunetseg.files import write_text_atomic
 from monaiunetseg.model.bundle import bundle_root
+from monaiunetseg.model.intensity import LEGACY_NORMALISATION
 from monaiunetseg.training.prepare import DATALIST_NAME
 
 RECORD = "cv_fold.json"
@@ -50,6 +51,24 @@ def fold_weights(out_root: str | os.PathLike, fold: int) -> Path:
     fold folder), e.g. a fold trained before and shipped elsewhere in the bundle, so that it is not a second copy."""
     named = read_record(out_root, fold).get("weights")
     return fold_dir(out_root, fold) / (named if isinstance(named, str) and named else "model.pt")
+
+
+def configured_normalisation(bundle: Path, configs: list[str], overrides: dict) -> str:
+    """The input normalisation a training runs with: an override, else the last of ``configs`` that names one."""
+    if overrides.get("normalisation"):
+        return str(overrides["normalisation"])
+    chosen = LEGACY_NORMALISATION
+    for name in configs:
+        try:
+            chosen = json.loads((bundle / name).read_text(encoding="utf-8")).get("normalisation", chosen)
+        except (OSError, ValueError):
+            continue
+    return str(chosen)
+
+
+def fold_normalisation(out_root: str | os.PathLike, fold: int) -> str:
+    """The normalisation a fold was trained with (its record; folds recorded before the key: ``percentile``)."""
+    return str(read_record(out_root, fold).get("normalisation") or LEGACY_NORMALISATION)
 
 
 def fold_finished(out_root: str | os.PathLike, fold: int, epochs: int | None = None) -> bool:
@@ -126,6 +145,7 @@ def _train_fold(bundle: Path, dataset_dir: str | os.PathLike, out_root: str | os
         raise ValueError(f"{out} was trained for {record['epochs']} epochs; resume it with --epochs "
                          f"{record['epochs']} or use another output folder")
     record.update({"fold": fold, "epochs": epochs, "configs": configs, "overrides": overrides,
+                   "normalisation": configured_normalisation(bundle, configs, overrides),
                    "dataset_dir": str(dataset_dir), "status": "running"})
     # A run is recorded before it starts, so one killed outright still shows (without seconds).
     record.setdefault("runs", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%S")})

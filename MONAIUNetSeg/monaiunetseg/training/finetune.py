@@ -95,22 +95,6 @@ def source_weights(source: str) -> Path | None:
     return members[0] if members else None
 
 
-def source_normalisation(source: str) -> str | None:
-    """The input normalisation the starting weights were trained with (fine-tuning keeps it): a model folder's,
-    or that of the model folder a weights file sits in (``DIR/models/model.pt``), else the shipped bundle's;
-    None (``train.json``'s own) when training from scratch."""
-    from monaiunetseg.training.helped import is_model_folder
-
-    if source == "none":
-        return None
-    if is_model_folder(source):
-        return read_spec(source).normalisation
-    folder = Path(source).resolve().parent.parent
-    if source not in SOURCES and source != "full" and is_model_folder(str(folder)):
-        return read_spec(folder).normalisation
-    return read_spec(None).normalisation
-
-
 def read_record(work: Path) -> dict:
     try:
         return json.loads((work / RECORD).read_text())
@@ -216,6 +200,8 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
     data = replay_data(prepared, Path(replay).resolve(), work, fold, recipe.replay_per_case) if replay else prepared
     dev = device_name(device)
     overrides: dict[str, object] = {"device": dev, "num_workers": num_workers, "l2sp": recipe.l2sp}
+    from monaiunetseg.training.helped import source_normalisation
+
     if source_normalisation(source):
         overrides["normalisation"] = source_normalisation(source)
     for key, value in (("train#dataloader#batch_size", batch_size), ("num_samples", num_samples),

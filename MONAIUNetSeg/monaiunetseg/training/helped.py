@@ -28,6 +28,22 @@ def is_model_folder(source: str | os.PathLike) -> bool:
     return Path(source).is_dir() and (Path(source) / INFERENCE_CONFIG).is_file()
 
 
+def source_normalisation(source: str) -> str | None:
+    """The input normalisation the starting weights were trained with (fine-tuning keeps it): a model folder's,
+    or that of the model folder a weights file sits in (``DIR/models/model.pt``), else the shipped bundle's;
+    None (``train.json``'s own) when training from scratch."""
+    from monaiunetseg.model.bundle import read_spec
+
+    if source == "none":
+        return None
+    if is_model_folder(source):
+        return read_spec(source).normalisation
+    folder = Path(source).resolve().parent.parent
+    if source not in SHIPPED_SETS and is_model_folder(folder):
+        return read_spec(folder).normalisation
+    return read_spec(None).normalisation
+
+
 def start_segmenter(source: str, device: str = "cpu"):
     """The starting model as ``segment`` runs it: a shipped set (``--model``), a model folder (``--model-dir``)
     or a weights file (the shipped network and post-processing); None for ``none`` (nothing to compare with)."""
@@ -39,7 +55,7 @@ def start_segmenter(source: str, device: str = "cpu"):
         return Segmenter(device=device, model=source)
     if is_model_folder(source):
         return Segmenter(bundle=source, device=device)
-    return Segmenter(device=device, weights=source)
+    return Segmenter(device=device, weights=source, normalisation=source_normalisation(source))
 
 
 def score_cases(segmenter, prepared: str | os.PathLike, fold: int) -> dict[str, float]:

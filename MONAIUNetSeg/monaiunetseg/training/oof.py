@@ -21,7 +21,8 @@ from monaiunetseg.files import atomic_path, file_sha256, write_csv_atomic, write
 from monaiunetseg.geometry import voxel_volume_ml
 from monaiunetseg.metrics import dice, hd95
 from monaiunetseg.model.postprocess import PostProcessing
-from monaiunetseg.training.cv import fold_weights, read_record
+from monaiunetseg.model.intensity import LEGACY_NORMALISATION
+from monaiunetseg.training.cv import fold_normalisation, fold_weights, read_record
 
 SIZE_BUCKETS = ((0.0, 15.0, "< 15 mL"), (15.0, 50.0, "15-50 mL"), (50.0, math.inf, "> 50 mL"))
 # Post-processing candidates scored on the OOF predictions (the first is the reference: none).
@@ -70,13 +71,16 @@ def predict_oof(cv_root: str | os.PathLike, dataset_dir: str | os.PathLike, prob
     for fold in sorted({c.fold for c in cases}):
         weights = fold_weights(cv_root, fold)
         context = int((read_record(cv_root, fold).get("overrides") or {}).get("context", 0))
-        model = f"{file_sha256(weights) if weights.is_file() else weights} flip_tta={flip_tta} context={context}"
+        normalisation = fold_normalisation(cv_root, fold)
+        model = (f"{file_sha256(weights) if weights.is_file() else weights} flip_tta={flip_tta} context={context}"
+                 f"{'' if normalisation == LEGACY_NORMALISATION else ' normalisation=' + normalisation}")
         keys = {c.patient: f"{file_sha256(c.image)} {model}" for c in cases if c.fold == fold}
         todo = [c for c in cases if c.fold == fold and cached_key(probs_dir / f"{c.patient}.npz") != keys[c.patient]]
         out.update({c.patient: probs_dir / f"{c.patient}.npz" for c in cases if c.fold == fold})
         if not todo:
             continue
-        segmenter = Segmenter(bundle, device=device, weights=weights, flip_tta=flip_tta, context=context)
+        segmenter = Segmenter(bundle, device=device, weights=weights, flip_tta=flip_tta, context=context,
+                              normalisation=normalisation)
         for c in tqdm(todo, desc=f"evaluate-oof fold {fold}", unit="patient", disable=None):
             img = nib.load(c.image)
             prob = segmenter.probabilities(img.get_fdata(dtype=np.float32), img.affine)

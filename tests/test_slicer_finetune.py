@@ -103,7 +103,7 @@ def test_fine_tune_reports_progress_cancels_and_resumes(module_logic, scans, tmp
         logic.addTrainingCase(*segment_and_correct(logic, scene, *scans[name]), cases)
     logic.fineTuneOptions = {"epochs": 40, "batch_size": 1, "num_samples": 2}
     modelDir = Path(logic.startFineTune(cases, "cpu", "fast"))
-    assert modelDir.parent == cases / "models" and (modelDir / "train" / "prepared" / "datalist.json").is_file()
+    assert modelDir.parent == finetuning.models_folder(cases) and (modelDir / "train" / "prepared" / "datalist.json").is_file()
     deadline = time.monotonic() + 600
     while logic.fineTuneProgress() < 2 / 40 or not list((modelDir / "train" / "checkpoints").glob("*epoch=2.pt")):
         logic.pollFineTune()
@@ -145,7 +145,7 @@ def test_loop_end_to_end_gives_the_cli_labelmap(headless_widget, module_logic, s
     assert not widget.errors, widget.errors
     log = "\n".join(widget.ui.logTextEdit.lines)
     assert "finetune: validation Dice" in log and "fine-tuned vs" in log, log[-2000:]
-    assert p.model == models.FOLDER_CHOICE and p.modelFolder.parent == cases / "models"
+    assert p.model == models.FOLDER_CHOICE and p.modelFolder.parent == finetuning.models_folder(cases)
     modelDir = p.modelFolder
     assert models.check_model_folder(modelDir) == modelDir.resolve()
     record = finetuning.read_record(modelDir)

@@ -1,6 +1,7 @@
 """The Slicer loop's training: ``monaiunetseg finetune`` on a folder of training cases as a background job, like
 a segmentation job (one process, its output drained, cancel ends the whole tree), into a new model folder
-``<cases>/models/finetuned-<date>`` that the *Model* selector then offers.
+``<cases>-models/finetuned-<date>`` beside the cases folder (``prepare-pairs`` never writes inside its input
+tree) that the *Model* selector then offers.
 
 The pairs are prepared in-process first (``prepare-pairs``: quick, and a bad pair is refused before any process
 starts) into the model folder's ``train/prepared``; a re-run resumes an unfinished fine-tuning of the same
@@ -18,7 +19,7 @@ from pathlib import Path
 from MONAIUNetSegLib.jobs import CLI_MODULE, BackgroundError, python_executable
 from MONAIUNetSegLib.processes import ProcessMonitor, start_process
 
-MODELS_FOLDER = "models"  # inside the cases folder: the model folders its fine-tunings made
+MODELS_SUFFIX = "-models"  # <cases>-models, beside the cases folder: the model folders its fine-tunings made
 RECORD = Path("train") / "finetune.json"  # monaiunetseg.training.finetune's record (RECORD in WORK)
 PREPARED = Path("train") / "prepared"
 WORSE_EXIT = 3  # finetune's exit code for "worse than its start: kept aside"
@@ -59,10 +60,16 @@ def read_record(modelDir: str | Path) -> dict:
         return {}
 
 
+def models_folder(casesFolder: str | Path) -> Path:
+    """Where the fine-tunings of ``casesFolder`` go: ``<cases>-models`` beside it, outside the input tree."""
+    cases = Path(casesFolder).resolve()
+    return cases.parent / (cases.name + MODELS_SUFFIX)
+
+
 def plan(casesFolder: str | Path, source: str) -> Path:
     """The model folder to write: an unfinished fine-tuning of these cases from ``source`` (resumed), else a new
-    ``models/finetuned-<date>``."""
-    models = Path(casesFolder) / MODELS_FOLDER
+    ``<cases>-models/finetuned-<date>``."""
+    models = models_folder(casesFolder)
     unfinished = [d for d in sorted(models.glob("finetuned-*"))
                   if read_record(d).get("source") == source and read_record(d).get("status") not in ("done", "worse")]
     if unfinished:

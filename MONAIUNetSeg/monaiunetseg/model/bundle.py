@@ -47,9 +47,14 @@ def bundle_root(explicit: str | os.PathLike | None = None) -> Path:
     raise FileNotFoundError(f"MONAI bundle not found (looked in: {', '.join(map(str, candidates))})")
 
 
+def checkout_bundle() -> Path:
+    """The source checkout's bundle folder (``monai_bundle/`` beside ``MONAIUNetSeg/``; it may not exist)."""
+    return Path(__file__).resolve().parents[3] / "monai_bundle"
+
+
 def shipped_bundles() -> list[Path]:
     """The bundle folders that come with this installation (the installed package, the source checkout's)."""
-    found = [Path(__file__).resolve().parents[3] / "monai_bundle"]
+    found = [checkout_bundle()]
     installed = installed_bundle()
     return found if installed is None else [installed, *found]
 

@@ -105,12 +105,15 @@ def cached_key(path: Path) -> str | None:
 
 def refuse_installed(folder: Path) -> None:
     """Never write a cache into the installed bundle (a CV folder given as the shipped one): it is the
-    installation's, and may be read-only or shared."""
-    from monaiunetseg.model.bundle import installed_bundle
+    installation's, and may be read-only or shared. An editable install's bundle is the checkout's own working
+    tree (``monai_bundle/``, where the project's CV is trained and evaluated), not an installation."""
+    from monaiunetseg.model.bundle import checkout_bundle, installed_bundle
 
     installed = installed_bundle()
     real = folder.resolve()
-    if installed is not None and (real == installed or installed in real.parents):
+    if installed is None or installed == checkout_bundle().resolve():
+        return
+    if real == installed or installed in real.parents:
         raise ValueError(f"{folder} is inside the installed bundle {installed}: copy the CV folder elsewhere "
                          "(its fold records and weights) and give the copy")
 

@@ -24,7 +24,8 @@ setup(
     package_dir={"monaiunetseg": "MONAIUNetSeg/monaiunetseg", "monaiunetseg_bundle": "monai_bundle"},
     packages=["monaiunetseg", *(f"monaiunetseg.{p}" for p in find_packages("MONAIUNetSeg/monaiunetseg")),
               "monaiunetseg_bundle"],
-    package_data={"monaiunetseg_bundle": ["configs/*", "models/model.pt", "models/cv/*/model.pt", "models/cv/*/cv_fold.json", "docs/*", "LICENSE"],
+    package_data={"monaiunetseg_bundle": ["configs/*", "models/model.pt", "models/cv/*/model.pt", "models/cv/*/cv_fold.json",
+                                          "models/cv_tissue_v1/*/model.pt", "models/cv_tissue_v1/*/cv_fold.json", "docs/*", "LICENSE"],
                   "monaiunetseg.batch": ["run_record.schema.json"]},
     # Every requirement is imported by the core, the bundle configs or the commands (none "just in case"):
     # nibabel NIfTI; SimpleITK NRRD/MetaImage; pydicom + highdicom DICOM, enhanced multi-frame, SEG, SR; pynetdicom

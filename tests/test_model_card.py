@@ -60,7 +60,7 @@ def test_model_sets_and_post_processing_are_the_configs():
              for name, members in sets.items()}
     assert folds == {"default": [0, 1, 2], "fast": [0], "full": [0, 1, 2, 3, 4]}
     assert table_row(ships, "`default`")[1].startswith("fold models 0, 1, 2 ")
-    assert table_row(ships, "`fast`")[1] == "fold model 0 (`models/model.pt`)"
+    assert table_row(ships, "`fast`")[1] == f"fold model 0 (`{sets['fast'][0]}`)"
     assert table_row(ships, "`full`")[1] == "all five fold models"
     assert f'"postprocessing": {json.dumps(INFERENCE["postprocessing"])}' in ships
     assert f'"flip_tta": {json.dumps(INFERENCE["flip_tta"])}' in ships

@@ -564,10 +564,12 @@ def test_latest_checkpoint_picks_highest_epoch_not_newest_file(tmp_path: Path) -
 
 def test_shipped_model_card_agrees_with_evaluating_rerun(kaggle_dir: Path, tmp_path: Path) -> None:
     """The committed per-patient table (docs/metrics_per_patient.csv and the model card's fold-0 history) is what
-    `evaluating` gives today for fold model 0 alone without post-processing (``--model fast --postprocessing {}``)
-    on fold 0 of the raw shared data, prepared on the fly by the bundle."""
+    `evaluating` gives today for that fold model 0 alone (``models/model.pt``, bundle 0.1.0-0.4.0's ``fast``, read
+    with the normalisation it was trained with) without post-processing, on fold 0 of the raw shared data, prepared
+    on the fly by the bundle."""
     run_bundle(["run", "evaluating", "--config_file", EVALUATE, *COMMON, "--dataset_dir", str(kaggle_dir),
-                "--output_dir", str(tmp_path / "eval"), "--model", "fast", "--postprocessing", "{}"])
+                "--output_dir", str(tmp_path / "eval"), "--model_path", "models/model.pt",
+                "--model_normalisation", "percentile", "--postprocessing", "{}"])
     with open(tmp_path / "eval" / "metrics_per_patient.csv") as f:
         rerun = {r["patient"]: r for r in csv.DictReader(f)}
     with open(BUNDLE_DIR / "docs" / "metrics_per_patient.csv") as f:

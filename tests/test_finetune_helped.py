@@ -18,13 +18,14 @@ import torch
 
 from monaiunetseg.cli import main as cli_main
 from monaiunetseg.metrics import dice
+from monaiunetseg.model.bundle import read_spec
 from monaiunetseg.model.predictor import Segmenter
 from monaiunetseg.training.finetune import FINETUNE, SCRATCH, replay_data
 from monaiunetseg.training.regularise import L2SPLoss, l2sp_loss
 
 from conftest import BUNDLE_DIR, SAMPLE_FLAIR, SAMPLE_LABEL
 
-SHIPPED = BUNDLE_DIR / "models" / "model.pt"
+SHIPPED = read_spec(BUNDLE_DIR).weights("default")[0]  # the first member of the shipped default set
 
 
 def sample_pairs(folder: Path) -> Path:

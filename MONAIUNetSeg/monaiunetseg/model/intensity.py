@@ -76,6 +76,8 @@ def tissue_reference(volume: np.ndarray) -> tuple[float, float]:
     lo, hi = (float(x) for x in np.percentile(s, [LOW_PERCENTILE, HIGH_PERCENTILE]))
     if not hi > lo:
         return lo, lo
+    if not np.isfinite(hi - lo) or hi - lo > np.finfo(np.float32).max:  # values near +-FLT_MAX: no histogram;
+        return lo, hi  # the scaling overflows as the percentiles' does and the caller reports the input's range
     values = s[head_mask(s)]
     tissue = values[(values > lo + TISSUE_FLOOR * (hi - lo)) & (values <= hi)]
     if tissue.size < 100:  # no head (noise, a tiny phantom): fall back on the whole volume's median

@@ -1,8 +1,9 @@
 """The model card's "Measurements: agreement with the expert": each ``monaiunetseg measure`` figure of the
 out-of-fold (OOF) prediction against the same figure of the expert mask, on the 77 Kaggle LGG patients.
 
-* Model mask: the cached OOF probabilities (``models/cv/oof_probs/<patient>.npz``, uint8 x 255) > 0.5, then the
-  shipped post-processing (components >= 0.2 x the largest); expert mask: ``labels/`` of the prepared data set.
+* Model mask: the cached OOF probabilities of the shipped sets' cross-validation
+  (``models/cv_tissue_v1/oof_probs/<patient>.npz``, uint8 x 255, written by ``evaluate-oof``) > 0.5, then the shipped
+  post-processing (``postprocessing`` of ``configs/inference.json``); expert mask: ``labels/`` of the prepared data set.
   Both are read in place and measured with ``measure.shape.measure_labelmap`` on the same grid (the Kaggle
   spacing is nominal, 1 x 1 x 3 mm: millimetres are as exact as that).
 * Per measurement: median absolute % error ``|model - expert| / expert`` and a Bland-Altman plot of the
@@ -38,7 +39,8 @@ from monaiunetseg.measure.growth import rano_lgg_category  # noqa: E402
 from monaiunetseg.measure.shape import measure_labelmap  # noqa: E402
 from monaiunetseg.model.postprocess import PostProcessing  # noqa: E402
 
-POSTPROCESSING = PostProcessing.from_dict({"min_fraction": 0.2})
+POSTPROCESSING = PostProcessing.from_dict(
+    json.loads((REPO / "monai_bundle" / "configs" / "inference.json").read_text())["postprocessing"])
 THRESHOLD = 0.5
 # (column, label in the table and plot, unit)
 MEASURES = [("bidimensional_mm2", "bidimensional product", "mm²"), ("sum_products_mm2", "sum of products", "mm²"),
@@ -151,7 +153,7 @@ def bland_altman(rows: list[dict], target: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prepared", type=Path, default=Path("/work/prepared"))
-    ap.add_argument("--probs", type=Path, default=REPO / "monai_bundle" / "models" / "cv" / "oof_probs")
+    ap.add_argument("--probs", type=Path, default=REPO / "monai_bundle" / "models" / "cv_tissue_v1" / "oof_probs")
     ap.add_argument("--out", type=Path, default=REPO / "monai_bundle" / "docs")
     ap.add_argument("--limit", type=int, default=None, help="only the first N patients")
     args = ap.parse_args()

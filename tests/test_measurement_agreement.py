@@ -14,8 +14,8 @@ from conftest import REPO
 
 SCRIPT = REPO / "scripts" / "measurement_agreement.py"
 PREPARED = Path("/work/prepared")
-PROBS_DIRS = [REPO / "monai_bundle" / "models" / "cv" / "oof_probs", REPO.parent / "main" / "monai_bundle" / "models"
-              / "cv" / "oof_probs"]
+PROBS_DIRS = [REPO / "monai_bundle" / "models" / "cv_tissue_v1" / "oof_probs", REPO.parent / "main" / "monai_bundle"
+              / "models" / "cv_tissue_v1" / "oof_probs"]
 
 
 def _script():

@@ -58,6 +58,9 @@ CANDIDATES: dict[str, dict] = {
     "no_l2sp": {"l2sp": 0.0},
     "lr0.002": {"learning_rate": 0.002},
     "old_defaults": {"learning_rate": 0.002, "epochs": 30, "l2sp": 0.0, "best_checkpoint": False, "patience": None},
+    # Declared 2026-12-07 before any test patient was scored with it: the site's cases only re-estimate the
+    # batch-norm statistics (learning rate 0: no weight changes), best epoch on the validation patient as usual.
+    "bn_stats": {"learning_rate": 0.0, "l2sp": 0.0},
 }
 
 

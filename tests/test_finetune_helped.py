@@ -88,6 +88,31 @@ def test_a_worse_model_is_kept_aside_and_delivered_only_with_keep_worse(prepared
     assert json.loads((model / "train" / "finetune.json").read_text())["status"] == "done"
 
 
+def test_learning_rate_zero_adapts_only_the_batch_norm_statistics(prepared: Path, tmp_path: Path):
+    """``--learning-rate 0`` (the ``bn_stats`` candidate of the leave-one-institution-out script): the cosine
+    schedule must not climb to the bundle's floor (1e-5), so every weight is the start's and only the batch-norm
+    running statistics move to the site's cases; a negative rate is refused."""
+    import torch
+
+    model = tmp_path / "bn"
+    assert cli_main(["finetune", str(prepared), "-o", str(model), "--from", "fast", "--epochs", "2", "--learning-rate",
+                     "0", "--members", "first", "--batch-size", "1", "--num-samples", "2", "--device", "cpu",
+                     "--keep-worse"]) == 0
+    record = json.loads((model / "train" / "finetune.json").read_text())
+    assert record["overrides"]["lr_scheduler#eta_min"] == "0.0" and record["overrides"]["learning_rate"] == "0.0"
+    start = torch.load(read_spec(BUNDLE_DIR).weights("fast")[0], map_location="cpu", weights_only=True)
+    tuned = torch.load(model / "models" / "model.pt", map_location="cpu", weights_only=True)
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in start if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert stats and weights
+    assert all(torch.equal(start[k], tuned[k]) for k in weights)
+    assert any(not torch.allclose(start[k], tuned[k]) for k in stats)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        from monaiunetseg.training.finetune import finetune
+
+        finetune(prepared, tmp_path / "neg", source="fast", learning_rate=-1e-3, device="cpu")
+
+
 def test_l2sp_penalty_pulls_toward_the_starting_weights():
     from monaiunetseg.model.bundle import load_state_dict, network_from_config
 

@@ -155,7 +155,8 @@ def add_finetune_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-samples", type=int, default=None,
                    help="random crops per volume and step (default: the bundle's, 8)")
     p.add_argument("--learning-rate", type=float, default=None,
-                   help="default: 0.0002 fine-tuning, the bundle's 0.002 from scratch")
+                   help="default: 0.0002 fine-tuning, the bundle's 0.002 from scratch; 0: only the batch-norm "
+                        "statistics adapt to the new cases (no weight changes)")
     p.add_argument("--l2sp", type=float, default=None, metavar="WEIGHT",
                    help="L2-SP: add WEIGHT x squared distance to the starting weights to the loss (default: 0.01 "
                         "fine-tuning, 0 from scratch)")

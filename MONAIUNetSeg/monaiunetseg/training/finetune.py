@@ -182,6 +182,8 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
     recipe = replace(default_recipe(source), **{k: v for k, v in given.items() if v is not None})
     if recipe.members not in ("all", "first"):
         raise ValueError(f"--members {recipe.members!r}: use all or first")
+    if recipe.learning_rate is not None and recipe.learning_rate < 0:
+        raise ValueError(f"--learning-rate {recipe.learning_rate:g}: must be >= 0 (0: batch-norm statistics only)")
     work = model_dir / WORK
     record = read_record(work)
     if record and record.get("source") != source:
@@ -208,6 +210,11 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
                        ("learning_rate", recipe.learning_rate), ("early_stop_patience", recipe.patience)):
         if value is not None:
             overrides[key] = value
+    eta_min = json.loads((bundle_root(None) / "configs" / "train.json").read_text())["lr_scheduler"]["eta_min"]
+    if recipe.learning_rate is not None and recipe.learning_rate < eta_min:
+        # the cosine schedule ends at the bundle's floor: below it, it would climb above the rate asked for (with
+        # 0 the weights would move after all, where only the batch-norm statistics are meant to adapt)
+        overrides["lr_scheduler#eta_min"] = recipe.learning_rate
     record.update(source=source, source_weights=str(starts[0]) if starts else None, prepared=str(prepared),
                   fold=fold, epochs=recipe.epochs, device=dev, recipe=asdict(recipe), recipe_text=recipe.text(),
                   replay=str(replay) if replay else None, overrides={k: str(v) for k, v in overrides.items()},

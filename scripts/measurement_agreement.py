@@ -37,10 +37,10 @@ sys.path.insert(0, str(REPO / "MONAIUNetSeg"))
 
 from monaiunetseg.measure.growth import rano_lgg_category  # noqa: E402
 from monaiunetseg.measure.shape import measure_labelmap  # noqa: E402
+from monaiunetseg.model.bundle import read_spec  # noqa: E402
 from monaiunetseg.model.postprocess import PostProcessing  # noqa: E402
 
-POSTPROCESSING = PostProcessing.from_dict(
-    json.loads((REPO / "monai_bundle" / "configs" / "inference.json").read_text())["postprocessing"])
+POSTPROCESSING = PostProcessing.from_dict(read_spec(REPO / "monai_bundle").postprocessing)
 THRESHOLD = 0.5
 # (column, label in the table and plot, unit)
 MEASURES = [("bidimensional_mm2", "bidimensional product", "mm²"), ("sum_products_mm2", "sum of products", "mm²"),

@@ -17,6 +17,7 @@ Prints the table for the model card, with each training's wall time, and writes 
 
     python scripts/leave_one_institution_out.py PREPARED -o OUT [--site DU] [--base-epochs 60]
         [--candidates recipe replay ...] [--finetune-epochs N] [--test-limit N]
+        [--train-seed N] [--base-normalisation percentile]
 """
 
 from __future__ import annotations
@@ -101,9 +102,13 @@ def main() -> int:
     ap.add_argument("--site", default="DU", help="the institution left out (default DU, the largest)")
     ap.add_argument("--base-epochs", type=int, default=60)
     ap.add_argument("--finetune-epochs", type=int, default=None, help="default: each candidate's (recipe: 20)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES),
-                    help="the declared fine-tuning candidates to run (default: all)")
+    ap.add_argument("--seed", type=int, default=0, help="shuffles the site's patients: labelled vs test (default 0)")
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="the base training's random seed (default: the bundle's, 0): a recipe over seeds")
+    ap.add_argument("--base-normalisation", default=None,
+                    help="the base's input normalisation (default: the bundle's; percentile: the 0.4.0 recipe)")
+    ap.add_argument("--candidates", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES),
+                    help="the declared fine-tuning candidates to run (default: all; none: the base only)")
     ap.add_argument("--test-limit", type=int, default=None, help="score only the first N test patients (smoke runs)")
     args = ap.parse_args()
     entries = json.loads((args.prepared / "datalist.json").read_text())["training"]
@@ -113,7 +118,8 @@ def main() -> int:
     out = args.out
     base_data = write_subset(args.prepared, out / "base", [e for e in entries if e["institution"] != args.site],
                              lambda i, e: e["fold"])
-    seconds = {"base": train(base_data, out / "base_model", "none", args.base_epochs)[0]}
+    seconds = {"base": train(base_data, out / "base_model", "none", args.base_epochs, seed=args.train_seed,
+                             normalisation=args.base_normalisation)[0]}
     base_model = out / "base_model"
     rows = [("base", "other institutions", base_model, "done")]
     for n in (3, 6):
@@ -128,6 +134,7 @@ def main() -> int:
             rows.append((name, f"base + {n - 1} {args.site} (1 validates), {cand}", out / f"{name}_model", status))
     results = {"site": args.site, "labelled": [e["patient"] for e in labelled], "test": test,
                "base_epochs": args.base_epochs, "finetune_epochs": args.finetune_epochs,
+               "train_seed": args.train_seed, "base_normalisation": args.base_normalisation,
                "candidates": {c: CANDIDATES[c] for c in args.candidates}, "models": {}}
     print(f"Leave {args.site} out: base trained on {len(entries) - len(site)} patients of the other institutions; "
           f"{len(test)} {args.site} test patients\n")

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from monaiunetseg.batch.array_task import number_or_auto
+from monaiunetseg.model.intensity import NORMALISATIONS
 
 
 def _train_cv(args: argparse.Namespace) -> int:
@@ -106,7 +107,8 @@ def _finetune(args: argparse.Namespace) -> int:
                       device=args.device, batch_size=args.batch_size, num_samples=args.num_samples,
                       learning_rate=args.learning_rate, num_workers=args.num_workers, l2sp=args.l2sp,
                       patience=args.patience, best_checkpoint=args.best_checkpoint, members=args.members,
-                      replay=args.replay, keep_worse=args.keep_worse)
+                      replay=args.replay, keep_worse=args.keep_worse, seed=args.seed,
+                      normalisation=args.normalisation)
     return {"done": 0, "worse": 3}.get(record.get("status"), 1)
 
 
@@ -172,6 +174,11 @@ def add_finetune_parsers(subparsers: argparse._SubParsersAction) -> None:
                         "training case)")
     p.add_argument("--keep-worse", action="store_true",
                    help="deliver the model even when it scores below its start on the validation case(s)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed of the crops and augmentations (default: the bundle's, 0)")
+    p.add_argument("--normalisation", choices=NORMALISATIONS, default=None,
+                   help="input normalisation, from scratch only (default: the bundle's; fine-tuning keeps the "
+                        "starting weights')")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers (default 0)")
     p.set_defaults(func=_finetune)

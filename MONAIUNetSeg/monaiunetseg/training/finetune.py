@@ -165,11 +165,12 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
              num_samples: int | None = None, learning_rate: float | None = None, num_workers: int = 0,
              l2sp: float | None = None, patience: int | None = None, best_checkpoint: bool | None = None,
              members: str | None = None, replay: str | os.PathLike | None = None, keep_worse: bool = False,
-             log=print) -> dict:
+             seed: int | None = None, normalisation: str | None = None, log=print) -> dict:
     """Train on every fold but ``fold`` of ``prepared`` (a prepare-pairs / prepare-lgg output), validate on
     ``fold``, and write ``model_dir`` (``model_folder.write_model_folder``) when the result is at least as good
     as its start there (or ``keep_worse``); returns the training record (``status`` ``done``, ``worse`` or
-    ``interrupted``). Options left None take :func:`default_recipe`'s values."""
+    ``interrupted``). Options left None take :func:`default_recipe`'s values; ``seed`` and ``normalisation``
+    (from scratch only: fine-tuning keeps its start's) the bundle's, so a recipe can be compared over seeds."""
     prepared, model_dir = Path(prepared).resolve(), Path(model_dir).resolve()
     if not (prepared / DATALIST_NAME).is_file():
         raise FileNotFoundError(f"{prepared}: no {DATALIST_NAME} (run prepare-pairs or prepare-lgg first)")
@@ -206,6 +207,17 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
 
     if source_normalisation(source):
         overrides["normalisation"] = source_normalisation(source)
+    if normalisation is not None:
+        from monaiunetseg.model.intensity import check_normalisation
+
+        check_normalisation(normalisation, "--normalisation")
+        if source != "none" and normalisation != overrides.get("normalisation"):
+            raise ValueError(f"--normalisation {normalisation}: the weights of --from {source} were trained with "
+                             f"{overrides.get('normalisation')}; fine-tuning keeps that (choose it only with --from "
+                             "none)")
+        overrides["normalisation"] = normalisation
+    if seed is not None:
+        overrides["seed"] = seed
     for key, value in (("train#dataloader#batch_size", batch_size), ("num_samples", num_samples),
                        ("learning_rate", recipe.learning_rate), ("early_stop_patience", recipe.patience)):
         if value is not None:

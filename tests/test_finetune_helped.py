@@ -207,3 +207,26 @@ def test_early_stop_ends_training_and_the_best_epoch_is_delivered(tmp_path: Path
     best = model / "train" / "model_best_val.pt"
     assert best.is_file() and (model / "train" / "model.pt").is_file()
     assert (model / "models" / "model.pt").read_bytes() == best.read_bytes()
+
+
+def test_from_scratch_takes_a_seed_and_a_normalisation_fine_tuning_keeps_its_starts(prepared: Path, tmp_path: Path):
+    """``--seed`` and ``--normalisation`` (the leave-one-institution-out script's recipes over seeds): a scratch
+    model records both and its folder segments with the normalisation it was trained with; fine-tuning refuses
+    another normalisation than its start's, and an unknown one is refused by name."""
+    from monaiunetseg.training.finetune import finetune
+
+    model = tmp_path / "scratch"
+    assert cli_main(["finetune", str(prepared), "-o", str(model), "--from", "none", "--epochs", "1", "--seed", "3",
+                     "--normalisation", "percentile", "--batch-size", "1", "--num-samples", "2",
+                     "--device", "cpu"]) == 0
+    record = json.loads((model / "train" / "finetune.json").read_text())
+    assert record["overrides"]["seed"] == "3" and record["overrides"]["normalisation"] == "percentile"
+    assert read_spec(model).normalisation == "percentile"
+    assert read_spec(BUNDLE_DIR).normalisation == "tissue"
+    with pytest.raises(ValueError, match="fine-tuning keeps that"):
+        finetune(prepared, tmp_path / "other", source="fast", normalisation="percentile", device="cpu")
+    with pytest.raises(ValueError, match="--normalisation: normalisation must be one of"):
+        finetune(prepared, tmp_path / "other", source="none", normalisation="zscore", device="cpu")
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(ValueError, match="was trained with --seed 3"):
+        finetune(prepared, model, source="none", epochs=1, seed=4, device="cpu")

@@ -185,11 +185,26 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
         raise ValueError(f"--members {recipe.members!r}: use all or first")
     if recipe.learning_rate is not None and recipe.learning_rate < 0:
         raise ValueError(f"--learning-rate {recipe.learning_rate:g}: must be >= 0 (0: batch-norm statistics only)")
+    from monaiunetseg.training.helped import source_normalisation
+
+    if normalisation is not None:
+        from monaiunetseg.model.intensity import check_normalisation
+
+        check_normalisation(normalisation, "--normalisation")
+        if source != "none" and normalisation != source_normalisation(source):
+            raise ValueError(f"--normalisation {normalisation}: the weights of --from {source} were trained with "
+                             f"{source_normalisation(source)}; fine-tuning keeps that (choose it only with --from "
+                             "none)")
     work = model_dir / WORK
     record = read_record(work)
     if record and record.get("source") != source:
         raise ValueError(f"{model_dir} was started --from {record.get('source')}; resume it with that, or use "
                          "another folder")
+    done = {k: (record.get("overrides") or {}).get(k) for k in ("normalisation", "seed")}
+    for key, value in (("normalisation", normalisation), ("seed", seed)):
+        if record and value is not None and done[key] not in (None, str(value)):
+            raise ValueError(f"{model_dir} was trained with --{key} {done[key]}: resume it with that, or use "
+                             "another folder")
     if record and (record.get("fold") != fold or int(record.get("epochs", 0)) > recipe.epochs):
         raise ValueError(f"{model_dir} was trained with --fold {record.get('fold')} --epochs {record.get('epochs')}: "
                          "resume it with that fold and at least as many epochs, or use another folder")
@@ -203,18 +218,9 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
     data = replay_data(prepared, Path(replay).resolve(), work, fold, recipe.replay_per_case) if replay else prepared
     dev = device_name(device)
     overrides: dict[str, object] = {"device": dev, "num_workers": num_workers, "l2sp": recipe.l2sp}
-    from monaiunetseg.training.helped import source_normalisation
-
     if source_normalisation(source):
         overrides["normalisation"] = source_normalisation(source)
     if normalisation is not None:
-        from monaiunetseg.model.intensity import check_normalisation
-
-        check_normalisation(normalisation, "--normalisation")
-        if source != "none" and normalisation != overrides.get("normalisation"):
-            raise ValueError(f"--normalisation {normalisation}: the weights of --from {source} were trained with "
-                             f"{overrides.get('normalisation')}; fine-tuning keeps that (choose it only with --from "
-                             "none)")
         overrides["normalisation"] = normalisation
     if seed is not None:
         overrides["seed"] = seed

@@ -62,6 +62,9 @@ CANDIDATES: dict[str, dict] = {
     # Declared 2026-12-07 before any test patient was scored with it: the site's cases only re-estimate the
     # batch-norm statistics (learning rate 0: no weight changes), best epoch on the validation patient as usual.
     "bn_stats": {"learning_rate": 0.0, "l2sp": 0.0},
+    # Declared 2026-12-07 03:20 before it ran (monai_bundle/docs/frozen_bn_rule.md): the recipe with the batch-norm
+    # running statistics frozen at the base's (bn_stats showed that re-estimating them is what loses Dice).
+    "frozen_bn": {"freeze_bn": True},
 }
 
 

@@ -230,3 +230,21 @@ def test_from_scratch_takes_a_seed_and_a_normalisation_fine_tuning_keeps_its_sta
     assert not (tmp_path / "other").exists()
     with pytest.raises(ValueError, match="was trained with --seed 3"):
         finetune(prepared, model, source="none", epochs=1, seed=4, device="cpu")
+
+
+def test_freeze_bn_keeps_the_batch_norm_statistics_of_the_start(prepared: Path, tmp_path: Path):
+    """``--freeze-bn`` (candidate ``frozen_bn``): with the learning rate at 0 nothing at all may move, the
+    running statistics included (without it they move: the test above); train.json's key is off by default."""
+    model = tmp_path / "frozen"
+    assert cli_main(["finetune", str(prepared), "-o", str(model), "--from", "fast", "--epochs", "2", "--learning-rate",
+                     "0", "--freeze-bn", "--members", "first", "--batch-size", "1", "--num-samples", "2",
+                     "--device", "cpu", "--keep-worse"]) == 0
+    record = json.loads((model / "train" / "finetune.json").read_text())
+    assert record["recipe"]["freeze_bn"] is True and "batch-norm statistics frozen" in record["recipe_text"]
+    assert "freeze_bn: " in (model / "train" / "train.log").read_text()
+    start = torch.load(read_spec(BUNDLE_DIR).weights("fast")[0], map_location="cpu", weights_only=True)
+    tuned = torch.load(model / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert any(k.endswith("running_mean") for k in start)
+    assert all(torch.equal(start[k], tuned[k]) for k in start if not k.endswith("num_batches_tracked"))
+    train = json.loads((BUNDLE_DIR / "configs" / "train.json").read_text())
+    assert train["freeze_bn"] is False and FINETUNE.freeze_bn is False

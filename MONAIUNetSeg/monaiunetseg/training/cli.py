@@ -108,7 +108,7 @@ def _finetune(args: argparse.Namespace) -> int:
                       learning_rate=args.learning_rate, num_workers=args.num_workers, l2sp=args.l2sp,
                       patience=args.patience, best_checkpoint=args.best_checkpoint, members=args.members,
                       replay=args.replay, keep_worse=args.keep_worse, seed=args.seed,
-                      normalisation=args.normalisation)
+                      normalisation=args.normalisation, freeze_bn=args.freeze_bn)
     return {"done": 0, "worse": 3}.get(record.get("status"), 1)
 
 
@@ -167,6 +167,8 @@ def add_finetune_parsers(subparsers: argparse._SubParsersAction) -> None:
                         "never from scratch)")
     p.add_argument("--best-checkpoint", action=argparse.BooleanOptionalAction, default=None,
                    help="validate every epoch and keep the best epoch (default: on fine-tuning, off from scratch)")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the batch-norm layers' running statistics at the start's while training (default: off)")
     p.add_argument("--members", choices=("all", "first"), default=None,
                    help="fine-tune every member of the starting model set or only the first (default: all)")
     p.add_argument("--replay", type=Path, default=None, metavar="PREPARED",

@@ -48,12 +48,13 @@ class Recipe:
     best_checkpoint: bool  # validate every epoch and deliver the best epoch's weights (else the last epoch's)
     members: str  # "all" members of the starting set, or the "first"
     replay_per_case: int  # with --replay: source volumes mixed in per site training case
+    freeze_bn: bool = False  # batch-norm layers in evaluation mode while training (regularise.freeze_batch_norm)
 
     def text(self) -> str:
         lr = "the bundle's learning rate" if self.learning_rate is None else f"learning rate {self.learning_rate:g}"
         parts = [lr] + ([f"L2-SP {self.l2sp:g}"] if self.l2sp else []) + (
             [f"best validation epoch (early stop after {self.patience})" if self.patience else "best validation epoch"]
-            if self.best_checkpoint else [])
+            if self.best_checkpoint else []) + (["batch-norm statistics frozen"] if self.freeze_bn else [])
         return ", ".join(parts)
 
 
@@ -165,7 +166,8 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
              num_samples: int | None = None, learning_rate: float | None = None, num_workers: int = 0,
              l2sp: float | None = None, patience: int | None = None, best_checkpoint: bool | None = None,
              members: str | None = None, replay: str | os.PathLike | None = None, keep_worse: bool = False,
-             seed: int | None = None, normalisation: str | None = None, log=print) -> dict:
+             seed: int | None = None, normalisation: str | None = None, freeze_bn: bool | None = None,
+             log=print) -> dict:
     """Train on every fold but ``fold`` of ``prepared`` (a prepare-pairs / prepare-lgg output), validate on
     ``fold``, and write ``model_dir`` (``model_folder.write_model_folder``) when the result is at least as good
     as its start there (or ``keep_worse``); returns the training record (``status`` ``done``, ``worse`` or
@@ -179,7 +181,7 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
         raise ValueError(f"{prepared}: --fold {fold} is not one of its folds {sorted(folds)} (and training needs "
                          "another fold)")
     given = {"epochs": epochs, "learning_rate": learning_rate, "l2sp": l2sp, "patience": patience,
-             "best_checkpoint": best_checkpoint, "members": members}
+             "best_checkpoint": best_checkpoint, "members": members, "freeze_bn": freeze_bn}
     recipe = replace(default_recipe(source), **{k: v for k, v in given.items() if v is not None})
     if recipe.members not in ("all", "first"):
         raise ValueError(f"--members {recipe.members!r}: use all or first")
@@ -217,7 +219,8 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
     work.mkdir(parents=True, exist_ok=True)
     data = replay_data(prepared, Path(replay).resolve(), work, fold, recipe.replay_per_case) if replay else prepared
     dev = device_name(device)
-    overrides: dict[str, object] = {"device": dev, "num_workers": num_workers, "l2sp": recipe.l2sp}
+    overrides: dict[str, object] = {"device": dev, "num_workers": num_workers, "l2sp": recipe.l2sp,
+                                    "freeze_bn": recipe.freeze_bn}
     if source_normalisation(source):
         overrides["normalisation"] = source_normalisation(source)
     if normalisation is not None:

@@ -108,7 +108,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="shuffles the site's patients: labelled vs test (default 0)")
     ap.add_argument("--train-seed", type=int, default=None,
                     help="the base training's random seed (default: the bundle's, 0): a recipe over seeds")
-    ap.add_argument("--base-normalisation", default=None,
+    ap.add_argument("--base-normalisation", default=None, choices=("tissue", "percentile"),
                     help="the base's input normalisation (default: the bundle's; percentile: the 0.4.0 recipe)")
     ap.add_argument("--candidates", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES),
                     help="the declared fine-tuning candidates to run (default: all; none: the base only)")

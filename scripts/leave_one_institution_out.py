@@ -17,7 +17,7 @@ Prints the table for the model card, with each training's wall time, and writes 
 
     python scripts/leave_one_institution_out.py PREPARED -o OUT [--site DU] [--base-epochs 60]
         [--candidates recipe replay ...] [--finetune-epochs N] [--test-limit N]
-        [--train-seed N] [--base-normalisation percentile]
+        [--train-seed N] [--base-normalisation percentile] [--base-set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def main() -> int:
                     help="the base training's random seed (default: the bundle's, 0): a recipe over seeds")
     ap.add_argument("--base-normalisation", default=None, choices=("tissue", "percentile"),
                     help="the base's input normalisation (default: the bundle's; percentile: the 0.4.0 recipe)")
+    ap.add_argument("--base-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a train.json key for the base training (repeatable; e.g. extra_intensity_aug_prob=0.3)")
     ap.add_argument("--candidates", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES),
                     help="the declared fine-tuning candidates to run (default: all; none: the base only)")
     ap.add_argument("--test-limit", type=int, default=None, help="score only the first N test patients (smoke runs)")
@@ -121,8 +123,9 @@ def main() -> int:
     out = args.out
     base_data = write_subset(args.prepared, out / "base", [e for e in entries if e["institution"] != args.site],
                              lambda i, e: e["fold"])
+    base_set = dict(item.split("=", 1) for item in args.base_set)
     seconds = {"base": train(base_data, out / "base_model", "none", args.base_epochs, seed=args.train_seed,
-                             normalisation=args.base_normalisation)[0]}
+                             normalisation=args.base_normalisation, bundle_overrides=base_set or None)[0]}
     base_model = out / "base_model"
     rows = [("base", "other institutions", base_model, "done")]
     for n in (3, 6):
@@ -137,7 +140,7 @@ def main() -> int:
             rows.append((name, f"base + {n - 1} {args.site} (1 validates), {cand}", out / f"{name}_model", status))
     results = {"site": args.site, "labelled": [e["patient"] for e in labelled], "test": test,
                "base_epochs": args.base_epochs, "finetune_epochs": args.finetune_epochs,
-               "train_seed": args.train_seed, "base_normalisation": args.base_normalisation,
+               "train_seed": args.train_seed, "base_normalisation": args.base_normalisation, "base_set": base_set,
                "candidates": {c: CANDIDATES[c] for c in args.candidates}, "models": {}}
     print(f"Leave {args.site} out: base trained on {len(entries) - len(site)} patients of the other institutions; "
           f"{len(test)} {args.site} test patients\n")

@@ -167,12 +167,13 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
              l2sp: float | None = None, patience: int | None = None, best_checkpoint: bool | None = None,
              members: str | None = None, replay: str | os.PathLike | None = None, keep_worse: bool = False,
              seed: int | None = None, normalisation: str | None = None, freeze_bn: bool | None = None,
-             log=print) -> dict:
+             bundle_overrides: dict[str, object] | None = None, log=print) -> dict:
     """Train on every fold but ``fold`` of ``prepared`` (a prepare-pairs / prepare-lgg output), validate on
     ``fold``, and write ``model_dir`` (``model_folder.write_model_folder``) when the result is at least as good
     as its start there (or ``keep_worse``); returns the training record (``status`` ``done``, ``worse`` or
     ``interrupted``). Options left None take :func:`default_recipe`'s values; ``seed`` and ``normalisation``
-    (from scratch only: fine-tuning keeps its start's) the bundle's, so a recipe can be compared over seeds."""
+    (from scratch only: fine-tuning keeps its start's) the bundle's, so a recipe can be compared over seeds;
+    ``bundle_overrides``: more train.json keys for recipe experiments (recorded with the others)."""
     prepared, model_dir = Path(prepared).resolve(), Path(model_dir).resolve()
     if not (prepared / DATALIST_NAME).is_file():
         raise FileNotFoundError(f"{prepared}: no {DATALIST_NAME} (run prepare-pairs or prepare-lgg first)")
@@ -227,6 +228,10 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
         overrides["normalisation"] = normalisation
     if seed is not None:
         overrides["seed"] = seed
+    for key, value in (bundle_overrides or {}).items():
+        if key in overrides:
+            raise ValueError(f"bundle override {key!r}: set by finetune itself (use its option)")
+        overrides[key] = value
     for key, value in (("train#dataloader#batch_size", batch_size), ("num_samples", num_samples),
                        ("learning_rate", recipe.learning_rate), ("early_stop_patience", recipe.patience)):
         if value is not None:

@@ -228,6 +228,9 @@ def test_from_scratch_takes_a_seed_and_a_normalisation_fine_tuning_keeps_its_sta
     with pytest.raises(ValueError, match="--normalisation: normalisation must be one of"):
         finetune(prepared, tmp_path / "other", source="none", normalisation="zscore", device="cpu")
     assert not (tmp_path / "other").exists()
+    with pytest.raises(ValueError, match="'l2sp': set by finetune itself"):
+        finetune(prepared, tmp_path / "other", source="none", bundle_overrides={"l2sp": 0.5}, device="cpu")
+    assert not (tmp_path / "other").exists()
     with pytest.raises(ValueError, match="was trained with --seed 3"):
         finetune(prepared, model, source="none", epochs=1, seed=4, device="cpu")
 

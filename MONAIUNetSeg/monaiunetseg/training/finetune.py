@@ -217,8 +217,6 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
         raise ValueError(f"{model_dir}: the model folder to start from cannot also be the output (use another -o)")
     starts = source_members(source)
     starts = starts if recipe.members == "all" else starts[:1]
-    work.mkdir(parents=True, exist_ok=True)
-    data = replay_data(prepared, Path(replay).resolve(), work, fold, recipe.replay_per_case) if replay else prepared
     dev = device_name(device)
     overrides: dict[str, object] = {"device": dev, "num_workers": num_workers, "l2sp": recipe.l2sp,
                                     "freeze_bn": recipe.freeze_bn}
@@ -228,10 +226,6 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
         overrides["normalisation"] = normalisation
     if seed is not None:
         overrides["seed"] = seed
-    for key, value in (bundle_overrides or {}).items():
-        if key in overrides:
-            raise ValueError(f"bundle override {key!r}: set by finetune itself (use its option)")
-        overrides[key] = value
     for key, value in (("train#dataloader#batch_size", batch_size), ("num_samples", num_samples),
                        ("learning_rate", recipe.learning_rate), ("early_stop_patience", recipe.patience)):
         if value is not None:
@@ -241,6 +235,12 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
         # the cosine schedule ends at the bundle's floor: below it, it would climb above the rate asked for (with
         # 0 the weights would move after all, where only the batch-norm statistics are meant to adapt)
         overrides["lr_scheduler#eta_min"] = recipe.learning_rate
+    for key, value in (bundle_overrides or {}).items():
+        if key in overrides:
+            raise ValueError(f"bundle override {key!r}: set by finetune itself (use its option)")
+        overrides[key] = value
+    work.mkdir(parents=True, exist_ok=True)
+    data = replay_data(prepared, Path(replay).resolve(), work, fold, recipe.replay_per_case) if replay else prepared
     record.update(source=source, source_weights=str(starts[0]) if starts else None, prepared=str(prepared),
                   fold=fold, epochs=recipe.epochs, device=dev, recipe=asdict(recipe), recipe_text=recipe.text(),
                   replay=str(replay) if replay else None, overrides={k: str(v) for k, v in overrides.items()},

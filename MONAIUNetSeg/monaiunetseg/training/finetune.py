@@ -190,14 +190,14 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
         raise ValueError(f"--learning-rate {recipe.learning_rate:g}: must be >= 0 (0: batch-norm statistics only)")
     from monaiunetseg.training.helped import source_normalisation
 
+    start_normalisation = source_normalisation(source)  # None from scratch: train.json's own
     if normalisation is not None:
         from monaiunetseg.model.intensity import check_normalisation
 
         check_normalisation(normalisation, "--normalisation")
-        if source != "none" and normalisation != source_normalisation(source):
+        if source != "none" and normalisation != start_normalisation:
             raise ValueError(f"--normalisation {normalisation}: the weights of --from {source} were trained with "
-                             f"{source_normalisation(source)}; fine-tuning keeps that (choose it only with --from "
-                             "none)")
+                             f"{start_normalisation}; fine-tuning keeps that (choose it only with --from none)")
     work = model_dir / WORK
     record = read_record(work)
     if record and record.get("source") != source:
@@ -220,10 +220,8 @@ def finetune(prepared: str | os.PathLike, model_dir: str | os.PathLike, source: 
     dev = device_name(device)
     overrides: dict[str, object] = {"device": dev, "num_workers": num_workers, "l2sp": recipe.l2sp,
                                     "freeze_bn": recipe.freeze_bn}
-    if source_normalisation(source):
-        overrides["normalisation"] = source_normalisation(source)
-    if normalisation is not None:
-        overrides["normalisation"] = normalisation
+    if normalisation or start_normalisation:
+        overrides["normalisation"] = normalisation or start_normalisation
     if seed is not None:
         overrides["seed"] = seed
     for key, value in (("train#dataloader#batch_size", batch_size), ("num_samples", num_samples),

@@ -151,7 +151,9 @@ def main() -> int:
     for name, trained, model_dir, status in rows:
         refused = None
         if status == "worse":  # finetune kept it aside: the site goes on with the base
-            refused = score(model_dir / "worse-than-start", args.prepared, test)
+            from monaiunetseg.training.finetune import WORSE
+
+            refused = score(model_dir / WORSE, args.prepared, test)
             d = base_scores
         else:
             d = score(model_dir, args.prepared, test)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from leave_one_institution_out import score  # noqa: E402  (also puts the core on sys.path)
+from monaiunetseg.training.finetune import WORSE  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -33,8 +34,8 @@ def main(argv: list[str]) -> int:
             if not name.startswith("site3"):
                 continue
             folder = Path(out) / f"{name}_model"
-            if not (folder / "configs" / "inference.json").is_file():
-                folder = folder / "worse-than-start"
+            if m["status"] == "worse":  # finetune kept it aside, as leave_one_institution_out.py scores it
+                folder = folder / WORSE
             gain = statistics.mean(score(folder, prepared, extra).values()) - base
             test = statistics.mean((m["refused_dice"] or m["dice"]).values()) - base_test
             print(f"  {name} ({m['status']}): cases 4-6 {gain:+.3f}, test patients {test:+.3f}")

@@ -79,11 +79,12 @@ def dev_cases(dev: Path, numbers: list[int]) -> list[Case]:
     return out
 
 
-def delivered(folder: Path) -> Path:
-    """The folder the site gets: the fine-tuned one, or (refused by finetune) None = its start."""
-    from monaiunetseg.training.finetune import WORSE
+def delivered(folder: Path) -> Path | None:
+    """The folder the site gets: the fine-tuned one, or None (its start) where finetune refused it, by the run's
+    status as ``leave_one_institution_out.py`` reads it."""
+    from monaiunetseg.training.finetune import read_record
 
-    return folder if (folder / "configs" / "inference.json").is_file() and not (folder / WORSE).exists() else None
+    return folder if read_record(folder / "train").get("status") == "done" else None
 
 
 def run_loio(prepared: Path, out: Path) -> dict:

@@ -70,3 +70,17 @@ def test_train_json_has_the_augmentation_off_by_default() -> None:
     augs = [t for t in parser.get("train#random_transforms") if t["_target_"].endswith("RandLesionContrastd")]
     assert len(augs) == 1 and augs[0]["prob"] == "@lesion_contrast_aug_prob"
     assert json.loads((REPO / "monai_bundle" / "configs" / "train.json").read_text())["lesion_contrast_aug_prob"] == 0.0
+
+
+def test_the_shipped_folds_recorded_overrides_still_name_the_transforms_they_switched_off() -> None:
+    """The 0.5.0 fold records switch transforms off by index (``train#random_transforms#K#prob``): a transform
+    added in front of them would turn those overrides onto others on a rerun, so new ones go at the end."""
+    train = json.loads((REPO / "monai_bundle" / "configs" / "train.json").read_text())
+    transforms = train["train"]["random_transforms"]
+    records = sorted((REPO / "monai_bundle" / "models").glob("cv_tissue_v1/fold*/cv_fold.json"))
+    assert records
+    for record in records:
+        for key in json.loads(record.read_text())["overrides"]:
+            if key.startswith("train#random_transforms#"):
+                index = int(key.split("#")[2])
+                assert "extra_intensity_aug_prob" in str(transforms[index]["prob"]), (record, key)

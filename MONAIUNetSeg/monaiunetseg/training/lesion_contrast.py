@@ -6,6 +6,9 @@ only their bright core (leave DU out: Dice 0.38 on them, 0.76 on the others), an
 since the contrast is a ratio. With probability ``prob`` a training crop's lesion keeps only a random share of its
 excess brightness over the tissue around it, under a smoothed copy of the label, so there is no edge at the
 outline for the network to learn instead of the lesion. train.json key ``lesion_contrast_aug_prob`` (default 0).
+Declared and screened as candidate V4 (``monai_bundle/docs/lesion_contrast_rule.md``): at 0.5 it lowered the
+leave-DU-out Dice (two seeds, 0.513 against 0.537) and is off in the shipped recipe; kept for experiments. It is the
+last random transform, so adding it moved no index the shipped folds' records override.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ module share one implementation. Importing the package is cheap: subpackages (``
 ``training``) are imported where they are used, never here.
 """
 
-__version__ = "0.5.1"
+__version__ = "0.5.2"
 # The name every output carries (DICOM SEG Manufacturer, overlay PNG Software, report.json "tool"): how a
 # later run tells its own files from the user's.
 TOOL_NAME = "MONAIUNetSeg"
